@@ -1,0 +1,180 @@
+"""The alert state machine: which notifications a configuration's usage calls for, and when.
+
+Per configuration and period, the *active* thresholds are those notified in this period that usage
+is still at or above. The rules:
+
+* crossing a threshold not yet active notifies at once (one notification for the highest
+  threshold crossed, however many were jumped over);
+* staying above re-notifies the highest active threshold only once ``cooldown`` has passed since
+  its last notification;
+* no threshold is notified twice within ``cooldown`` in one period, even if usage falls below it
+  (a raised limit) and crosses it again (a lowered limit);
+* a period boundary or a usage reset resolves every active threshold (reason ``period_reset``);
+  usage falling below active thresholds (a raised limit, changed thresholds) resolves those
+  (reason ``limit_changed``). Resolved notifications can be turned off.
+
+Everything here runs in the monitor under the ledger's lock and does no I/O: it only decides. The
+handlers are called later, outside the lock.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from otel_llm_quota._ledger import QuotaLedger, _ConfigState, _dt, _utc
+from otel_llm_quota._models import Alert, AlertReason, AlertState
+
+__all__ = ["EvaluationResult", "evaluate", "evaluate_ledger"]
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationResult:
+    """What one monitor pass decided."""
+
+    alerts: list[Alert]
+    next_due: float
+    """The earliest POSIX time a time-based change (repeat, period end) is due; ``inf`` if none."""
+    examined: int
+    """How many configurations needed a look under the lock (the rest were skipped lock-free)."""
+
+
+def _resolved(
+    state: _ConfigState,
+    thresholds: list[float],
+    reason: AlertReason,
+    now: float,
+    period_start: float,
+) -> Alert:
+    active = state.active or {}
+    top = max(thresholds)
+    return Alert(
+        config_id=state.config_id,
+        state=AlertState.RESOLVED,
+        reason=reason,
+        threshold_percent=top,
+        thresholds=tuple(sorted(thresholds)),
+        quota=replace(state.snapshot(), alert_state=AlertState.RESOLVED, alert_threshold=top),
+        started_at=_utc(min(active.get(t, now) for t in thresholds)),
+        ended_at=_utc(now),
+        period_start=_dt(period_start),
+    )
+
+
+def evaluate(state: _ConfigState, now: float, cooldown: float, send_resolved: bool) -> list[Alert]:
+    """Advance one configuration's alert state to ``now``; return the notifications to send.
+
+    Must be called with the ledger's lock held.
+    """
+    alerts: list[Alert] = []
+    if now >= state.period_end:
+        state.roll(now)
+    active = state.active
+    if active and state.alert_generation != state.generation:
+        # The period ended (or usage was reset) while alerts were firing: they are over.
+        if send_resolved:
+            alerts.append(
+                _resolved(
+                    state, list(active), AlertReason.PERIOD_RESET, now, state.alert_period_start
+                )
+            )
+        active = state.active = None
+        state.sent = None
+    if state.sent is not None and state.alert_generation != state.generation:
+        state.sent = None
+    limit = state.limit
+    total = state.total
+    crossed = (
+        []
+        if limit is None
+        else [
+            t
+            for t, tokens in zip(state.thresholds, state.threshold_tokens, strict=True)
+            if total >= tokens
+        ]
+    )
+    if active:
+        gone = [t for t in active if t not in crossed]
+        if gone:
+            if send_resolved:
+                alerts.append(
+                    _resolved(state, gone, AlertReason.LIMIT_CHANGED, now, state.period_start)
+                )
+            for t in gone:
+                del active[t]
+    new = [t for t in crossed if not active or t not in active]
+    if new:
+        if active is None:
+            active = state.active = {}
+        for t in new:
+            active[t] = now
+        state.alert_generation = state.generation
+        state.alert_period_start = state.period_start
+    if active:
+        top = max(active)
+        sent = state.sent
+        if sent is None:
+            sent = state.sent = {}
+        last = sent.get(top)
+        if last is None or now - last >= cooldown:
+            reason = (
+                AlertReason.THRESHOLD_CROSSED if top in new and last is None else AlertReason.REPEAT
+            )
+            for t in new:
+                sent.setdefault(t, now)
+            sent[top] = now
+            state.last_alert_sent = now
+            alerts.append(
+                Alert(
+                    config_id=state.config_id,
+                    state=AlertState.FIRING,
+                    reason=reason,
+                    threshold_percent=top,
+                    thresholds=tuple(sorted(active)),
+                    quota=state.snapshot(),
+                    started_at=_utc(active[top]),
+                    period_start=_dt(state.period_start),
+                    span=state.trigger_span if top in new else None,
+                )
+            )
+    else:
+        state.active = None
+    state.trigger_span = None
+    state.arm()
+    return alerts
+
+
+def _next_due(state: _ConfigState, cooldown: float) -> float:
+    """When this config needs another look even if no usage arrives."""
+    if not state.active:
+        return math.inf
+    last = (state.sent or {}).get(max(state.active), -math.inf)
+    return min(last + cooldown, state.period_end)
+
+
+def evaluate_ledger(
+    ledger: QuotaLedger, now: float, cooldown: float, send_resolved: bool
+) -> EvaluationResult:
+    """One monitor pass over every configuration.
+
+    A config with no active alert and usage below its lowest threshold needs nothing: it is skipped
+    without taking the lock (evaluation keeps every crossed threshold active, so this test is
+    exact, and a racing ``record_usage`` that crosses a threshold wakes the monitor again). Each of the others is evaluated in its own short critical
+    section, so the hot path never waits for a whole pass.
+    """
+    alerts: list[Alert] = []
+    next_due = math.inf
+    examined = 0
+    lock = ledger.lock
+    for state in ledger.states():
+        if state.active is None and (
+            not state.threshold_tokens or state.total < state.threshold_tokens[0]
+        ):
+            continue
+        examined += 1
+        with lock:
+            alerts.extend(evaluate(state, now, cooldown, send_resolved))
+            due = _next_due(state, cooldown)
+        if due < next_due:
+            next_due = due
+    return EvaluationResult(alerts=alerts, next_due=next_due, examined=examined)

@@ -1,0 +1,193 @@
+"""Alert handlers: the plug-in interface, and their safe dispatch.
+
+A handler is either
+
+* a callable ``handler(config_id, quota)`` (the seed API), plain or ``async``; it learns what the
+  notification is about from ``quota.alert_state`` and ``quota.alert_threshold``; or
+* an object with a ``handle_alert(alert)`` method (plain or ``async``), the ``AlertHandler``
+  protocol, which receives the full ``Alert`` (threshold, state, reason, fingerprint, span).
+
+Dispatch never lets a handler hurt the monitor or the other handlers: each call has a timeout,
+synchronous handlers run on a small dedicated thread pool (never on the event loop), and every
+exception or timeout is logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import threading
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, runtime_checkable
+
+from otel_llm_quota._models import Alert, QuotaInfo
+
+__all__ = [
+    "AlertCallback",
+    "AlertHandler",
+    "AnyAlertHandler",
+    "HandlerDispatcher",
+    "NoOpAlertHandler",
+    "handler_name",
+]
+
+_logger = logging.getLogger(__name__)
+
+AlertCallback = Callable[[str, QuotaInfo], Awaitable[None] | None]
+"""The seed handler signature: ``(config_id, quota)``, sync or async."""
+
+
+@runtime_checkable
+class AlertHandler(Protocol):
+    """A handler object that receives the full ``Alert``. ``handle_alert`` may be ``async``."""
+
+    def handle_alert(self, alert: Alert) -> Awaitable[None] | None:
+        """Deliver one notification. Exceptions are caught, logged and counted by the caller."""
+
+
+AnyAlertHandler = AlertHandler | AlertCallback
+
+
+class NoOpAlertHandler:
+    """A handler that does nothing (a placeholder where a handler is required)."""
+
+    def handle_alert(self, alert: Alert) -> None:
+        """Ignore ``alert``."""
+
+
+def handler_name(handler: object) -> str:
+    """A readable, stable name for logs and metrics: ``name`` attribute, else qualified name."""
+    name = getattr(handler, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    qualname = getattr(handler, "__qualname__", None)
+    if isinstance(qualname, str):
+        return qualname
+    return type(handler).__qualname__
+
+
+def _is_async(target: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(target):
+        return True
+    call = getattr(target, "__call__", None)  # noqa: B004 - async __call__ on an instance
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+class HandlerDispatcher:
+    """Calls handlers for alerts, with a per-call timeout and fault isolation.
+
+    Args:
+        timeout_seconds: how long one handler call may take.
+        max_workers: threads for synchronous handlers (a hung one holds its thread until it
+            returns; Python cannot kill it, so the pool is separate from the loop's default one).
+        max_concurrency: handler calls in flight at once across all alerts of a pass.
+    """
+
+    def __init__(self, timeout_seconds: float, max_workers: int = 4, max_concurrency: int = 64):
+        self.timeout_seconds = timeout_seconds
+        self._max_workers = max_workers
+        self._max_concurrency = max_concurrency
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self.failures: Counter[str] = Counter()
+        """Failed calls (exception or timeout) per handler name."""
+        self.timeouts: Counter[str] = Counter()
+        """Timed-out calls per handler name (also counted in ``failures``)."""
+        self.delivered: Counter[tuple[str, float, str]] = Counter()
+        """Notifications dispatched, per (config id, threshold, state)."""
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self._max_workers, thread_name_prefix="otel-llm-quota-handler"
+                )
+            return self._executor
+
+    async def dispatch(self, handlers: Iterable[AnyAlertHandler], alerts: list[Alert]) -> None:
+        """Deliver ``alerts`` to every handler.
+
+        Alerts of one configuration are delivered in order (a resolved notification never
+        overtakes the firing one it ends); different configurations and different handlers run
+        concurrently, at most ``max_concurrency`` calls at a time.
+        """
+        handlers = tuple(handlers)
+        if not alerts:
+            return
+        for alert in alerts:
+            with self._stats_lock:
+                self.delivered[(alert.config_id, alert.threshold_percent, alert.state.value)] += 1
+        if not handlers:
+            return
+        by_config: dict[str, list[Alert]] = {}
+        for alert in alerts:
+            by_config.setdefault(alert.config_id, []).append(alert)
+        semaphore = asyncio.Semaphore(self._max_concurrency)
+
+        async def one_config(config_alerts: list[Alert]) -> None:
+            for alert in config_alerts:
+                await asyncio.gather(*(self._call(h, alert, semaphore) for h in handlers))
+
+        await asyncio.gather(*(one_config(a) for a in by_config.values()))
+
+    async def _call(
+        self, handler: AnyAlertHandler, alert: Alert, semaphore: asyncio.Semaphore
+    ) -> None:
+        name = handler_name(handler)
+        async with semaphore:
+            try:
+                await asyncio.wait_for(self._invoke(handler, alert), self.timeout_seconds)
+            except asyncio.TimeoutError:
+                with self._stats_lock:
+                    self.failures[name] += 1
+                    self.timeouts[name] += 1
+                _logger.warning(
+                    "alert handler %s timed out after %.3gs (config %s, threshold %g%%, %s)",
+                    name,
+                    self.timeout_seconds,
+                    alert.config_id,
+                    alert.threshold_percent,
+                    alert.state.value,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                with self._stats_lock:
+                    self.failures[name] += 1
+                _logger.exception(
+                    "alert handler %s failed (config %s, threshold %g%%, %s)",
+                    name,
+                    alert.config_id,
+                    alert.threshold_percent,
+                    alert.state.value,
+                )
+
+    async def _invoke(self, handler: AnyAlertHandler, alert: Alert) -> None:
+        method = getattr(handler, "handle_alert", None)
+        if callable(method):
+            target: Callable[..., Any] = method
+            args: tuple[Any, ...] = (alert,)
+        elif callable(handler):
+            target = handler
+            args = (alert.config_id, alert.quota)
+        else:  # registration refuses these; a defensive check for mutated objects
+            raise TypeError(f"alert handler {handler!r} is not callable")
+        if _is_async(target):
+            await target(*args)
+            return
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self._pool(), functools.partial(target, *args))
+        if inspect.isawaitable(result):
+            await result
+
+    def shutdown(self) -> None:
+        """Release the handler threads (without waiting for hung handlers)."""
+        with self._executor_lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)

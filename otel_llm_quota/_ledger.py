@@ -1,0 +1,426 @@
+"""The quota ledger: thread-safe, synchronous, in-memory per-configuration counters.
+
+Everything here is plain Python with one ``threading.Lock``; there is no asyncio and no I/O, so
+``record_usage`` can be called from any thread, including the thread that ends an LLM span. The lock
+is held only around the arithmetic. The async ``LLMProviderManager`` is a thin layer over this.
+
+Periods roll over lazily: the first write or read after a period boundary folds the period's
+counts into the lifetime totals and starts the new period from zero. Alert state lives beside the
+counters (see ``_alerting``) and is only ever changed by the monitor, under the same lock.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone, tzinfo
+from typing import Final
+
+from otel_llm_quota._models import AlertState, QuotaInfo, SpanRef
+from otel_llm_quota._periods import Period, period_bounds, resolve_timezone, validate_period
+from otel_llm_quota._validation import (
+    check_config_id,
+    check_count,
+    check_limit,
+    check_optional_str,
+    check_thresholds,
+)
+
+__all__ = ["Clock", "QuotaLedger"]
+
+Clock = Callable[[], float]
+"""A zero-argument callable returning the current POSIX time in seconds (``time.time``)."""
+
+_INF: Final = math.inf
+DEFAULT_THRESHOLD_PERCENT: Final = 80.0
+DEFAULT_PERIOD: Final[Period] = "month"
+
+
+class _ConfigState:
+    """Counters and alert state of one configuration. Only touched under the ledger's lock."""
+
+    __slots__ = (
+        "active",
+        "alert_generation",
+        "alert_period_start",
+        "closed_failures",
+        "closed_input",
+        "closed_other",
+        "closed_output",
+        "closed_successes",
+        "config_id",
+        "failures",
+        "generation",
+        "input",
+        "last_alert_sent",
+        "last_updated",
+        "limit",
+        "other",
+        "output",
+        "period",
+        "period_end",
+        "period_start",
+        "provider",
+        "sent",
+        "successes",
+        "threshold_tokens",
+        "thresholds",
+        "total",
+        "trigger_span",
+        "tz",
+        "wake_at",
+    )
+
+    def __init__(
+        self,
+        config_id: str,
+        provider: str | None,
+        period: Period | None,
+        tz: tzinfo,
+        now: float,
+    ) -> None:
+        self.config_id = config_id
+        self.provider = provider
+        self.limit: int | None = None
+        self.thresholds: tuple[float, ...] = (DEFAULT_THRESHOLD_PERCENT,)
+        self.threshold_tokens: tuple[int, ...] = ()
+        self.period = period
+        self.tz = tz
+        self.period_start, self.period_end = period_bounds(period, now, tz)
+        self.generation = 0
+        self.successes = 0
+        self.failures = 0
+        self.input = 0
+        self.output = 0
+        self.other = 0
+        self.total = 0
+        self.closed_successes = 0
+        self.closed_failures = 0
+        self.closed_input = 0
+        self.closed_output = 0
+        self.closed_other = 0
+        self.last_updated: float | None = None
+        self.wake_at: float = _INF
+        self.trigger_span: SpanRef | None = None
+        # Alert state, owned by _alerting: thresholds firing now -> first notification time, the
+        # generation (period) they belong to, and the last notification time per threshold.
+        self.active: dict[float, float] | None = None
+        self.alert_generation = 0
+        self.alert_period_start = self.period_start
+        self.sent: dict[float, float] | None = None
+        self.last_alert_sent: float | None = None
+
+    def roll(self, now: float) -> None:
+        """Start a new period containing ``now``: fold the counts into the lifetime totals."""
+        self.period_start, self.period_end = period_bounds(self.period, now, self.tz)
+        self.restart()
+
+    def restart(self) -> None:
+        """Zero the period counters (keeping lifetime totals) and re-arm the thresholds."""
+        self.closed_successes += self.successes
+        self.closed_failures += self.failures
+        self.closed_input += self.input
+        self.closed_output += self.output
+        self.closed_other += self.other
+        self.successes = self.failures = self.input = self.output = self.other = self.total = 0
+        self.generation += 1
+        self.trigger_span = None
+        self.arm()
+
+    def arm(self) -> None:
+        """Set ``wake_at``: the usage at which the monitor must look at this config again."""
+        active = self.active if self.alert_generation == self.generation else None
+        for threshold, tokens in zip(self.thresholds, self.threshold_tokens, strict=True):
+            if active is None or threshold not in active:
+                self.wake_at = tokens
+                return
+        self.wake_at = _INF
+
+    def snapshot(self) -> QuotaInfo:
+        """A consistent QuotaInfo of this state (call under the lock)."""
+        active = self.active
+        return QuotaInfo(
+            config_id=self.config_id,
+            provider=self.provider,
+            total_requests=self.successes + self.failures,
+            successful_requests=self.successes,
+            failed_requests=self.failures,
+            total_tokens=self.total,
+            input_tokens=self.input,
+            output_tokens=self.output,
+            quota_limit=self.limit,
+            alert_threshold_percent=self.thresholds[0],
+            last_alert_sent=_dt(self.last_alert_sent),
+            last_updated=_dt(self.last_updated),
+            reset_at=_dt(self.period_end),
+            thresholds=self.thresholds,
+            period=self.period,
+            period_start=_dt(self.period_start),
+            timezone=_tz_name(self.tz),
+            alert_state=AlertState.FIRING if active else None,
+            alert_threshold=max(active) if active else None,
+            lifetime_input_tokens=self.closed_input + self.input,
+            lifetime_output_tokens=self.closed_output + self.output,
+            lifetime_other_tokens=self.closed_other + self.other,
+            lifetime_successful_requests=self.closed_successes + self.successes,
+            lifetime_failed_requests=self.closed_failures + self.failures,
+        )
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, timezone.utc)
+
+
+def _dt(ts: float | None) -> datetime | None:
+    if ts is None or ts == _INF:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc)
+
+
+def _tz_name(tz: tzinfo) -> str:
+    key = getattr(tz, "key", None)
+    return key if isinstance(key, str) else str(tz.tzname(None) or tz)
+
+
+def threshold_tokens(limit: int, thresholds: Iterable[float]) -> tuple[int, ...]:
+    """The token counts at which each threshold is crossed: ``total >= ceil(limit * t / 100)``.
+
+    Computed once when the limit is set, so the hot path and the monitor compare integers and can
+    never disagree about whether a threshold was crossed.
+    """
+    return tuple(math.ceil(limit * t / 100.0) for t in thresholds)
+
+
+class QuotaLedger:
+    """Per-configuration quota counters, safe to update from any thread.
+
+    Args:
+        clock: returns the current POSIX time; inject a fake one in tests.
+        timezone: default time zone for calendar periods (IANA name or tzinfo; default UTC).
+        default_period: the period of configs created by usage before any limit is set.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        timezone: str | tzinfo | None = None,
+        default_period: str | None = DEFAULT_PERIOD,
+    ) -> None:
+        self._clock: Clock = clock if clock is not None else time.time
+        self._tz = resolve_timezone(timezone)
+        self._default_period = validate_period(default_period)
+        self._lock = threading.Lock()
+        self._states: dict[str, _ConfigState] = {}
+        self._wakeup: Callable[[], None] | None = None
+
+    # -- configuration -------------------------------------------------------------------------
+
+    @property
+    def clock(self) -> Clock:
+        """The clock the ledger reads."""
+        return self._clock
+
+    def set_wakeup(self, callback: Callable[[], None] | None) -> None:
+        """Register the callable that wakes the monitor when usage crosses a threshold.
+
+        It is called outside the lock, from whichever thread recorded the usage, at most once per
+        threshold crossing; it must be thread-safe and must not block.
+        """
+        self._wakeup = callback
+
+    def _wake(self) -> None:
+        callback = self._wakeup
+        if callback is not None:
+            try:
+                callback()
+            except Exception:  # a dead event loop must not break the recorder
+                pass
+
+    def set_limit(
+        self,
+        config_id: str,
+        quota_limit: int,
+        *,
+        thresholds: Iterable[float] = (DEFAULT_THRESHOLD_PERCENT,),
+        period: str | None = DEFAULT_PERIOD,
+        timezone: str | tzinfo | None = None,
+        provider: str | None = None,
+    ) -> QuotaInfo:
+        """Create or update a configuration's limit, thresholds and period.
+
+        All arguments are checked before anything changes, so a bad call leaves the ledger as it
+        was. Changing the period keeps the counts of the current period and re-anchors the window
+        on the new period's current boundary (nothing counted is lost). Returns the new snapshot.
+        """
+        config_id = check_config_id(config_id)
+        limit = check_limit(quota_limit)
+        levels = check_thresholds(thresholds)
+        period_name = validate_period(period)
+        tz = resolve_timezone(timezone) if timezone is not None else self._tz
+        provider = check_optional_str("provider", provider)
+        now = self._clock()
+        with self._lock:
+            state = self._states.get(config_id)
+            if state is None:
+                state = self._states[config_id] = _ConfigState(
+                    config_id, provider, period_name, tz, now
+                )
+            elif now >= state.period_end:
+                state.roll(now)
+            if provider is not None:
+                state.provider = provider
+            if period_name != state.period or tz != state.tz:
+                state.period, state.tz = period_name, tz
+                state.period_start, state.period_end = period_bounds(period_name, now, tz)
+            state.limit = limit
+            state.thresholds = levels
+            state.threshold_tokens = threshold_tokens(limit, levels)
+            state.arm()
+            wake = bool(state.active) or state.total >= state.wake_at
+            info = state.snapshot()
+        if wake:
+            self._wake()
+        return info
+
+    # -- the hot path ----------------------------------------------------------------------------
+
+    def record_usage(
+        self,
+        config_id: str,
+        *,
+        provider: str | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        total_tokens: int | None = None,
+        success: bool = True,
+        span: SpanRef | None = None,
+    ) -> None:
+        """Add one request's usage to ``config_id`` (created on first use). Thread-safe.
+
+        ``total_tokens`` is for callers that know only a total (or a total larger than
+        input + output): the excess is counted as tokens of unspecified type. Raises TypeError or
+        ValueError on bad arguments, before anything is counted.
+        """
+        if type(input_tokens) is not int or input_tokens < 0:
+            input_tokens = check_count("input_tokens", input_tokens)
+        if type(output_tokens) is not int or output_tokens < 0:
+            output_tokens = check_count("output_tokens", output_tokens)
+        other = 0
+        if total_tokens is not None:
+            if type(total_tokens) is not int or total_tokens < 0:
+                total_tokens = check_count("total_tokens", total_tokens)
+            other = total_tokens - input_tokens - output_tokens
+            if other < 0:
+                other = 0
+        if type(config_id) is not str:
+            check_config_id(config_id)
+        if provider is not None and (type(provider) is not str or not provider):
+            check_optional_str("provider", provider)
+        now = self._clock()
+        with self._lock:
+            state = self._states.get(config_id)
+            if state is None:
+                state = self._create(config_id, provider, now)
+            elif now >= state.period_end:
+                state.roll(now)
+            if success:
+                state.successes += 1
+            else:
+                state.failures += 1
+            state.input += input_tokens
+            state.output += output_tokens
+            if other:
+                state.other += other
+            state.total += input_tokens + output_tokens + other
+            state.last_updated = now
+            if provider is not None and state.provider is None:
+                state.provider = provider
+            if state.total < state.wake_at:
+                return
+            state.wake_at = _INF
+            state.trigger_span = span
+        self._wake()
+
+    def _create(self, config_id: str, provider: str | None, now: float) -> _ConfigState:
+        # Under the lock. Validation happens here, off the hot path: only new ids reach it.
+        check_config_id(config_id)
+        state = self._states[config_id] = _ConfigState(
+            config_id, provider, self._default_period, self._tz, now
+        )
+        return state
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def get(self, config_id: str) -> QuotaInfo | None:
+        """A snapshot of ``config_id``, or None if it is unknown."""
+        now = self._clock()
+        with self._lock:
+            state = self._states.get(config_id)
+            if state is None:
+                return None
+            if now >= state.period_end:
+                state.roll(now)
+            return state.snapshot()
+
+    def get_all(self) -> list[QuotaInfo]:
+        """Snapshots of every configuration, in creation order."""
+        now = self._clock()
+        out: list[QuotaInfo] = []
+        with self._lock:
+            for state in self._states.values():
+                if now >= state.period_end:
+                    state.roll(now)
+                out.append(state.snapshot())
+        return out
+
+    def config_ids(self) -> list[str]:
+        """The known configuration ids, in creation order."""
+        with self._lock:
+            return list(self._states)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __contains__(self, config_id: object) -> bool:
+        return config_id in self._states
+
+    # -- resets ----------------------------------------------------------------------------------
+
+    def reset(self, config_id: str | None = None) -> int:
+        """Start the current period's usage of one config (or all) again from zero.
+
+        Lifetime totals keep what was counted; a firing alert is resolved by the monitor's next
+        pass. Returns how many configs were reset (0 for an unknown id).
+        """
+        now = self._clock()
+        with self._lock:
+            if config_id is None:
+                states = list(self._states.values())
+            else:
+                one = self._states.get(config_id)
+                states = [] if one is None else [one]
+            wake = False
+            for state in states:
+                if now >= state.period_end:
+                    state.roll(now)
+                else:
+                    state.restart()
+                wake = wake or bool(state.active)
+        if wake:
+            self._wake()
+        return len(states)
+
+    # -- monitor access --------------------------------------------------------------------------
+
+    def states(self) -> list[_ConfigState]:
+        """The state objects, for the monitor's lock-free pre-scan (see ``_alerting``)."""
+        with self._lock:
+            return list(self._states.values())
+
+    @property
+    def lock(self) -> threading.Lock:
+        """The ledger's lock, for the monitor's short critical sections."""
+        return self._lock

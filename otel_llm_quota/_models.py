@@ -1,0 +1,175 @@
+"""The value objects handed to users: ``QuotaInfo`` snapshots and ``Alert`` notifications."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+__all__ = ["Alert", "AlertReason", "AlertState", "QuotaInfo", "SpanRef"]
+
+
+class AlertState(str, Enum):
+    """Whether an alert notification opens (or repeats) an alert, or closes it."""
+
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class AlertReason(str, Enum):
+    """Why the monitor sent a notification."""
+
+    THRESHOLD_CROSSED = "threshold_crossed"
+    """Usage crossed a threshold not yet notified in this period."""
+    REPEAT = "repeat"
+    """Usage is still above the threshold and the cooldown has passed since the last one."""
+    PERIOD_RESET = "period_reset"
+    """The quota period ended (or the usage was reset): usage starts again from zero."""
+    LIMIT_CHANGED = "limit_changed"
+    """The limit or the thresholds changed and usage is no longer above the alerted threshold."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpanRef:
+    """The trace context of the span whose usage crossed a threshold (W3C ids as integers)."""
+
+    trace_id: int
+    span_id: int
+    trace_flags: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaInfo:
+    """A consistent snapshot of one configuration's quota state.
+
+    Token and request counts are those of the current quota period (they start from zero at each
+    period boundary); the ``lifetime_*`` fields never go backwards. Datetimes are timezone-aware
+    (UTC), or ``None`` where unknown.
+    """
+
+    config_id: str
+    provider: str | None = None
+    total_requests: int = 0
+    successful_requests: int = 0
+    failed_requests: int = 0
+    total_tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    quota_limit: int | None = None
+    alert_threshold_percent: float = 80.0
+    last_alert_sent: datetime | None = None
+    last_updated: datetime | None = None
+    reset_at: datetime | None = None
+    thresholds: tuple[float, ...] = (80.0,)
+    period: str | None = "month"
+    period_start: datetime | None = None
+    timezone: str = "UTC"
+    alert_state: AlertState | None = None
+    """``FIRING`` while usage is above a notified threshold in this period, else ``None``. In the
+    snapshot handed to a handler with a notification: that notification's state (``RESOLVED``
+    when it tells that an alert ended)."""
+    alert_threshold: float | None = None
+    """The highest active threshold (or, in a notification, the threshold it is about)."""
+    lifetime_input_tokens: int = 0
+    lifetime_output_tokens: int = 0
+    lifetime_other_tokens: int = 0
+    lifetime_successful_requests: int = 0
+    lifetime_failed_requests: int = 0
+
+    @property
+    def other_tokens(self) -> int:
+        """Tokens reported without an input/output split (e.g. ``tokens_used=`` or a total)."""
+        return self.total_tokens - self.input_tokens - self.output_tokens
+
+    @property
+    def quota_remaining(self) -> int | None:
+        """Tokens left in this period (never negative), or ``None`` without a limit."""
+        if self.quota_limit is None:
+            return None
+        return max(self.quota_limit - self.total_tokens, 0)
+
+    @property
+    def usage_percent(self) -> float | None:
+        """Usage as a percentage of the limit (may exceed 100), or ``None`` without a limit."""
+        if self.quota_limit is None:
+            return None
+        return self.total_tokens * 100.0 / self.quota_limit
+
+    @property
+    def alert_triggered(self) -> bool:
+        """True while an alert is firing for this configuration."""
+        return self.alert_state is AlertState.FIRING
+
+    def to_dict(self) -> dict[str, Any]:
+        """The status dictionary of ``LLMProviderManager.get_quota_status``.
+
+        Datetimes become ISO-8601 strings, enums their values, tuples lists: the result is ready
+        for ``json.dumps``.
+        """
+        out: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            if isinstance(value, datetime):
+                out[key] = value.isoformat()
+            elif isinstance(value, Enum):
+                out[key] = value.value
+            elif isinstance(value, tuple):
+                out[key] = list(value)
+            else:
+                out[key] = value
+        out["other_tokens"] = self.other_tokens
+        out["quota_remaining"] = self.quota_remaining
+        usage = self.usage_percent
+        out["usage_percent"] = None if usage is None else round(usage, 4)
+        out["alert_triggered"] = self.alert_triggered
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One notification from the monitor, for handlers that want more than ``(config_id, quota)``.
+
+    A handler object with a ``handle_alert(alert)`` method receives these; plain callables receive
+    ``(alert.config_id, alert.quota)`` as in the seed API (``quota.alert_state`` and
+    ``quota.alert_threshold`` tell them the same).
+    """
+
+    config_id: str
+    state: AlertState
+    reason: AlertReason
+    threshold_percent: float
+    """The threshold this notification is about: the highest one it covers."""
+    thresholds: tuple[float, ...]
+    """Every threshold it covers: all active ones when firing, all ended ones when resolved."""
+    quota: QuotaInfo
+    """The quota as it was when the monitor decided to notify."""
+    started_at: datetime
+    """When this alert (config, period, threshold) first fired."""
+    ended_at: datetime | None = None
+    """When it was resolved; ``None`` while firing."""
+    period_start: datetime | None = None
+    """Start of the quota period the alert belongs to (alerts never span periods)."""
+    span: SpanRef | None = field(default=None, compare=False)
+    """The span whose recorded usage crossed the threshold, when usage came from a span."""
+
+    @property
+    def provider(self) -> str | None:
+        """The provider of the configuration, if known."""
+        return self.quota.provider
+
+    @property
+    def is_firing(self) -> bool:
+        """True for a firing (or repeated) notification, False for a resolved one."""
+        return self.state is AlertState.FIRING
+
+    @property
+    def fingerprint(self) -> str:
+        """A stable id for (config, threshold, period): the same across repeats and resolution."""
+        return self.fingerprint_for(self.threshold_percent)
+
+    def fingerprint_for(self, threshold_percent: float) -> str:
+        """The stable id of this alert's config and period at another threshold it covers."""
+        period = self.period_start.isoformat() if self.period_start else "-"
+        key = f"{self.config_id}\x00{threshold_percent:g}\x00{period}"
+        return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]

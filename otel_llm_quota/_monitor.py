@@ -1,0 +1,195 @@
+"""The asyncio monitor: periodic passes over the ledger, woken early by threshold crossings.
+
+One pass evaluates the alert state machine (``_alerting``) and then dispatches the resulting
+notifications (``_handlers``). Between passes the monitor waits on an ``asyncio.Event`` for at most
+``interval`` seconds, less if a repeat or a period end is due sooner. ``record_usage`` on any thread
+sets that event through ``loop.call_soon_threadsafe`` when usage crosses the next threshold, so an
+alert is not late by a whole interval.
+
+For applications without an event loop, ``MonitorThread`` runs the same monitor in a daemon thread
+with its own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import threading
+from collections.abc import Callable, Sequence
+
+from otel_llm_quota._alerting import evaluate_ledger
+from otel_llm_quota._handlers import AnyAlertHandler, HandlerDispatcher
+from otel_llm_quota._ledger import QuotaLedger
+from otel_llm_quota._models import Alert
+
+__all__ = ["Monitor", "MonitorThread"]
+
+_logger = logging.getLogger(__name__)
+
+# The shortest wait between passes: keeps a misbehaving clock from turning the loop into a spin.
+_MIN_WAIT_SECONDS = 0.001
+
+
+class Monitor:
+    """Runs monitor passes on the event loop it was started in."""
+
+    def __init__(
+        self,
+        ledger: QuotaLedger,
+        dispatcher: HandlerDispatcher,
+        handlers: Callable[[], Sequence[AnyAlertHandler]],
+        *,
+        cooldown_seconds: float,
+        send_resolved: bool,
+    ) -> None:
+        self._ledger = ledger
+        self._dispatcher = dispatcher
+        self._handlers = handlers
+        self.cooldown_seconds = cooldown_seconds
+        self.send_resolved = send_resolved
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+        self.passes = 0
+        """Completed passes (for tests and diagnostics)."""
+
+    @property
+    def running(self) -> bool:
+        """True while the monitor task is alive."""
+        return self._task is not None and not self._task.done()
+
+    async def check(self) -> list[Alert]:
+        """Run one pass now and deliver its notifications; return them.
+
+        Safe beside a running monitor: each config is evaluated atomically under the ledger's lock,
+        so two passes never notify the same change twice.
+        """
+        return await self._pass()
+
+    async def _pass(self) -> list[Alert]:
+        result = evaluate_ledger(
+            self._ledger, self._ledger.clock(), self.cooldown_seconds, self.send_resolved
+        )
+        self._next_due = result.next_due
+        if result.alerts:
+            await self._dispatcher.dispatch(self._handlers(), result.alerts)
+        self.passes += 1
+        return result.alerts
+
+    def start(self, interval: float) -> None:
+        """Start the monitor task on the running loop (a second start only updates the interval)."""
+        self.interval = interval
+        if self.running:
+            return
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._event = asyncio.Event()
+        self._ledger.set_wakeup(self._wake_threadsafe)
+        self._task = loop.create_task(self._run(), name="otel-llm-quota-monitor")
+
+    def _wake_threadsafe(self) -> None:
+        loop, event = self._loop, self._event
+        if loop is None or event is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(event.set)
+        except RuntimeError:  # the loop closed between the check and the call
+            pass
+
+    async def _run(self) -> None:
+        assert self._event is not None
+        event = self._event
+        while True:
+            event.clear()
+            try:
+                await self._pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the monitor must outlive any bug in one pass
+                _logger.exception("otel-llm-quota monitor pass failed; retrying next interval")
+                self._next_due = math.inf
+            wait = self.interval
+            if self._next_due != math.inf:
+                wait = min(wait, max(self._next_due - self._ledger.clock(), _MIN_WAIT_SECONDS))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(event.wait(), wait)
+
+    _next_due: float = math.inf
+    interval: float = 60.0
+
+    async def stop(self) -> None:
+        """Stop the task and wait for it; a pass in progress is cancelled. Idempotent."""
+        task, self._task = self._task, None
+        self._ledger.set_wakeup(None)
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # already logged by _run; nothing else to do at shutdown
+            pass
+        self._loop = None
+        self._event = None
+
+
+class MonitorThread:
+    """Runs a ``Monitor`` on a private event loop in a named daemon thread."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self._monitor = monitor
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+
+    @property
+    def running(self) -> bool:
+        """True while the thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, interval: float) -> None:
+        """Start the thread and return once its monitor runs. A second start is harmless."""
+        if self.running:
+            return
+        self._started.clear()
+        self._thread = threading.Thread(
+            target=self._main, args=(interval,), name="otel-llm-quota-monitor", daemon=True
+        )
+        self._thread.start()
+        self._started.wait()
+
+    def _main(self, interval: float) -> None:
+        async def run() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self._monitor.start(interval)
+            self._started.set()
+            try:
+                await self._stop.wait()
+            finally:
+                await self._monitor.stop()
+
+        try:
+            asyncio.run(run())
+        finally:
+            self._started.set()
+
+    def stop(self, timeout_seconds: float | None = None) -> bool:
+        """Ask the thread to stop and wait for it. Returns True if it ended within the timeout."""
+        thread, loop, stop = self._thread, self._loop, self._stop
+        if thread is None:
+            return True
+        if loop is not None and stop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout_seconds)
+        if thread.is_alive():
+            return False
+        self._thread = None
+        self._loop = None
+        self._stop = None
+        return True
