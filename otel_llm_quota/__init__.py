@@ -11,7 +11,6 @@ from otel_llm_quota._periods import PERIODS
 from otel_llm_quota.version import __version__
 
 __all__ = [
-    "PERIODS",
     "Alert",
     "AlertCallback",
     "AlertHandler",
@@ -19,6 +18,7 @@ __all__ = [
     "AlertState",
     "LLMProviderManager",
     "NoOpAlertHandler",
+    "PERIODS",
     "QuotaInfo",
     "QuotaLedger",
     "SpanRef",
