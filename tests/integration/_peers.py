@@ -114,6 +114,12 @@ def _tail(log: Path) -> str:
     return log.read_text(errors="replace")[-4000:]
 
 
+def start_process(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a server binary with its output going to ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+
+
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM, then SIGKILL if it does not exit within 10 s."""
     if proc.poll() is None:
