@@ -310,3 +310,25 @@ def test_bad_retry_settings_are_refused() -> None:
         WebhookAlertHandler("http://127.0.0.1:9/", max_attempts=0)
     with pytest.raises(ValueError, match="timeout_seconds"):
         SlackAlertHandler("http://127.0.0.1:9/", timeout_seconds=0)
+
+
+def test_bad_environment_values_warn_and_fall_back(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_LLM_QUOTA_SMTP_SECURITY", "ssl3")
+    monkeypatch.setenv("OTEL_LLM_QUOTA_SMTP_PORT", "seventy")
+
+    handler = EmailAlertHandler(sender="q@example.com", recipients="a@example.com")
+
+    assert (handler.security, handler.port) == ("starttls", 587)
+    assert "OTEL_LLM_QUOTA_SMTP_SECURITY='ssl3'" in caplog.text
+    assert "OTEL_LLM_QUOTA_SMTP_PORT='seventy'" in caplog.text
+
+
+def test_a_bad_security_argument_is_refused() -> None:
+    with pytest.raises(ValueError, match="security"):
+        EmailAlertHandler(
+            security="ssl3",  # type: ignore[arg-type]
+            sender="q@example.com",
+            recipients="a@example.com",
+        )

@@ -45,9 +45,6 @@ class Secret:
     def __format__(self, spec: str) -> str:
         return repr(self)
 
-    def __reduce__(self) -> tuple[object, ...]:
-        raise TypeError("a Secret is not picklable")
-
 
 def setting(argument: str | None, env_var: str) -> str | None:
     """The argument if given (and not blank), else the environment variable, else None."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import logging
 import ssl
 from collections.abc import Iterable
 from email.message import EmailMessage
@@ -10,11 +11,14 @@ from email.utils import formatdate, make_msgid
 from typing import Final, Literal
 
 from otel_llm_quota import environment_variables as env
+from otel_llm_quota._env import env_str
 from otel_llm_quota._models import Alert
 from otel_llm_quota.handlers._base import AlertDeliveryError, Secret, setting
 from otel_llm_quota.handlers._payload import alert_details, summary
 
 __all__ = ["EmailAlertHandler", "build_message"]
+
+_logger = logging.getLogger(__name__)
 
 Security = Literal["starttls", "tls", "none"]
 _SECURITY: Final[tuple[str, ...]] = ("starttls", "tls", "none")
@@ -38,6 +42,26 @@ _ROWS: Final = (
     ("Fingerprint", "fingerprint"),
     ("Trace id", "trace_id"),
 )
+
+
+def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = env_str(name)
+    if raw is None:
+        return default
+    if raw.lower() not in choices:
+        _logger.warning("%s=%r is not one of %s; using %s", name, raw, choices, default)
+        return default
+    return raw.lower()
+
+
+def _env_port(name: str, default: int) -> int:
+    raw = env_str(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        _logger.warning("%s=%r is not a TCP port; using %s", name, raw, default)
+        return default
+    return int(raw)
 
 
 def build_message(
@@ -111,15 +135,16 @@ class EmailAlertHandler:
         subject_prefix: str = "[LLM quota]",
         name: str = "email",
     ) -> None:
-        mode = setting(security, env.OTEL_LLM_QUOTA_SMTP_SECURITY) or "starttls"
-        mode = mode.lower()
-        if mode not in _SECURITY:
-            raise ValueError(f"security must be one of {_SECURITY!r}, got {mode!r}")
-        self.security: str = mode
+        if security is not None:
+            if security not in _SECURITY:
+                raise ValueError(f"security must be one of {_SECURITY!r}, got {security!r}")
+            mode: str = security
+        else:
+            mode = _env_choice(env.OTEL_LLM_QUOTA_SMTP_SECURITY, _SECURITY, "starttls")
+        self.security = mode
         self.hostname = setting(hostname, env.OTEL_LLM_QUOTA_SMTP_HOST) or "localhost"
         if port is None:
-            raw = setting(None, env.OTEL_LLM_QUOTA_SMTP_PORT)
-            port = int(raw) if raw and raw.isdigit() else _DEFAULT_PORTS[mode]
+            port = _env_port(env.OTEL_LLM_QUOTA_SMTP_PORT, _DEFAULT_PORTS[mode])
         if type(port) is not int or not 0 < port < 65536:
             raise ValueError(f"port must be an int in [1, 65535], got {port!r}")
         self.port = port

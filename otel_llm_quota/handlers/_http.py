@@ -72,11 +72,16 @@ class HttpPoster:
         self.backoff_seconds = backoff_seconds
         self._verify = verify
         self._client: httpx.AsyncClient | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
 
     def _get_client(self) -> httpx.AsyncClient:
-        if self._client is None:
+        # A client's connection pool belongs to the event loop it was first used on; a handler
+        # moved to another loop (a monitor thread, a new asyncio.run) gets a fresh client.
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
             import httpx
 
+            self._client_loop = loop
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.timeout_seconds),
                 verify=self._verify,  # type: ignore[arg-type]  # checked by httpx itself
@@ -128,5 +133,6 @@ class HttpPoster:
     async def aclose(self) -> None:
         """Close the HTTP client (a later ``post`` opens a new one)."""
         client, self._client = self._client, None
-        if client is not None:
+        loop, self._client_loop = self._client_loop, None
+        if client is not None and loop is asyncio.get_running_loop():
             await client.aclose()

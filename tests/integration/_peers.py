@@ -9,10 +9,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
-from aiohttp import web
+if TYPE_CHECKING:  # the tests ask for these with require_module before using this module
+    import httpx
+    from aiohttp import web
 
 T = TypeVar("T")
 
@@ -49,6 +50,8 @@ class RecordingServer:
     _runner: web.AppRunner | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         body = await request.read()
         self.requests.append(Recorded(request.method, request.path_qs, dict(request.headers), body))
         self.arrived.set()
@@ -58,6 +61,8 @@ class RecordingServer:
         return web.Response(status=status, text="ok" if status == 200 else "error")
 
     async def start(self) -> RecordingServer:
+        from aiohttp import web
+
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         runner = web.AppRunner(app, access_log=None)
@@ -98,6 +103,8 @@ async def wait_ready(
 ) -> None:
     """Poll ``url`` (``/-/ready``) until 200; fail with the server's log if it exits first."""
 
+    import httpx
+
     async def ready() -> bool | None:
         if proc.poll() is not None:
             raise AssertionError(f"server exited with {proc.returncode}:\n{_tail(log)}")
@@ -129,3 +136,11 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+def require_http_peers() -> None:
+    """The HTTP tests need aiohttp (the peer) and httpx (the handlers' client)."""
+    from .conftest import require_module
+
+    require_module("aiohttp")
+    require_module("httpx")

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from otel_llm_quota import LLMProviderManager
 from otel_llm_quota.handlers import AlertmanagerAlertHandler
 
-from .conftest import free_port, require_binary, require_module
+from ._peers import (
+    RecordingServer,
+    poll,
+    require_http_peers,
+    start_process,
+    stop_process,
+    wait_ready,
+)
+from .conftest import free_port, require_binary
+
+if TYPE_CHECKING:
+    import httpx
 
 pytestmark = pytest.mark.integration
-
-require_module("httpx")
-require_module("aiohttp")
-
-import httpx  # noqa: E402 - after the module checks
-
-from ._peers import RecordingServer, poll, start_process, stop_process, wait_ready  # noqa: E402
 
 CONFIG = """\
 route:
@@ -35,6 +39,11 @@ receivers:
       - url: '{hook}/hook'
         send_resolved: true
 """
+
+
+@pytest.fixture(autouse=True)
+def _http_peers() -> None:
+    require_http_peers()
 
 
 @pytest.fixture
@@ -63,6 +72,8 @@ async def alertmanager(tmp_path: Path, hook: RecordingServer) -> AsyncIterator[s
         log,
     )
     url = f"http://127.0.0.1:{port}"
+    import httpx
+
     try:
         async with httpx.AsyncClient(timeout=5) as client:
             await wait_ready(client, f"{url}/-/ready", proc, log)
@@ -83,6 +94,8 @@ async def list_alerts(client: httpx.AsyncClient, url: str) -> list[dict[str, Any
 async def test_alert_is_listed_with_its_labels_then_resolved(
     alertmanager: str, hook: RecordingServer
 ) -> None:
+    import httpx
+
     handler = AlertmanagerAlertHandler(
         alertmanager, labels={"team": "ml"}, generator_url="http://dashboards.example/quota"
     )

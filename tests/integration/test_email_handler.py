@@ -10,7 +10,7 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -25,12 +25,9 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Session.login_data is deprecated:DeprecationWarning"),
 ]
 
-require_module("aiosmtpd")
-require_module("aiosmtplib")
-trustme = require_module("trustme")
-
-from aiosmtpd.controller import Controller  # noqa: E402 - after the module checks
-from aiosmtpd.smtp import AuthResult, LoginPassword  # noqa: E402
+if TYPE_CHECKING:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
 
 USER, PASSWORD = "quota-bot", "pa55-w0rd-xyz"
 
@@ -60,6 +57,8 @@ class Inbox:
 def authenticator(
     server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
 ) -> AuthResult:
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
     ok = (
         isinstance(auth_data, LoginPassword)
         and auth_data.login == USER.encode()
@@ -76,6 +75,7 @@ class Tls:
 
 @pytest.fixture
 def tls() -> Tls:
+    trustme = require_module("trustme")
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -86,6 +86,10 @@ def tls() -> Tls:
 
 
 def run_smtp(inbox: Inbox, **kwargs: Any) -> tuple[Controller, int]:
+    require_module("aiosmtpd")
+    require_module("aiosmtplib")
+    from aiosmtpd.controller import Controller
+
     port = free_port()  # aiosmtpd's Controller cannot use port 0
     controller = Controller(inbox, hostname="127.0.0.1", port=port, **kwargs)
     controller.start()

@@ -14,14 +14,15 @@ from otel_llm_quota import LLMProviderManager
 from otel_llm_quota.handlers import SIGNATURE_HEADER, SlackAlertHandler, WebhookAlertHandler
 from otel_llm_quota.testing import FakeClock, RecordingAlertHandler
 
-from .conftest import free_port, require_module
+from ._peers import RecordingServer, poll, require_http_peers
+from .conftest import free_port
 
 pytestmark = pytest.mark.integration
 
-require_module("aiohttp")
-require_module("httpx")
 
-from ._peers import RecordingServer, poll  # noqa: E402 - after the module checks
+@pytest.fixture(autouse=True)
+def _http_peers() -> None:
+    require_http_peers()
 
 
 @pytest.fixture

@@ -5,22 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from otel_llm_quota import LLMProviderManager, PrometheusEndpoint, start_prometheus_server
 
+from ._peers import poll, start_process, stop_process, wait_ready
 from .conftest import free_port, require_binary, require_module
 
+if TYPE_CHECKING:
+    import httpx
+
 pytestmark = pytest.mark.integration
-
-require_module("opentelemetry.exporter.prometheus")
-require_module("httpx")
-require_module("aiohttp")
-
-import httpx  # noqa: E402 - after the module checks
-
-from ._peers import poll, start_process, stop_process, wait_ready  # noqa: E402
 
 CONFIG = """\
 global: {{scrape_interval: 1s, evaluation_interval: 1s}}
@@ -37,6 +34,8 @@ class Prometheus:
 
 @pytest.fixture
 def endpoint(manager: LLMProviderManager) -> Iterator[PrometheusEndpoint]:
+    require_module("opentelemetry.exporter.prometheus", "install the 'prometheus' extra")
+    require_module("httpx")
     ep = start_prometheus_server(manager, port=0, host="127.0.0.1")
     yield ep
     ep.shutdown()
@@ -59,6 +58,8 @@ async def prometheus(tmp_path: Path, endpoint: PrometheusEndpoint) -> AsyncItera
         log,
     )
     url = f"http://127.0.0.1:{port}"
+    import httpx
+
     try:
         async with httpx.AsyncClient(timeout=5) as client:
             await wait_ready(client, f"{url}/-/ready", proc, log)
@@ -102,6 +103,7 @@ async def test_prometheus_scrapes_usage_limit_and_utilization_of_two_configs(
     await manager.set_quota_limit("anthropic-dev", 4000, provider="anthropic")
     manager.record_usage("openai-prod", input_tokens=200, output_tokens=50)
     manager.record_usage("anthropic-dev", input_tokens=3000)
+    import httpx
 
     async with httpx.AsyncClient(timeout=5) as client:
         await wait_for_values(
