@@ -332,3 +332,23 @@ def test_a_bad_security_argument_is_refused() -> None:
             sender="q@example.com",
             recipients="a@example.com",
         )
+
+
+def test_httpx_request_lines_are_redacted_in_their_normalised_form(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pytest.importorskip("httpx")
+    WebhookAlertHandler("http://127.0.0.1:9?token=a b")  # httpx logs it as ...:9?token=a%20b
+    caplog.set_level(logging.INFO, logger="httpx")
+
+    logging.getLogger("httpx").info(
+        'HTTP Request: %s %s "%s %d %s"',
+        "POST",
+        "http://127.0.0.1:9?token=a%20b",
+        "HTTP/1.1",
+        200,
+        "OK",
+    )
+
+    assert "token" not in caplog.text
+    assert "POST http://127.0.0.1:9/… " in caplog.text

@@ -105,9 +105,19 @@ def _redact_value(value: object, secrets: dict[str, str]) -> object:
 def register_secret_url(url: str) -> None:
     """Hide ``url`` from the ``httpx`` logger's request lines (installs the filter once)."""
     global _filter_installed, _secret_urls
+    variants = {url}
+    try:  # httpx logs its normalised form of the URL (percent-encoding)
+        import httpx
+
+        variants.add(str(httpx.URL(url)))
+    except Exception:  # httpx missing or a URL it refuses: the raw form is all there is
+        pass
+    shown = redact_url(url)
     with _secret_lock:
         # Copy on write: the filter iterates the dict on other threads without the lock.
-        _secret_urls = {**_secret_urls, url: redact_url(url)}
+        # Longest first, so a URL is never half-replaced through a shorter variant.
+        merged = {**_secret_urls, **dict.fromkeys(variants, shown)}
+        _secret_urls = dict(sorted(merged.items(), key=lambda kv: -len(kv[0])))
         if not _filter_installed:
             logging.getLogger("httpx").addFilter(_RedactSecretUrls())
             _filter_installed = True
