@@ -131,6 +131,9 @@ class _ConfigState:
 
     def arm(self) -> None:
         """Set ``wake_at``: the usage at which the monitor must look at this config again."""
+        if not self.threshold_tokens:  # no limit yet: nothing to cross
+            self.wake_at = _INF
+            return
         active = self.active if self.alert_generation == self.generation else None
         for threshold, tokens in zip(self.thresholds, self.threshold_tokens, strict=True):
             if active is None or threshold not in active:
