@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone, tzinfo
-from typing import Final
+from typing import Any, Final, TypeVar
 
 from otel_llm_quota._models import AlertState, QuotaInfo, SpanRef
 from otel_llm_quota._periods import Period, period_bounds, resolve_timezone, validate_period
@@ -34,6 +34,7 @@ Clock = Callable[[], float]
 """A zero-argument callable returning the current POSIX time in seconds (``time.time``)."""
 
 _INF: Final = math.inf
+_T = TypeVar("_T", bound=tuple[Any, ...])
 DEFAULT_THRESHOLD_PERCENT: Final = 80.0
 DEFAULT_PERIOD: Final[Period] = "month"
 
@@ -196,6 +197,24 @@ def threshold_tokens(limit: int, thresholds: Iterable[float]) -> tuple[int, ...]
     return tuple(math.ceil(limit * t / 100.0) for t in thresholds)
 
 
+_SHARED: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+_SHARED_MAX = 4096
+
+
+def _shared(value: _T) -> _T:
+    """One shared copy of a small immutable tuple (thresholds repeat across many configs).
+
+    Saves about 250 bytes per config when thousands share the same limit and thresholds. The
+    table is bounded; past it, tuples are simply not shared.
+    """
+    found = _SHARED.get(value)
+    if found is not None:
+        return found  # type: ignore[return-value]  # equal tuple of the same type
+    if len(_SHARED) < _SHARED_MAX:
+        _SHARED[value] = value
+    return value
+
+
 class QuotaLedger:
     """Per-configuration quota counters, safe to update from any thread.
 
@@ -279,8 +298,8 @@ class QuotaLedger:
                 state.period, state.tz = period_name, tz
                 state.period_start, state.period_end = period_bounds(period_name, now, tz)
             state.limit = limit
-            state.thresholds = levels
-            state.threshold_tokens = threshold_tokens(limit, levels)
+            state.thresholds = _shared(levels)
+            state.threshold_tokens = _shared(threshold_tokens(limit, levels))
             state.arm()
             wake = bool(state.active) or state.total >= state.wake_at
             info = state.snapshot()
