@@ -14,16 +14,14 @@ def per_call_seconds(loop: Callable[[int], None], n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
-def interleaved(
-    cases: dict[str, Callable[[int], None]], n: int, rounds: int
-) -> dict[str, float]:
+def interleaved(cases: dict[str, Callable[[int], None]], n: int, rounds: int) -> dict[str, float]:
     """Median seconds per call of each case, running the cases in turn in every round.
 
     Interleaving spreads machine noise (another process, CPU frequency) over every case alike, so
     the ratios between cases are stable even when the absolute figures drift.
     """
     samples: dict[str, list[float]] = {name: [] for name in cases}
-    for name, loop in cases.items():  # warm-up
+    for loop in cases.values():  # warm-up
         loop(max(n // 10, 1))
     for _ in range(rounds):
         for name, loop in cases.items():

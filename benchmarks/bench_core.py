@@ -21,10 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import fmt_rate, interleaved  # noqa: E402
+from _common import fmt_rate, interleaved
 
-from otel_llm_quota import QuotaLedger  # noqa: E402
-from otel_llm_quota._alerting import evaluate_ledger  # noqa: E402
+from otel_llm_quota import QuotaLedger
+from otel_llm_quota._alerting import evaluate_ledger
 
 CONFIGS = 100_000
 
@@ -109,12 +109,16 @@ def main() -> None:
     print(f"ratio          : {rec / bare:.2f}x  (target <= 3x)")
     for firing_every, label in ((0, "no alert firing"), (10, "10% firing (repeat check)")):
         seconds, initial, examined = bench_monitor_pass(firing_every)
-        print(f"monitor pass, {CONFIGS:,} configs, {label}: {seconds * 1000:.1f} ms "
-              f"(examined {examined:,} under the lock; first pass sent {initial:,} alerts)"
-              "  (target < 200 ms)")
+        print(
+            f"monitor pass, {CONFIGS:,} configs, {label}: {seconds * 1000:.1f} ms "
+            f"(examined {examined:,} under the lock; first pass sent {initial:,} alerts)"
+            "  (target < 200 ms)"
+        )
     first = bench_first_pass_alerting(10)
-    print(f"monitor pass, {CONFIGS:,} configs, 10% crossing now (10,000 alerts built): "
-          f"{first * 1000:.1f} ms")
+    print(
+        f"monitor pass, {CONFIGS:,} configs, 10% crossing now (10,000 alerts built): "
+        f"{first * 1000:.1f} ms"
+    )
     print(f"memory per config (limit set, 10% firing): {bench_memory():.0f} bytes (target < 1024)")
 
 
