@@ -29,9 +29,15 @@ class AuditTrail:
 
     def __init__(self) -> None:
         self.seen: list[Alert] = []
+        self.arrivals: asyncio.Queue[Alert] = asyncio.Queue()
 
-    def handle_alert(self, alert: Alert) -> None:  # sync handlers run on a worker thread
+    async def handle_alert(self, alert: Alert) -> None:  # async: runs on the event loop
         self.seen.append(alert)
+        self.arrivals.put_nowait(alert)
+
+    async def next(self, timeout: float = 5.0) -> Alert:
+        """Wait (bounded) for the next alert; the monitor delivers it within milliseconds."""
+        return await asyncio.wait_for(self.arrivals.get(), timeout)
 
 
 async def main() -> None:
@@ -60,39 +66,36 @@ async def main() -> None:
         await manager.update_quota_usage("openai-prod", "openai", tokens_used=0, success=False)
         # Crossing a threshold wakes the monitor at once, not after the 60 s interval.
         manager.record_usage("anthropic-dev", input_tokens=9_000, output_tokens=2_500)
-        await wait_for_alerts(audit, 1)
+        await audit.next()
         manager.record_usage("anthropic-dev", input_tokens=6_000, output_tokens=1_000)
-        await wait_for_alerts(audit, 2)
+        await audit.next()
 
         status = await manager.get_quota_status("openai-prod")
         print("openai-prod status:", json.dumps(status, indent=2))
         for item in await manager.get_all_quota_statuses():
-            print(f"{item['config_id']:>14}: {item['total_tokens']:>6} / {item['quota_limit']}"
-                  f" tokens ({item['usage_percent']:.1f}%), resets {item['reset_at']}")
+            print(
+                f"{item['config_id']:>14}: {item['total_tokens']:>6} / {item['quota_limit']}"
+                f" tokens ({item['usage_percent']:.1f}%), resets {item['reset_at']}"
+            )
 
         quota = await manager.get_quota_usage("anthropic-dev")
         assert quota is not None
-        print(f"anthropic-dev: {quota.input_tokens} in + {quota.output_tokens} out,"
-              f" {quota.quota_remaining} left, alert {quota.alert_state and quota.alert_state.value}")
+        print(
+            f"anthropic-dev: {quota.input_tokens} in + {quota.output_tokens} out,"
+            f" {quota.quota_remaining} left, alert {quota.alert_state and quota.alert_state.value}"
+        )
 
         # Resetting the usage resolves the firing alert.
         await manager.reset_quota_cache("anthropic-dev")
-        await wait_for_alerts(audit, 3)
-        print("alerts:", [(a.config_id, a.state.value, a.threshold_percent, a.reason.value)
-                          for a in audit.seen])
+        await audit.next()
+        print(
+            "alerts:",
+            [(a.config_id, a.state.value, a.threshold_percent, a.reason.value) for a in audit.seen],
+        )
 
         manager.remove_alert_handler(quota_alert_handler)
         await manager.stop_monitoring()
         print("monitoring:", manager.monitoring)
-
-
-async def wait_for_alerts(audit: AuditTrail, count: int, timeout: float = 5.0) -> None:
-    """Wait (bounded) until the audit handler has seen ``count`` alerts."""
-    async def seen() -> None:
-        while len(audit.seen) < count:
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(seen(), timeout)
 
 
 if __name__ == "__main__":

@@ -159,8 +159,9 @@ def evaluate_ledger(
 
     A config with no active alert and usage below its lowest threshold needs nothing: it is skipped
     without taking the lock (evaluation keeps every crossed threshold active, so this test is
-    exact, and a racing ``record_usage`` that crosses a threshold wakes the monitor again). Each of the others is evaluated in its own short critical
-    section, so the hot path never waits for a whole pass.
+    exact, and a racing ``record_usage`` that crosses a threshold wakes the monitor again). Each
+    of the others is evaluated in its own short critical section, so the hot path never waits
+    for a whole pass.
     """
     alerts: list[Alert] = []
     next_due = math.inf

@@ -16,8 +16,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone, tzinfo
-from typing import Final
+from typing import Any, Final, TypeVar
 
+from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota._models import AlertState, QuotaInfo, SpanRef
 from otel_llm_quota._periods import Period, period_bounds, resolve_timezone, validate_period
 from otel_llm_quota._validation import (
@@ -40,6 +41,7 @@ lifetime_successful_requests, lifetime_failed_requests)``; ``period_end`` is POS
 for a quota that never resets)."""
 
 _INF: Final = math.inf
+_T = TypeVar("_T", bound=tuple[Any, ...])
 DEFAULT_THRESHOLD_PERCENT: Final = 80.0
 DEFAULT_PERIOD: Final[Period] = "month"
 
@@ -137,6 +139,9 @@ class _ConfigState:
 
     def arm(self) -> None:
         """Set ``wake_at``: the usage at which the monitor must look at this config again."""
+        if not self.threshold_tokens:  # no limit yet: nothing to cross
+            self.wake_at = _INF
+            return
         active = self.active if self.alert_generation == self.generation else None
         for threshold, tokens in zip(self.thresholds, self.threshold_tokens, strict=True):
             if active is None or threshold not in active:
@@ -199,6 +204,24 @@ def threshold_tokens(limit: int, thresholds: Iterable[float]) -> tuple[int, ...]
     return tuple(math.ceil(limit * t / 100.0) for t in thresholds)
 
 
+_SHARED: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+_SHARED_MAX = 4096
+
+
+def _shared(value: _T) -> _T:
+    """One shared copy of a small immutable tuple (thresholds repeat across many configs).
+
+    Saves about 250 bytes per config when thousands share the same limit and thresholds. The
+    table is bounded; past it, tuples are simply not shared.
+    """
+    found = _SHARED.get(value)
+    if found is not None:
+        return found  # type: ignore[return-value]  # equal tuple of the same type
+    if len(_SHARED) < _SHARED_MAX:
+        _SHARED[value] = value
+    return value
+
+
 class QuotaLedger:
     """Per-configuration quota counters, safe to update from any thread.
 
@@ -221,6 +244,12 @@ class QuotaLedger:
         self._lock = threading.Lock()
         self._states: dict[str, _ConfigState] = {}
         self._wakeup: Callable[[], None] | None = None
+        reinit_after_fork(self._at_fork_reinit)
+
+    def _at_fork_reinit(self) -> None:
+        # In a forked child: a thread of the parent may have held the lock at fork time.
+        self._lock = threading.Lock()
+        self._wakeup = None
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -282,8 +311,8 @@ class QuotaLedger:
                 state.period, state.tz = period_name, tz
                 state.period_start, state.period_end = period_bounds(period_name, now, tz)
             state.limit = limit
-            state.thresholds = levels
-            state.threshold_tokens = threshold_tokens(limit, levels)
+            state.thresholds = _shared(levels)
+            state.threshold_tokens = _shared(threshold_tokens(limit, levels))
             state.arm()
             wake = bool(state.active) or state.total >= state.wake_at
             info = state.snapshot()

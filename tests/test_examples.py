@@ -1,0 +1,30 @@
+"""The examples run as documented and finish by themselves."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quota_monitoring_example_runs() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "examples/quota_monitoring_example.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Alert: anthropic-dev at 57.5% quota usage (firing, threshold 50.0%)" in out
+    assert "Alert: anthropic-dev at 92.5% quota usage (firing, threshold 80.0%)" in out
+    assert "('anthropic-dev', 'resolved', 80.0, 'period_reset')" in out
+    assert '"total_tokens": 15000' in out
+    assert "monitoring: False" in out
