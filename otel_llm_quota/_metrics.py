@@ -22,6 +22,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, g
 from opentelemetry.sdk.metrics.view import View
 
 from otel_llm_quota import _names as n
+from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota._ledger import MetricRow
 from otel_llm_quota.version import __version__
 
@@ -78,6 +79,7 @@ class QuotaMetrics:
         self._now = 0.0
         self._attrs: dict[str, _ConfigAttributes] = {}
         self._closed = False
+        reinit_after_fork(self._at_fork_reinit)
         meter = get_meter(n.METER_NAME, __version__, meter_provider=meter_provider)
         # The first instrument's callback takes the snapshot the others of the same collection
         # read: the SDK calls observable callbacks one after the other, in creation order.
@@ -135,6 +137,10 @@ class QuotaMetrics:
             unit="{failure}",
             description="Alert-handler calls that raised or timed out, by handler.",
         )
+
+    def _at_fork_reinit(self) -> None:
+        # In a forked child: a collecting thread of the parent may have held the lock.
+        self._lock = threading.Lock()
 
     def shutdown(self) -> None:
         """Stop reporting (the instruments stay registered but observe nothing). Idempotent."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -291,3 +294,40 @@ async def test_views_make_room_for_many_configs(clock: FakeClock) -> None:
 def test_views_reject_a_bad_size() -> None:
     with pytest.raises(ValueError, match="max_configs"):
         quota_metric_views(0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_collects_metrics_even_if_the_lock_was_held_at_fork() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    manager = LLMProviderManager()
+    metrics = instrument_metrics(manager, meter_provider=provider)
+    manager.set_quota_limit_sync("c", 100)
+    try:
+        locked, release = threading.Event(), threading.Event()
+
+        def hold_the_lock() -> None:
+            with metrics._lock:
+                locked.set()
+                release.wait(10)
+
+        holder = threading.Thread(target=hold_the_lock)
+        holder.start()
+        locked.wait(10)
+        pid = os.fork()
+        if pid == 0:  # the child: never return into pytest
+            code = 1
+            try:
+                signal.alarm(20)  # a deadlock would end the child instead of hanging the test
+                data = reader.get_metrics_data()
+                code = 0 if data is not None and data.resource_metrics else 2
+            finally:
+                os._exit(code)
+        release.set()
+        holder.join()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        metrics.shutdown()
+        provider.shutdown()
+        manager.close()

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
+from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota.handlers._base import AlertDeliveryError, Secret, redact_url
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -73,6 +74,12 @@ class HttpPoster:
         self._verify = verify
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
+        reinit_after_fork(self._at_fork_reinit)
+
+    def _at_fork_reinit(self) -> None:
+        # In a forked child: the parent's pooled connections are not ours to use or close.
+        self._client = None
+        self._client_loop = None
 
     def _get_client(self) -> httpx.AsyncClient:
         # A client's connection pool belongs to the event loop it was first used on; a handler
