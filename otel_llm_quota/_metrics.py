@@ -164,17 +164,21 @@ class QuotaMetrics:
 
     # -- callbacks -------------------------------------------------------------------------------
 
+    # The observations are generated lazily: the SDK turns each into a measurement and drops it,
+    # so a collection never holds ~9 objects per config at once (less memory, fewer GC passes).
+
     def _observe_usage(self, options: CallbackOptions) -> Iterable[Observation]:
         manager = self._manager()
         if manager is None:
-            return []
+            return ()
         ledger = manager.ledger
         now = ledger.clock()
         rows = ledger.metric_rows(now)
         with self._lock:
-            self._rows, self._now = rows, now
             attributes = self._attributes
-            return [Observation(row[2], attributes(row[0], row[1]).base) for row in rows]
+            bases = [attributes(row[0], row[1]).base for row in rows]
+            self._rows, self._now = rows, now
+        return (Observation(row[2], base) for row, base in zip(rows, bases, strict=True))
 
     def _rows_and_attrs(self) -> tuple[list[MetricRow], dict[str, _ConfigAttributes]]:
         # Every config in the rows got its attributes in _observe_usage of this collection.
@@ -183,52 +187,46 @@ class QuotaMetrics:
 
     def _observe_limit(self, options: CallbackOptions) -> Iterable[Observation]:
         rows, attrs = self._rows_and_attrs()
-        return [Observation(row[3], attrs[row[0]].base) for row in rows if row[3] is not None]
+        return (Observation(row[3], attrs[row[0]].base) for row in rows if row[3] is not None)
 
     def _observe_remaining(self, options: CallbackOptions) -> Iterable[Observation]:
         rows, attrs = self._rows_and_attrs()
-        return [
+        return (
             Observation(max(row[3] - row[2], 0), attrs[row[0]].base)
             for row in rows
             if row[3] is not None
-        ]
+        )
 
     def _observe_utilization(self, options: CallbackOptions) -> Iterable[Observation]:
         rows, attrs = self._rows_and_attrs()
-        return [
+        return (
             Observation(row[2] / row[3], attrs[row[0]].base) for row in rows if row[3] is not None
-        ]
+        )
 
     def _observe_tokens(self, options: CallbackOptions) -> Iterable[Observation]:
         rows, attrs = self._rows_and_attrs()
-        out: list[Observation] = []
-        append = out.append
         for row in rows:
             a = attrs[row[0]]
-            append(Observation(row[5], a.input))
-            append(Observation(row[6], a.output))
+            yield Observation(row[5], a.input)
+            yield Observation(row[6], a.output)
             if row[7]:
-                append(Observation(row[7], a.other))
-        return out
+                yield Observation(row[7], a.other)
 
     def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
         rows, attrs = self._rows_and_attrs()
-        out: list[Observation] = []
-        append = out.append
         for row in rows:
             a = attrs[row[0]]
-            append(Observation(row[8], a.success))
-            append(Observation(row[9], a.failure))
-        return out
+            yield Observation(row[8], a.success)
+            yield Observation(row[9], a.failure)
 
     def _observe_time_until_reset(self, options: CallbackOptions) -> Iterable[Observation]:
         rows, attrs = self._rows_and_attrs()
         now = self._now
-        return [
+        return (
             Observation(max(row[4] - now, 0.0), attrs[row[0]].base)
             for row in rows
             if row[4] != math.inf
-        ]
+        )
 
     def _observe_alerts(self, options: CallbackOptions) -> Iterable[Observation]:
         manager = self._manager()
