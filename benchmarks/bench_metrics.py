@@ -91,7 +91,8 @@ def main() -> None:
     ]
 
     def run_callbacks() -> int:
-        return sum(len(list(cb(options))) for cb in callbacks)
+        # Consumed one at a time, as the SDK does (nothing is kept).
+        return sum(1 for cb in callbacks for _ in cb(options))
 
     data = reader.get_metrics_data()
     assert data is not None
