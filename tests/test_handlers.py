@@ -217,7 +217,7 @@ async def test_slack_message_uses_block_kit(
 
     message = slack_message(recorder.alerts[0])
 
-    assert message["text"] == "LLM quota a<b> crossed 90% (95.0% used)"
+    assert message["text"] == "LLM quota a&lt;b&gt; crossed 90% (95.0% used)"
     kinds = [b["type"] for b in message["blocks"]]
     assert kinds == ["header", "section", "section", "context"]
     assert message["blocks"][0]["text"]["type"] == "plain_text"

@@ -57,7 +57,7 @@ def slack_message(
     if alert.span is not None:
         context += f" · trace `{alert.span.trace_id:032x}`"
     message: dict[str, Any] = {
-        "text": summary(alert),
+        "text": _escape(summary(alert)),  # the notification fallback is mrkdwn too
         "blocks": [
             {
                 "type": "header",
