@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,42 @@ async def collector(tmp_path: Path) -> AsyncIterator[Collector]:
             prometheus_target=f"127.0.0.1:{prom}",
             telemetry_target=f"127.0.0.1:{telemetry}",
         )
+
+
+@pytest.mark.parametrize(
+    "configs",
+    [["otelcol-config.yaml"], ["otelcol-config.yaml", "otelcol-forward.yaml"]],
+    ids=["main", "with-forward-overlay"],
+)
+def test_shipped_collector_configs_validate(configs: list[str]) -> None:
+    """The collector accepts its configuration files (and builds every component they name)."""
+    binary = require_binary(str(COLLECTOR_BINARY), "run `make collector` (needs Go)")
+    result = subprocess.run(
+        [binary, "validate", *(f"--config={CONFIG_DIR / name}" for name in configs)],
+        env={**os.environ, "OTELCOL_FORWARD_ENDPOINT": "http://127.0.0.1:4318"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_collector_rejects_a_config_naming_a_component_it_lacks(tmp_path: Path) -> None:
+    """validate is not vacuous: a component outside builder-config.yaml is an error."""
+    binary = require_binary(str(COLLECTOR_BINARY), "run `make collector` (needs Go)")
+    text = (CONFIG_DIR / "otelcol-config.yaml").read_text()
+    config = tmp_path / "otelcol.yaml"
+    config.write_text(text.replace("exporters: [prometheus]", "exporters: [prometheusremotewrite]"))
+    result = subprocess.run(
+        [binary, "validate", f"--config={config}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "prometheusremotewrite" in result.stdout + result.stderr
 
 
 def prometheus_config(collector: Collector) -> str:

@@ -72,3 +72,17 @@ def test_unit_tests_catch_a_broken_rule(
     result = promtool("test", "rules", RULES_TEST.name, cwd=tmp_path)
     assert result.returncode != 0
     assert f"alertname: {alert}," in result.stdout + result.stderr
+
+
+def test_readme_rename_adapts_the_rules_to_the_apps_own_endpoint(tmp_path: Path) -> None:
+    """collector-config/README.md: scraping apps directly, the utilization is
+    llm_quota_utilization; renaming it in the rules (and their tests) is all it takes."""
+    for source in (RULES, RULES_TEST):
+        text = source.read_text()
+        assert "llm_quota_utilization_ratio" in text
+        renamed = text.replace("llm_quota_utilization_ratio", "llm_quota_utilization")
+        (tmp_path / source.name).write_text(renamed)
+    check = promtool("check", "rules", RULES.name, cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    result = promtool("test", "rules", RULES_TEST.name, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
