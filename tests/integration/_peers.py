@@ -1,12 +1,15 @@
-"""Real peers on 127.0.0.1 for the handler tests: an HTTP server that records requests, and
-helpers to run the Debian Prometheus / Alertmanager binaries in a temporary directory."""
+"""Real peers on 127.0.0.1 for the integration tests: an HTTP server that records requests, and
+helpers to run server binaries (Prometheus, Alertmanager, the OpenTelemetry Collector) in a
+temporary directory and to query Prometheus."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -121,10 +124,17 @@ def _tail(log: Path) -> str:
     return log.read_text(errors="replace")[-4000:]
 
 
-def start_process(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """Start a server binary with its output going to ``log``."""
+def start_process(
+    args: list[str], log: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a server binary with its output going to ``log`` (``env`` added to ours)."""
     with log.open("wb") as out:
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=None if env is None else {**os.environ, **env},
+        )
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -144,3 +154,82 @@ def require_http_peers() -> None:
 
     require_module("aiohttp")
     require_module("httpx")
+
+
+@asynccontextmanager
+async def running_server(
+    args: list[str], log: Path, ready_url: str, env: Mapping[str, str] | None = None
+) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """Run a server binary until the block ends: started, polled until ``ready_url`` answers
+    200 (failing with its log if it exits first), and stopped even when the block raises."""
+    import httpx
+
+    proc = start_process(args, log, env)
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            await wait_ready(client, ready_url, proc, log)
+        yield proc
+    finally:
+        stop_process(proc)
+
+
+@asynccontextmanager
+async def running_prometheus(binary: str, config: str, workdir: Path) -> AsyncIterator[str]:
+    """A real Prometheus with configuration ``config`` (YAML text) on a free loopback port;
+    yields its base URL. Files (config, TSDB, log) go to ``workdir``."""
+    from .conftest import free_port
+
+    config_file = workdir / "prometheus.yml"
+    config_file.write_text(config)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [
+        binary,
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={workdir / 'prometheus-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    async with running_server(args, workdir / "prometheus.log", f"{url}/-/ready"):
+        yield url
+
+
+async def prometheus_query(
+    client: httpx.AsyncClient, prometheus_url: str, promql: str
+) -> list[dict[str, Any]]:
+    """The series of an instant query (``data.result``); fails unless Prometheus says success."""
+    response = await client.get(f"{prometheus_url}/api/v1/query", params={"query": promql})
+    body = response.json()
+    assert response.status_code == 200, f"{promql}: HTTP {response.status_code}: {body}"
+    assert body["status"] == "success", f"{promql}: {body}"
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+async def values_by_config(
+    client: httpx.AsyncClient, prometheus_url: str, promql: str
+) -> dict[str, float]:
+    """``llm_quota_config_id`` -> value of each series of an instant query."""
+    return {
+        series["metric"]["llm_quota_config_id"]: float(series["value"][1])
+        for series in await prometheus_query(client, prometheus_url, promql)
+    }
+
+
+async def wait_for_values(
+    client: httpx.AsyncClient,
+    prometheus_url: str,
+    promql: str,
+    expected: dict[str, float],
+    deadline_seconds: float = 30,
+) -> None:
+    """Poll Prometheus until ``promql`` holds ``expected`` per config (scrapes take a while)."""
+
+    async def matches() -> bool | None:
+        got = await values_by_config(client, prometheus_url, promql)
+        return True if got == expected else None
+
+    try:
+        await poll(matches, deadline_seconds=deadline_seconds, what=f"{promql} == {expected}")
+    except AssertionError:
+        got = await values_by_config(client, prometheus_url, promql)
+        raise AssertionError(f"{promql}: expected {expected}, Prometheus has {got}") from None

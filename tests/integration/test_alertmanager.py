@@ -11,14 +11,7 @@ import pytest
 from otel_llm_quota import LLMProviderManager
 from otel_llm_quota.handlers import AlertmanagerAlertHandler
 
-from ._peers import (
-    RecordingServer,
-    poll,
-    require_http_peers,
-    start_process,
-    stop_process,
-    wait_ready,
-)
+from ._peers import RecordingServer, poll, require_http_peers, running_server
 from .conftest import free_port, require_binary
 
 if TYPE_CHECKING:
@@ -60,26 +53,16 @@ async def alertmanager(tmp_path: Path, hook: RecordingServer) -> AsyncIterator[s
     config = tmp_path / "alertmanager.yml"
     config.write_text(CONFIG.format(hook=hook.url))
     port = free_port()
-    log = tmp_path / "alertmanager.log"
-    proc = start_process(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",  # no gossip port
-        ],
-        log,
-    )
     url = f"http://127.0.0.1:{port}"
-    import httpx
-
-    try:
-        async with httpx.AsyncClient(timeout=5) as client:
-            await wait_ready(client, f"{url}/-/ready", proc, log)
+    args = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.path={tmp_path / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",  # no gossip port
+    ]
+    async with running_server(args, tmp_path / "alertmanager.log", f"{url}/-/ready"):
         yield url
-    finally:
-        stop_process(proc)
 
 
 async def list_alerts(client: httpx.AsyncClient, url: str) -> list[dict[str, Any]]:

@@ -11,8 +11,8 @@ import pytest
 
 from otel_llm_quota import LLMProviderManager, PrometheusEndpoint, start_prometheus_server
 
-from ._peers import poll, start_process, stop_process, wait_ready
-from .conftest import free_port, require_binary, require_module
+from ._peers import running_prometheus, wait_for_values
+from .conftest import require_binary, require_module
 
 if TYPE_CHECKING:
     import httpx
@@ -44,56 +44,15 @@ def endpoint(manager: LLMProviderManager) -> Iterator[PrometheusEndpoint]:
 @pytest.fixture
 async def prometheus(tmp_path: Path, endpoint: PrometheusEndpoint) -> AsyncIterator[Prometheus]:
     binary = require_binary("prometheus")
-    config = tmp_path / "prometheus.yml"
-    config.write_text(CONFIG.format(target=f"127.0.0.1:{endpoint.port}"))
-    port = free_port()
-    log = tmp_path / "prometheus.log"
-    proc = start_process(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        log,
-    )
-    url = f"http://127.0.0.1:{port}"
-    import httpx
-
-    try:
-        async with httpx.AsyncClient(timeout=5) as client:
-            await wait_ready(client, f"{url}/-/ready", proc, log)
+    config = CONFIG.format(target=f"127.0.0.1:{endpoint.port}")
+    async with running_prometheus(binary, config, tmp_path) as url:
         yield Prometheus(url)
-    finally:
-        stop_process(proc)
 
 
-async def query(client: httpx.AsyncClient, prom: Prometheus, promql: str) -> dict[str, float]:
-    """``llm_quota_config_id`` -> value of each series of an instant query."""
-    response = await client.get(f"{prom.url}/api/v1/query", params={"query": promql})
-    response.raise_for_status()
-    body = response.json()
-    assert body["status"] == "success"
-    return {
-        series["metric"]["llm_quota_config_id"]: float(series["value"][1])
-        for series in body["data"]["result"]
-    }
-
-
-async def wait_for_values(
+async def wait_for(
     client: httpx.AsyncClient, prom: Prometheus, promql: str, expected: dict[str, float]
 ) -> None:
-    """Poll Prometheus until ``promql`` holds ``expected`` (the first scrape takes ~5 s)."""
-
-    async def matches() -> bool | None:
-        return True if await query(client, prom, promql) == expected else None
-
-    try:
-        await poll(matches, deadline_seconds=30, what=f"{promql} == {expected}")
-    except AssertionError:
-        raise AssertionError(
-            f"{promql}: expected {expected}, Prometheus has {await query(client, prom, promql)}"
-        ) from None
+    await wait_for_values(client, prom.url, promql, expected)
 
 
 async def test_prometheus_scrapes_usage_limit_and_utilization_of_two_configs(
@@ -106,19 +65,19 @@ async def test_prometheus_scrapes_usage_limit_and_utilization_of_two_configs(
     import httpx
 
     async with httpx.AsyncClient(timeout=5) as client:
-        await wait_for_values(
+        await wait_for(
             client, prometheus, "llm_quota_usage", {"openai-prod": 250, "anthropic-dev": 3000}
         )
-        await wait_for_values(
+        await wait_for(
             client, prometheus, "llm_quota_limit", {"openai-prod": 1000, "anthropic-dev": 4000}
         )
-        await wait_for_values(
+        await wait_for(
             client,
             prometheus,
             "llm_quota_utilization",
             {"openai-prod": 0.25, "anthropic-dev": 0.75},
         )
-        await wait_for_values(
+        await wait_for(
             client,
             prometheus,
             'llm_quota_tokens_total{gen_ai_token_type="input",gen_ai_provider_name="openai"}',
@@ -126,7 +85,7 @@ async def test_prometheus_scrapes_usage_limit_and_utilization_of_two_configs(
         )
         # Values are read at scrape time: new usage shows up without any recording step.
         manager.record_usage("openai-prod", input_tokens=650)
-        await wait_for_values(
+        await wait_for(
             client,
             prometheus,
             "llm_quota_utilization",
