@@ -50,8 +50,8 @@ def test_rules_pass_their_promtool_unit_tests() -> None:
             "LLMQuotaExhausted",
         ),
         (
-            "(llm_quota:tokens:rate5m > 0)",
-            "(llm_quota:tokens:rate5m > 100)",
+            "rate(llm_quota_tokens_total[5m])\n                ) > 0",
+            "rate(llm_quota_tokens_total[5m])\n                ) > 100",
             "LLMQuotaWillRunOutBeforeReset",
         ),
         (
