@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone, tzinfo
 from typing import Any, Final, TypeVar
 
+from opentelemetry.trace import SpanContext
+
 from otel_llm_quota._models import AlertState, QuotaInfo, SpanRef
 from otel_llm_quota._periods import Period, period_bounds, resolve_timezone, validate_period
 from otel_llm_quota._validation import (
@@ -318,13 +320,17 @@ class QuotaLedger:
         output_tokens: int = 0,
         total_tokens: int | None = None,
         success: bool = True,
-        span: SpanRef | None = None,
+        span: SpanRef | SpanContext | None = None,
     ) -> None:
         """Add one request's usage to ``config_id`` (created on first use). Thread-safe.
 
         ``total_tokens`` is for callers that know only a total (or a total larger than
         input + output): the excess is counted as tokens of unspecified type. Raises TypeError or
         ValueError on bad arguments, before anything is counted.
+
+        ``span`` is kept (as a ``SpanRef``) only when this usage crosses a threshold. An OTel
+        ``SpanContext`` is accepted as is and converted only then, so the span processor does not
+        build a ``SpanRef`` for every span.
         """
         if type(input_tokens) is not int or input_tokens < 0:
             input_tokens = check_count("input_tokens", input_tokens)
@@ -363,7 +369,10 @@ class QuotaLedger:
             if state.total < state.wake_at:
                 return
             state.wake_at = _INF
-            state.trigger_span = span
+            if span is None or type(span) is SpanRef:
+                state.trigger_span = span
+            else:
+                state.trigger_span = SpanRef(span.trace_id, span.span_id, int(span.trace_flags))
         self._wake()
 
     def _create(self, config_id: str, provider: str | None, now: float) -> _ConfigState:
