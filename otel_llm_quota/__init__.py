@@ -17,7 +17,6 @@ from otel_llm_quota._rules import ConfigRule, SpanUsage
 from otel_llm_quota.version import __version__
 
 __all__ = [
-    "DEFAULT_CONVENTIONS",
     "Alert",
     "AlertCallback",
     "AlertHandler",
@@ -26,6 +25,7 @@ __all__ = [
     "ConfigError",
     "ConfigRule",
     "Conventions",
+    "DEFAULT_CONVENTIONS",
     "LLMProviderManager",
     "NoOpAlertHandler",
     "PERIODS",
