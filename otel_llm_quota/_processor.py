@@ -253,7 +253,9 @@ class QuotaSpanProcessor(SpanProcessor):
             duplicate = False
             if context is not None and self._marks:
                 duplicate = self._marks.pop(context.span_id, 1) is None
-            if not duplicate and response_id is not None:
+            if response_id is not None:
+                # Remembered even for a span skipped as an ancestor: a third span with the same
+                # id elsewhere (another instrumentation's, in another trace) is the same response.
                 seen = self._seen
                 if response_id in seen:
                     duplicate = True

@@ -487,3 +487,18 @@ async def test_alert_links_to_the_span_that_crossed(
     assert [a.threshold_percent for a in alerts] == [50.0]
     assert alerts[0].span == SpanRef(ctx.trace_id, ctx.span_id, int(ctx.trace_flags))
     assert recorder.firing[0].span == alerts[0].span
+
+
+def test_ancestor_skipped_by_nesting_still_claims_its_response_id(
+    sync_manager: LLMProviderManager,
+) -> None:
+    # Three instrumentations of one call: an inner span without response id (OpenInference),
+    # its parent with the id (openai-v2), and a span in another trace with the same id.
+    harness = make(sync_manager)
+    with harness.tracer.start_as_current_span("v2") as outer:
+        harness.span({"llm.system": "openai", "llm.token_count.prompt": 11}, name="inner")
+        outer.set_attributes({**GENAI, "gen_ai.response.id": "r1"})
+    harness.span({**GENAI, "gen_ai.response.id": "r1"}, name="other-trace")
+    quota = harness.quota("openai")
+    assert (quota.input_tokens, quota.successful_requests) == (11, 1)
+    assert harness.processor.stats.duplicate_spans == 2
