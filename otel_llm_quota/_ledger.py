@@ -347,6 +347,24 @@ class QuotaLedger:
             check_config_id(config_id)
         if provider is not None and (type(provider) is not str or not provider):
             check_optional_str("provider", provider)
+        self.record_checked(config_id, provider, input_tokens, output_tokens, other, success, span)
+
+    def record_checked(
+        self,
+        config_id: str,
+        provider: str | None,
+        input_tokens: int,
+        output_tokens: int,
+        other_tokens: int,
+        success: bool,
+        span: SpanRef | SpanContext | None,
+    ) -> None:
+        """``record_usage`` for callers that checked their values already (the span processor).
+
+        Positional, and nothing is re-checked: the counts must be ints >= 0, ``other_tokens``
+        the tokens beyond input + output, ``config_id`` a str and ``provider`` None or a
+        non-empty str. A new config id is still validated before it is created.
+        """
         now = self._clock()
         with self._lock:
             state = self._states.get(config_id)
@@ -360,9 +378,9 @@ class QuotaLedger:
                 state.failures += 1
             state.input += input_tokens
             state.output += output_tokens
-            if other:
-                state.other += other
-            state.total += input_tokens + output_tokens + other
+            if other_tokens:
+                state.other += other_tokens
+            state.total += input_tokens + output_tokens + other_tokens
             state.last_updated = now
             if provider is not None and state.provider is None:
                 state.provider = provider

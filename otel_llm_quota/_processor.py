@@ -24,9 +24,11 @@ that is not a string) are skipped, never guessed at; each skip is counted in ``s
 
 from __future__ import annotations
 
+import copy
+import itertools
 import logging
 import threading
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -126,7 +128,7 @@ class QuotaSpanProcessor(SpanProcessor):
             raise TypeError("config_resolver must be callable")
         conv = conventions if conventions is not None else DEFAULT_CONVENTIONS
         self._ledger = ledger
-        self._record = ledger.record_usage
+        self._record = ledger.record_checked
         self._conventions = conv
         self._input_keys = conv.input_tokens
         self._output_keys = conv.output_tokens
@@ -142,10 +144,12 @@ class QuotaSpanProcessor(SpanProcessor):
         self._default_config_id = check_config_id(default_config_id)
         self._capacity = max_tracked_responses
         self._lock = threading.Lock()
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self._marks: OrderedDict[int, None] = OrderedDict()
+        self._seen: dict[str, int] = {}
+        self._seen_order: deque[str] = deque()
+        self._marks: dict[int, None] = {}
+        self._marks_order: deque[int] = deque()
         self._rule_cache: dict[tuple[str | None, str | None, int], tuple[object, str | None]] = {}
-        self._counted = 0
+        self._counted = itertools.count()
         self._duplicates = 0
         self._skipped = 0
         self._errors = 0
@@ -214,7 +218,8 @@ class QuotaSpanProcessor(SpanProcessor):
     def stats(self) -> ProcessorStats:
         """Counts of counted, duplicate and skipped spans and values so far."""
         with self._lock:
-            return ProcessorStats(self._counted, self._duplicates, self._skipped, self._errors)
+            counted = next(copy.copy(self._counted))  # the count, without advancing it
+            return ProcessorStats(counted, self._duplicates, self._skipped, self._errors)
 
     @property
     def conventions(self) -> Conventions:
@@ -229,12 +234,31 @@ class QuotaSpanProcessor(SpanProcessor):
     # -- the LLM-span path -----------------------------------------------------------------------
 
     def _on_llm_end(self, span: ReadableSpan, attributes: Mapping[str, Any]) -> None:
-        input_tokens = self._tokens(attributes, self._input_keys)
-        output_tokens = self._tokens(attributes, self._output_keys)
-        total = self._tokens(attributes, self._total_keys)
-        success = span._status.status_code is not _ERROR and (
-            ERROR_TYPE_ATTRIBUTE not in attributes
-        )
+        # Written out flat, with locals: this runs for every LLM span (see benchmarks/).
+        get = attributes.get
+        input_tokens = output_tokens = total = None
+        for key in self._input_keys:
+            value = get(key)
+            if value is not None:
+                if value.__class__ is int and 0 <= value <= MAX_TOKENS_PER_SPAN:
+                    input_tokens = value
+                    break
+                self._skip(key, value)
+        for key in self._output_keys:
+            value = get(key)
+            if value is not None:
+                if value.__class__ is int and 0 <= value <= MAX_TOKENS_PER_SPAN:
+                    output_tokens = value
+                    break
+                self._skip(key, value)
+        for key in self._total_keys:
+            value = get(key)
+            if value is not None:
+                if value.__class__ is int and 0 <= value <= MAX_TOKENS_PER_SPAN:
+                    total = value
+                    break
+                self._skip(key, value)
+        success = span._status.status_code is not _ERROR and ERROR_TYPE_ATTRIBUTE not in attributes
         if (
             input_tokens is None
             and output_tokens is None
@@ -245,66 +269,71 @@ class QuotaSpanProcessor(SpanProcessor):
             if self._marks:
                 self._pass_mark(span)
             return
-        provider = _first_str(attributes, self._provider_keys)
-        response_id = _first_str(attributes, self._response_keys)
+        provider = None
+        for key in self._provider_keys:
+            value = get(key)
+            if value.__class__ is str and value:
+                provider = value
+                break
+        response_id = None
+        for key in self._response_keys:
+            value = get(key)
+            if value.__class__ is str and value:
+                response_id = value
+                break
         context = span._context
         parent = span._parent
-        with self._lock:
-            duplicate = False
-            if context is not None and self._marks:
-                duplicate = self._marks.pop(context.span_id, 1) is None
-            if response_id is not None:
-                # Remembered even for a span skipped as an ancestor: a third span with the same
-                # id elsewhere (another instrumentation's, in another trace) is the same response.
-                seen = self._seen
-                if response_id in seen:
-                    duplicate = True
-                else:
-                    seen[response_id] = None
-                    if len(seen) > self._capacity:
-                        seen.popitem(last=False)
-            if parent is not None:
-                marks = self._marks
-                marks[parent.span_id] = None
-                if len(marks) > self._capacity:
-                    marks.popitem(last=False)
-            if duplicate:
-                self._duplicates += 1
+        marks = self._marks
+        # No lock: each dict/deque operation below is atomic, and the one decision that must be
+        # (first span with this response id?) is a single setdefault. Losing a race on the
+        # eviction order only forgets an id a little early.
+        duplicate = False
+        if marks and context is not None:
+            duplicate = marks.pop(context.span_id, 1) is None
+        if response_id is not None:
+            # Remembered even for a span skipped as an ancestor: a third span with the same id
+            # elsewhere (another instrumentation's, in another trace) is the same response.
+            span_id = context.span_id if context is not None else id(span)
+            if self._seen.setdefault(response_id, span_id) != span_id:
+                duplicate = True
             else:
-                self._counted += 1
+                order = self._seen_order
+                order.append(response_id)
+                if len(order) > self._capacity:
+                    self._forget(order, self._seen)
+        if parent is not None:
+            marks[parent.span_id] = None
+            marks_order = self._marks_order
+            marks_order.append(parent.span_id)
+            if len(marks_order) > self._capacity:
+                self._forget(marks_order, marks)
         if duplicate:
+            with self._lock:
+                self._duplicates += 1
             self._duplicate_counter.add(1)
             return
-        config_id = attributes.get(QUOTA_CONFIG_ID_ATTRIBUTE)
+        next(self._counted)
+        config_id = get(QUOTA_CONFIG_ID_ATTRIBUTE)
         if config_id is not None and (
-            type(config_id) is not str or not 0 < len(config_id) <= MAX_CONFIG_ID_LENGTH
+            config_id.__class__ is not str or not 0 < len(config_id) <= MAX_CONFIG_ID_LENGTH
         ):
             self._skip(QUOTA_CONFIG_ID_ATTRIBUTE, config_id)
             config_id = None
         if config_id is None:
-            config_id = self._resolve(
-                span, attributes, provider, input_tokens, output_tokens, total
-            )
-        self._record(
-            config_id,
-            provider=provider,
-            input_tokens=input_tokens or 0,
-            output_tokens=output_tokens or 0,
-            total_tokens=total,
-            success=success,
-            span=context,
-        )
-
-    def _tokens(self, attributes: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:
-        """The first well-formed token count among ``keys``; bad values are skipped and counted."""
-        for key in keys:
-            value = attributes.get(key)
-            if value is None:
-                continue
-            if type(value) is int and 0 <= value <= MAX_TOKENS_PER_SPAN:
-                return value
-            self._skip(key, value)
-        return None
+            if self._rules or self._resolver is not None:
+                config_id = self._resolve(
+                    span, attributes, provider, input_tokens, output_tokens, total
+                )
+            else:
+                config_id = provider if provider is not None else self._default_config_id
+        input_tokens = input_tokens or 0
+        output_tokens = output_tokens or 0
+        other = 0
+        if total is not None:
+            other = total - input_tokens - output_tokens
+            if other < 0:
+                other = 0
+        self._record(config_id, provider, input_tokens, output_tokens, other, success, context)
 
     def _resolve(
         self,
@@ -385,14 +414,23 @@ class QuotaSpanProcessor(SpanProcessor):
     def _pass_mark(self, span: ReadableSpan) -> None:
         """A marked span (an ancestor of a counted span) passes the mark on to its parent."""
         context = span._context
-        if context is None:
+        if context is None or self._marks.pop(context.span_id, 1) is not None:
             return
-        with self._lock:
-            if self._marks.pop(context.span_id, 1) is not None:
-                return
-            parent = span._parent
-            if parent is not None:
-                self._marks[parent.span_id] = None
+        parent = span._parent
+        if parent is not None:
+            self._marks[parent.span_id] = None
+            order = self._marks_order
+            order.append(parent.span_id)
+            if len(order) > self._capacity:
+                self._forget(order, self._marks)
+
+    @staticmethod
+    def _forget(order: deque[Any], table: dict[Any, Any]) -> None:
+        """Drop the oldest entry of ``table`` (bounded memory)."""
+        try:
+            table.pop(order.popleft(), None)
+        except IndexError:  # another thread emptied it first
+            pass
 
     # -- failures --------------------------------------------------------------------------------
 
