@@ -16,9 +16,16 @@ from opentelemetry import context as otel_context
 
 from otel_llm_quota._validation import check_config_id
 
-__all__ = ["current_quota_config", "quota_config"]
+__all__ = ["ContextUse", "current_quota_config", "quota_config"]
 
 QUOTA_CONFIG_CONTEXT_KEY: Final = otel_context.create_key("llm.quota.config_id")
+
+
+class ContextUse:
+    """Whether ``quota_config`` was ever entered in this process: until then the processor's
+    ``on_start`` has nothing to look up and returns at once."""
+
+    used = False
 
 
 @contextmanager
@@ -30,6 +37,7 @@ def quota_config(config_id: str) -> Iterator[str]:
     instrumentation or the app still wins over this. Raises TypeError/ValueError for a bad id.
     """
     config_id = check_config_id(config_id)
+    ContextUse.used = True
     token = otel_context.attach(otel_context.set_value(QUOTA_CONFIG_CONTEXT_KEY, config_id))
     try:
         yield config_id

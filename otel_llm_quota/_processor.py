@@ -28,7 +28,6 @@ import copy
 import itertools
 import logging
 import threading
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -40,7 +39,7 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import StatusCode
 
-from otel_llm_quota._context import QUOTA_CONFIG_CONTEXT_KEY
+from otel_llm_quota._context import QUOTA_CONFIG_CONTEXT_KEY, ContextUse
 from otel_llm_quota._conventions import (
     DEFAULT_CONVENTIONS,
     ERROR_TYPE_ATTRIBUTE,
@@ -144,10 +143,15 @@ class QuotaSpanProcessor(SpanProcessor):
         self._default_config_id = check_config_id(default_config_id)
         self._capacity = max_tracked_responses
         self._lock = threading.Lock()
-        self._seen: dict[str, int] = {}
-        self._seen_order: deque[str] = deque()
-        self._marks: dict[int, None] = {}
-        self._marks_order: deque[int] = deque()
+        self._half = max(max_tracked_responses // 2, 1)
+        self._seen_new: dict[str, int] = {}
+        self._seen_old: dict[str, int] = {}
+        self._marks_new: dict[int, None] = {}
+        self._marks_old: dict[int, None] = {}
+        self._input_first = conv.input_tokens[0] if conv.input_tokens else ""
+        self._output_first = conv.output_tokens[0] if conv.output_tokens else ""
+        self._provider_first = conv.provider[0] if conv.provider else ""
+        self._response_first = conv.response_id[0] if conv.response_id else ""
         self._rule_cache: dict[tuple[str | None, str | None, int], tuple[object, str | None]] = {}
         self._counted = itertools.count()
         self._duplicates = 0
@@ -172,6 +176,8 @@ class QuotaSpanProcessor(SpanProcessor):
 
     def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
         """Stamp the id of the enclosing ``quota_config`` block on the span, if there is one."""
+        if not ContextUse.used:
+            return
         try:
             config_id = otel_context.get_value(QUOTA_CONFIG_CONTEXT_KEY, parent_context)
             if type(config_id) is str:
@@ -195,7 +201,7 @@ class QuotaSpanProcessor(SpanProcessor):
             else:
                 attributes = attrs
             if self._trigger_keys.isdisjoint(attributes):
-                if self._marks:
+                if self._marks_new or self._marks_old:
                     self._pass_mark(span)
                 return
             if self._shutdown:
@@ -234,30 +240,20 @@ class QuotaSpanProcessor(SpanProcessor):
     # -- the LLM-span path -----------------------------------------------------------------------
 
     def _on_llm_end(self, span: ReadableSpan, attributes: Mapping[str, Any]) -> None:
-        # Written out flat, with locals: this runs for every LLM span (see benchmarks/).
+        # Written out flat, with locals and the first key of each table tried inline (the
+        # common case): this runs for every LLM span (see benchmarks/bench_processor.py).
         get = attributes.get
-        input_tokens = output_tokens = total = None
-        for key in self._input_keys:
-            value = get(key)
-            if value is not None:
-                if value.__class__ is int and 0 <= value <= MAX_TOKENS_PER_SPAN:
-                    input_tokens = value
-                    break
-                self._skip(key, value)
-        for key in self._output_keys:
-            value = get(key)
-            if value is not None:
-                if value.__class__ is int and 0 <= value <= MAX_TOKENS_PER_SPAN:
-                    output_tokens = value
-                    break
-                self._skip(key, value)
+        input_tokens = get(self._input_first)
+        if input_tokens.__class__ is not int or not 0 <= input_tokens <= MAX_TOKENS_PER_SPAN:
+            input_tokens = self._read_tokens(attributes, self._input_keys)
+        output_tokens = get(self._output_first)
+        if output_tokens.__class__ is not int or not 0 <= output_tokens <= MAX_TOKENS_PER_SPAN:
+            output_tokens = self._read_tokens(attributes, self._output_keys)
+        total = None
         for key in self._total_keys:
-            value = get(key)
-            if value is not None:
-                if value.__class__ is int and 0 <= value <= MAX_TOKENS_PER_SPAN:
-                    total = value
-                    break
-                self._skip(key, value)
+            if key in attributes:
+                total = self._read_tokens(attributes, self._total_keys)
+                break
         success = span._status.status_code is not _ERROR and ERROR_TYPE_ATTRIBUTE not in attributes
         if (
             input_tokens is None
@@ -266,47 +262,46 @@ class QuotaSpanProcessor(SpanProcessor):
             and (success or self._is_non_model_operation(attributes))
         ):
             # No usage: only a failed model call counts (as a failed request).
-            if self._marks:
+            if self._marks_new or self._marks_old:
                 self._pass_mark(span)
             return
-        provider = None
-        for key in self._provider_keys:
-            value = get(key)
-            if value.__class__ is str and value:
-                provider = value
-                break
-        response_id = None
-        for key in self._response_keys:
-            value = get(key)
-            if value.__class__ is str and value:
-                response_id = value
-                break
+        provider = get(self._provider_first)
+        if provider.__class__ is not str or not provider:
+            provider = _first_str(attributes, self._provider_keys)
+        response_id = get(self._response_first)
+        if response_id.__class__ is not str or not response_id:
+            response_id = _first_str(attributes, self._response_keys)
         context = span._context
-        parent = span._parent
-        marks = self._marks
-        # No lock: each dict/deque operation below is atomic, and the one decision that must be
-        # (first span with this response id?) is a single setdefault. Losing a race on the
-        # eviction order only forgets an id a little early.
+        span_id = context.span_id if context is not None else 0
+        # No lock: every dict operation below is atomic, and the one decision that must be (is
+        # this the first span with this response id?) is a single setdefault. Memory is bounded
+        # by two generations of at most half the capacity each: when the newer one is full it
+        # becomes the older one and the oldest is dropped. A lost race on the swap only forgets
+        # some ids early.
         duplicate = False
-        if marks and context is not None:
-            duplicate = marks.pop(context.span_id, 1) is None
+        if self._marks_new or self._marks_old:
+            duplicate = (
+                self._marks_new.pop(span_id, 1) is None or self._marks_old.pop(span_id, 1) is None
+            )
         if response_id is not None:
             # Remembered even for a span skipped as an ancestor: a third span with the same id
             # elsewhere (another instrumentation's, in another trace) is the same response.
-            span_id = context.span_id if context is not None else id(span)
-            if self._seen.setdefault(response_id, span_id) != span_id:
+            seen = self._seen_new
+            if (
+                self._seen_old.get(response_id, span_id) != span_id
+                or seen.setdefault(response_id, span_id) != span_id
+            ):
                 duplicate = True
-            else:
-                order = self._seen_order
-                order.append(response_id)
-                if len(order) > self._capacity:
-                    self._forget(order, self._seen)
+            elif len(seen) >= self._half:
+                self._seen_old = seen
+                self._seen_new = {}
+        parent = span._parent
         if parent is not None:
+            marks = self._marks_new
             marks[parent.span_id] = None
-            marks_order = self._marks_order
-            marks_order.append(parent.span_id)
-            if len(marks_order) > self._capacity:
-                self._forget(marks_order, marks)
+            if len(marks) >= self._half:
+                self._marks_old = marks
+                self._marks_new = {}
         if duplicate:
             with self._lock:
                 self._duplicates += 1
@@ -334,6 +329,17 @@ class QuotaSpanProcessor(SpanProcessor):
             if other < 0:
                 other = 0
         self._record(config_id, provider, input_tokens, output_tokens, other, success, context)
+
+    def _read_tokens(self, attributes: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:
+        """The first well-formed token count among ``keys``; bad values are skipped and counted."""
+        for key in keys:
+            value = attributes.get(key)
+            if value is None:
+                continue
+            if value.__class__ is int and 0 <= value <= MAX_TOKENS_PER_SPAN:
+                return int(value)
+            self._skip(key, value)
+        return None
 
     def _resolve(
         self,
@@ -414,23 +420,21 @@ class QuotaSpanProcessor(SpanProcessor):
     def _pass_mark(self, span: ReadableSpan) -> None:
         """A marked span (an ancestor of a counted span) passes the mark on to its parent."""
         context = span._context
-        if context is None or self._marks.pop(context.span_id, 1) is not None:
+        if context is None:
             return
+        span_id = context.span_id
+        if (
+            self._marks_new.pop(span_id, 1) is not None
+            and self._marks_old.pop(span_id, 1) is not None
+        ):
+            return  # not marked
         parent = span._parent
         if parent is not None:
-            self._marks[parent.span_id] = None
-            order = self._marks_order
-            order.append(parent.span_id)
-            if len(order) > self._capacity:
-                self._forget(order, self._marks)
-
-    @staticmethod
-    def _forget(order: deque[Any], table: dict[Any, Any]) -> None:
-        """Drop the oldest entry of ``table`` (bounded memory)."""
-        try:
-            table.pop(order.popleft(), None)
-        except IndexError:  # another thread emptied it first
-            pass
+            marks = self._marks_new
+            marks[parent.span_id] = None
+            if len(marks) >= self._half:
+                self._marks_old = marks
+                self._marks_new = {}
 
     # -- failures --------------------------------------------------------------------------------
 

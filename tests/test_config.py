@@ -118,6 +118,7 @@ def test_json_file(tmp_path: Path, closing: list[LLMProviderManager]) -> None:
 
 def test_yaml_file(tmp_path: Path, closing: list[LLMProviderManager]) -> None:
     import yaml  # the `yaml` extra (installed by `make venv`)
+
     path = tmp_path / "quotas.yaml"
     path.write_text(yaml.safe_dump(FULL))
     setup = load_config(path)
