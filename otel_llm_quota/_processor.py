@@ -4,18 +4,19 @@ It runs on the thread that ends every span of the application, so ``on_end`` nev
 blocks on I/O and, for a span without token usage, costs one set-disjointness test over the span's
 attribute keys. For an LLM span it reads a handful of attributes, decides which configuration the
 span belongs to, makes sure the same tokens are not counted twice, and calls the ledger's
-synchronous ``record_usage``.
+synchronous ``record_checked`` (``record_usage`` without re-checking what was checked here).
 
 Counting once:
 
 * **by response id.** Two spans carrying the same ``gen_ai.response.id`` describe one response
   (the ``anthropic`` SDK's own span and OpenLLMetry's span, which sit in separate traces): the
-  first one to end is counted, later ones are duplicates. The ids of the last
-  ``max_tracked_responses`` counted responses are remembered.
+  first one to end is counted, later ones are duplicates. Between half and all of the last
+  ``max_tracked_responses`` response ids are remembered (two generations of half that size).
 * **innermost wins within a trace.** When a span with usage ends, its parent is marked; a marked
   span is not counted (a framework's outer span repeating the inner span's usage) and passes the
   mark to its own parent, so any ancestor is skipped too. Children end before their parents, so
-  the innermost span is the one that counts. At most ``max_tracked_responses`` marks are kept.
+  the innermost span is the one that counts. At most ``max_tracked_responses`` marks are kept,
+  the same way.
 
 Bad values (a token count that is a string, float, bool, negative or absurdly large; a config id
 that is not a string) are skipped, never guessed at; each skip is counted in ``stats`` and in the
@@ -317,7 +318,7 @@ class QuotaSpanProcessor(SpanProcessor):
         if config_id is None:
             if self._rules or self._resolver is not None:
                 config_id = self._resolve(
-                    span, attributes, provider, input_tokens, output_tokens, total
+                    span, attributes, provider, input_tokens, output_tokens, total, success
                 )
             else:
                 config_id = provider if provider is not None else self._default_config_id
@@ -349,6 +350,7 @@ class QuotaSpanProcessor(SpanProcessor):
         input_tokens: int | None,
         output_tokens: int | None,
         total: int | None,
+        success: bool,
     ) -> str:
         if self._rules or self._resolver is not None:
             model = _first_str(attributes, self._model_keys)
@@ -367,7 +369,7 @@ class QuotaSpanProcessor(SpanProcessor):
                     return matched
             if self._resolver is not None:
                 chosen = self._call_resolver(
-                    span, attributes, provider, model, input_tokens, output_tokens, total
+                    span, attributes, provider, model, input_tokens, output_tokens, total, success
                 )
                 if chosen is not None:
                     return chosen
@@ -382,6 +384,7 @@ class QuotaSpanProcessor(SpanProcessor):
         input_tokens: int | None,
         output_tokens: int | None,
         total: int | None,
+        success: bool,
     ) -> str | None:
         assert self._resolver is not None
         details = {
@@ -396,7 +399,7 @@ class QuotaSpanProcessor(SpanProcessor):
             output_tokens=output_tokens or 0,
             total_tokens=total,
             response_id=_first_str(attributes, self._response_keys),
-            success=span.status.status_code is not _ERROR,
+            success=success,
             attributes=MappingProxyType(dict(attributes)),
             resource_attributes=span.resource.attributes,
             details=details,
