@@ -145,8 +145,8 @@ class QuotaSpanProcessor(SpanProcessor):
         self._capacity = max_tracked_responses
         self._lock = threading.Lock()
         self._half = max(max_tracked_responses // 2, 1)
-        self._seen_new: dict[str, int] = {}
-        self._seen_old: dict[str, int] = {}
+        self._seen_new: dict[str, object] = {}
+        self._seen_old: dict[str, object] = {}
         self._marks_new: dict[int, None] = {}
         self._marks_old: dict[int, None] = {}
         self._input_first = conv.input_tokens[0] if conv.input_tokens else ""
@@ -207,7 +207,100 @@ class QuotaSpanProcessor(SpanProcessor):
                 return
             if self._shutdown:
                 return
-            self._on_llm_end(span, attributes)
+            # Written out flat, with locals and the first key of each table tried inline (the
+            # common case): this runs for every LLM span (see benchmarks/bench_processor.py).
+            get = attributes.get
+            input_tokens = get(self._input_first)
+            if input_tokens.__class__ is not int or not 0 <= input_tokens <= MAX_TOKENS_PER_SPAN:
+                input_tokens = self._read_tokens(attributes, self._input_keys)
+            output_tokens = get(self._output_first)
+            if output_tokens.__class__ is not int or not 0 <= output_tokens <= MAX_TOKENS_PER_SPAN:
+                output_tokens = self._read_tokens(attributes, self._output_keys)
+            total = None
+            for key in self._total_keys:
+                if key in attributes:
+                    total = self._read_tokens(attributes, self._total_keys)
+                    break
+            success = (
+                span._status.status_code is not _ERROR and ERROR_TYPE_ATTRIBUTE not in attributes
+            )
+            if (
+                input_tokens is None
+                and output_tokens is None
+                and total is None
+                and (success or self._is_non_model_operation(attributes))
+            ):
+                # No usage: only a failed model call counts (as a failed request).
+                if self._marks_new or self._marks_old:
+                    self._pass_mark(span)
+                return
+            provider = get(self._provider_first)
+            if provider.__class__ is not str or not provider:
+                provider = _first_str(attributes, self._provider_keys)
+            response_id = get(self._response_first)
+            if response_id.__class__ is not str or not response_id:
+                response_id = _first_str(attributes, self._response_keys)
+            context = span._context
+            # No lock: every dict operation below is atomic, and the one decision that must be (is
+            # this the first span with this response id?) is a single setdefault. Memory is bounded
+            # by two generations of at most half the capacity each: when the newer one is full it
+            # becomes the older one and the oldest is dropped. A lost race on the swap only forgets
+            # some ids early.
+            duplicate = False
+            if (self._marks_new or self._marks_old) and context is not None:
+                span_id = context.span_id
+                duplicate = (
+                    self._marks_new.pop(span_id, 1) is None
+                    or self._marks_old.pop(span_id, 1) is None
+                )
+            if response_id is not None:
+                # Remembered even for a span skipped as an ancestor: a third span with the same id
+                # elsewhere (another instrumentation's, in another trace) is the same response.
+                # The span's own context object marks "mine": whoever stored theirs first counts.
+                token: object = context if context is not None else object()
+                seen = self._seen_new
+                if (
+                    self._seen_old.get(response_id, token) is not token
+                    or seen.setdefault(response_id, token) is not token
+                ):
+                    duplicate = True
+                elif len(seen) >= self._half:
+                    self._seen_old = seen
+                    self._seen_new = {}
+            parent = span._parent
+            if parent is not None:
+                marks = self._marks_new
+                marks[parent.span_id] = None
+                if len(marks) >= self._half:
+                    self._marks_old = marks
+                    self._marks_new = {}
+            if duplicate:
+                with self._lock:
+                    self._duplicates += 1
+                self._duplicate_counter.add(1)
+                return
+            next(self._counted)
+            config_id = get(QUOTA_CONFIG_ID_ATTRIBUTE)
+            if config_id is not None and (
+                config_id.__class__ is not str or not 0 < len(config_id) <= MAX_CONFIG_ID_LENGTH
+            ):
+                self._skip(QUOTA_CONFIG_ID_ATTRIBUTE, config_id)
+                config_id = None
+            if config_id is None:
+                if self._rules or self._resolver is not None:
+                    config_id = self._resolve(
+                        span, attributes, provider, input_tokens, output_tokens, total, success
+                    )
+                else:
+                    config_id = provider if provider is not None else self._default_config_id
+            input_tokens = input_tokens or 0
+            output_tokens = output_tokens or 0
+            other = 0
+            if total is not None:
+                other = total - input_tokens - output_tokens
+                if other < 0:
+                    other = 0
+            self._record(config_id, provider, input_tokens, output_tokens, other, success, context)
         except Exception:  # the processor must never break the app
             self._fail("on_end")
 
@@ -239,97 +332,6 @@ class QuotaSpanProcessor(SpanProcessor):
         return self._rules
 
     # -- the LLM-span path -----------------------------------------------------------------------
-
-    def _on_llm_end(self, span: ReadableSpan, attributes: Mapping[str, Any]) -> None:
-        # Written out flat, with locals and the first key of each table tried inline (the
-        # common case): this runs for every LLM span (see benchmarks/bench_processor.py).
-        get = attributes.get
-        input_tokens = get(self._input_first)
-        if input_tokens.__class__ is not int or not 0 <= input_tokens <= MAX_TOKENS_PER_SPAN:
-            input_tokens = self._read_tokens(attributes, self._input_keys)
-        output_tokens = get(self._output_first)
-        if output_tokens.__class__ is not int or not 0 <= output_tokens <= MAX_TOKENS_PER_SPAN:
-            output_tokens = self._read_tokens(attributes, self._output_keys)
-        total = None
-        for key in self._total_keys:
-            if key in attributes:
-                total = self._read_tokens(attributes, self._total_keys)
-                break
-        success = span._status.status_code is not _ERROR and ERROR_TYPE_ATTRIBUTE not in attributes
-        if (
-            input_tokens is None
-            and output_tokens is None
-            and total is None
-            and (success or self._is_non_model_operation(attributes))
-        ):
-            # No usage: only a failed model call counts (as a failed request).
-            if self._marks_new or self._marks_old:
-                self._pass_mark(span)
-            return
-        provider = get(self._provider_first)
-        if provider.__class__ is not str or not provider:
-            provider = _first_str(attributes, self._provider_keys)
-        response_id = get(self._response_first)
-        if response_id.__class__ is not str or not response_id:
-            response_id = _first_str(attributes, self._response_keys)
-        context = span._context
-        span_id = context.span_id if context is not None else 0
-        # No lock: every dict operation below is atomic, and the one decision that must be (is
-        # this the first span with this response id?) is a single setdefault. Memory is bounded
-        # by two generations of at most half the capacity each: when the newer one is full it
-        # becomes the older one and the oldest is dropped. A lost race on the swap only forgets
-        # some ids early.
-        duplicate = False
-        if self._marks_new or self._marks_old:
-            duplicate = (
-                self._marks_new.pop(span_id, 1) is None or self._marks_old.pop(span_id, 1) is None
-            )
-        if response_id is not None:
-            # Remembered even for a span skipped as an ancestor: a third span with the same id
-            # elsewhere (another instrumentation's, in another trace) is the same response.
-            seen = self._seen_new
-            if (
-                self._seen_old.get(response_id, span_id) != span_id
-                or seen.setdefault(response_id, span_id) != span_id
-            ):
-                duplicate = True
-            elif len(seen) >= self._half:
-                self._seen_old = seen
-                self._seen_new = {}
-        parent = span._parent
-        if parent is not None:
-            marks = self._marks_new
-            marks[parent.span_id] = None
-            if len(marks) >= self._half:
-                self._marks_old = marks
-                self._marks_new = {}
-        if duplicate:
-            with self._lock:
-                self._duplicates += 1
-            self._duplicate_counter.add(1)
-            return
-        next(self._counted)
-        config_id = get(QUOTA_CONFIG_ID_ATTRIBUTE)
-        if config_id is not None and (
-            config_id.__class__ is not str or not 0 < len(config_id) <= MAX_CONFIG_ID_LENGTH
-        ):
-            self._skip(QUOTA_CONFIG_ID_ATTRIBUTE, config_id)
-            config_id = None
-        if config_id is None:
-            if self._rules or self._resolver is not None:
-                config_id = self._resolve(
-                    span, attributes, provider, input_tokens, output_tokens, total, success
-                )
-            else:
-                config_id = provider if provider is not None else self._default_config_id
-        input_tokens = input_tokens or 0
-        output_tokens = output_tokens or 0
-        other = 0
-        if total is not None:
-            other = total - input_tokens - output_tokens
-            if other < 0:
-                other = 0
-        self._record(config_id, provider, input_tokens, output_tokens, other, success, context)
 
     def _read_tokens(self, attributes: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:
         """The first well-formed token count among ``keys``; bad values are skipped and counted."""
