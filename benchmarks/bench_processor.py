@@ -71,6 +71,24 @@ class EmptyProcessor(SpanProcessor):
     """The floor: a processor that does nothing."""
 
 
+class ReferenceProcessor(SpanProcessor):
+    """The reference function of case 3 as a processor: what the bare minimum costs in context."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.totals: dict[Any, int] = {}
+
+    def on_end(self, span: ReadableSpan) -> None:
+        attrs = span.attributes or {}
+        tokens = attrs.get("gen_ai.usage.input_tokens")
+        if tokens is None:
+            return
+        provider_name = attrs.get("gen_ai.provider.name")
+        tokens += attrs.get("gen_ai.usage.output_tokens", 0)  # type: ignore[operator]
+        with self._lock:
+            self.totals[provider_name] = self.totals.get(provider_name, 0) + tokens  # type: ignore[operator]
+
+
 def interleaved(cases: dict[str, Callable[[int], None]], n: int, rounds: int) -> dict[str, float]:
     """Median per-call CPU seconds of the calling thread for each case, cases in turn each round.
 
@@ -139,6 +157,7 @@ def run_once(n: int, rounds: int) -> dict[str, float]:
     managers = [LLMProviderManager() for _ in range(3)]
     llm_base = provider(batch())
     llm_quota = provider(batch(), QuotaSpanProcessor(managers[0]))
+    llm_reference = provider(batch(), ReferenceProcessor())
     other_empty = provider(batch(), EmptyProcessor())
     other_quota = provider(batch(), QuotaSpanProcessor(managers[1]))
 
@@ -168,6 +187,7 @@ def run_once(n: int, rounds: int) -> dict[str, float]:
     cases = {
         "llm_without": lifecycle(llm_base, LLM_REQUEST, LLM_RESPONSE, ids=True),
         "llm_with": lifecycle(llm_quota, LLM_REQUEST, LLM_RESPONSE, ids=True),
+        "llm_reference": lifecycle(llm_reference, LLM_REQUEST, LLM_RESPONSE, ids=True),
         "other_empty": lifecycle(other_empty, HTTP_REQUEST, HTTP_RESPONSE, ids=False),
         "other_quota": lifecycle(other_quota, HTTP_REQUEST, HTTP_RESPONSE, ids=False),
         "reference": reference_loop,
@@ -180,7 +200,7 @@ def run_once(n: int, rounds: int) -> dict[str, float]:
         result = interleaved(cases, n, rounds)
     finally:
         gc.enable()
-    for tp in (llm_base, llm_quota, other_empty, other_quota):
+    for tp in (llm_base, llm_quota, llm_reference, other_empty, other_quota):
         tp.shutdown()
     for m in managers:
         m.close()
@@ -206,6 +226,11 @@ def main() -> int:
             ("LLM span lifecycle, Batch only (us)", r["llm_without"] * 1e6, None),
             ("LLM span lifecycle, Batch + quota (us)", r["llm_with"] * 1e6, None),
             ("ratio lifecycle LLM with / without", r["llm_with"] / r["llm_without"], "lifecycle"),
+            (
+                "  (for scale: reference processor / without)",
+                r["llm_reference"] / r["llm_without"],
+                None,
+            ),
             ("non-LLM span, Batch + empty (us)", r["other_empty"] * 1e6, None),
             ("non-LLM span, Batch + quota (us)", r["other_quota"] * 1e6, None),
             (
