@@ -185,6 +185,12 @@ class HandlerDispatcher:
         if inspect.isawaitable(result):
             await result
 
+    def reinit_after_fork(self) -> None:
+        """In a forked child: the pool's threads did not survive the fork; start a new pool."""
+        self._executor_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._executor = None
+
     def shutdown(self) -> None:
         """Release the handler threads (without waiting for hung handlers)."""
         with self._executor_lock:

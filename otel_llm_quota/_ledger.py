@@ -20,6 +20,7 @@ from typing import Any, Final, TypeVar
 
 from opentelemetry.trace import SpanContext
 
+from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota._models import AlertState, QuotaInfo, SpanRef
 from otel_llm_quota._periods import Period, period_bounds, resolve_timezone, validate_period
 from otel_llm_quota._validation import (
@@ -239,6 +240,12 @@ class QuotaLedger:
         self._lock = threading.Lock()
         self._states: dict[str, _ConfigState] = {}
         self._wakeup: Callable[[], None] | None = None
+        reinit_after_fork(self._at_fork_reinit)
+
+    def _at_fork_reinit(self) -> None:
+        # In a forked child: a thread of the parent may have held the lock at fork time.
+        self._lock = threading.Lock()
+        self._wakeup = None
 
     # -- configuration -------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from opentelemetry.trace import SpanContext
 
 from otel_llm_quota import environment_variables as env
 from otel_llm_quota._env import env_bool, env_seconds, env_str
+from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota._handlers import AnyAlertHandler, HandlerDispatcher
 from otel_llm_quota._ledger import DEFAULT_PERIOD, DEFAULT_THRESHOLD_PERCENT, Clock, QuotaLedger
 from otel_llm_quota._models import Alert, QuotaInfo, SpanRef
@@ -108,7 +109,18 @@ class LLMProviderManager:
             send_resolved=resolved,
         )
         self._thread = MonitorThread(self._monitor)
+        self._thread_interval: float | None = None
         self._closed = False
+        reinit_after_fork(self._at_fork_reinit)
+
+    def _at_fork_reinit(self) -> None:
+        # In a forked child the monitor thread and the handler threads are gone: restart the
+        # monitor thread if the parent ran one, so each worker process keeps alerting.
+        self._dispatcher.reinit_after_fork()
+        self._monitor.reinit_after_fork()
+        self._thread = MonitorThread(self._monitor)
+        if self._thread_interval is not None and not self._closed:
+            self._thread.start(self._thread_interval)
 
     # -- properties ------------------------------------------------------------------------------
 
@@ -334,9 +346,11 @@ class LLMProviderManager:
         if self._monitor.running and not self._thread.running:
             raise RuntimeError("the monitor already runs on an event loop")
         self._thread.start(seconds)
+        self._thread_interval = seconds
 
     def stop_monitoring_thread(self, timeout_seconds: float | None = 30.0) -> bool:
         """Stop the monitor thread; True if it ended within ``timeout_seconds``."""
+        self._thread_interval = None
         return self._thread.stop(timeout_seconds)
 
     async def check_quotas(self) -> list[Alert]:
@@ -351,7 +365,7 @@ class LLMProviderManager:
             return
         self._closed = True
         await self._monitor.stop()
-        self._thread.stop()
+        self.stop_monitoring_thread()
         self._dispatcher.shutdown()
 
     def close(self) -> None:
@@ -361,7 +375,7 @@ class LLMProviderManager:
         if self._monitor.running and not self._thread.running:
             raise RuntimeError("the monitor runs on an event loop: use 'await manager.aclose()'")
         self._closed = True
-        self._thread.stop()
+        self.stop_monitoring_thread()
         self._dispatcher.shutdown()
 
     async def __aenter__(self) -> LLMProviderManager:

@@ -119,6 +119,12 @@ class Monitor:
     _next_due: float = math.inf
     interval: float = 60.0
 
+    def reinit_after_fork(self) -> None:
+        """In a forked child: the parent's event loop and task do not run here."""
+        self._task = None
+        self._loop = None
+        self._event = None
+
     async def stop(self) -> None:
         """Stop the task and wait for it; a pass in progress is cancelled. Idempotent."""
         task, self._task = self._task, None

@@ -1,0 +1,68 @@
+"""Prefork servers: a forked child gets a working lock and its own monitor thread."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+from otel_llm_quota import Alert, LLMProviderManager
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+class PipeHandler:
+    """Writes each alert to a pipe and sets an event (works across the fork)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.delivered = threading.Event()
+
+    def handle_alert(self, alert: Alert) -> None:
+        os.write(self.fd, f"{alert.config_id}:{alert.threshold_percent:g}:{os.getpid()}\n".encode())
+        self.delivered.set()
+
+
+def test_forked_child_records_and_alerts_even_if_the_lock_was_held_at_fork() -> None:
+    read_fd, write_fd = os.pipe()
+    manager = LLMProviderManager()
+    handler = PipeHandler(write_fd)
+    manager.add_alert_handler(handler)
+    manager.set_quota_limit_sync("c", 100)
+    manager.start_monitoring_thread(interval=3600)
+    try:
+        locked, release = threading.Event(), threading.Event()
+
+        def hold_the_lock() -> None:
+            with manager.ledger.lock:
+                locked.set()
+                release.wait(10)
+
+        holder = threading.Thread(target=hold_the_lock)
+        holder.start()
+        locked.wait(10)
+        pid = os.fork()
+        if pid == 0:  # the child: never return into pytest
+            code = 1
+            try:
+                signal.alarm(20)  # a deadlock would end the child instead of hanging the test
+                manager.record_usage("c", input_tokens=100)
+                code = 0 if handler.delivered.wait(10) else 2
+            finally:
+                os._exit(code)
+        release.set()
+        holder.join()
+        _, status = os.waitpid(pid, 0)
+        os.close(write_fd)
+        with os.fdopen(read_fd) as pipe:
+            lines = pipe.read().splitlines()
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert lines == [f"c:80:{pid}"]
+        # The parent's state is its own: the child's usage never reached it.
+        info = manager.ledger.get("c")
+        assert info is not None
+        assert info.total_tokens == 0
+    finally:
+        manager.close()
