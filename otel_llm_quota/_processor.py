@@ -47,6 +47,7 @@ from otel_llm_quota._conventions import (
     QUOTA_CONFIG_ID_ATTRIBUTE,
     Conventions,
 )
+from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota._ledger import QuotaLedger
 from otel_llm_quota._manager import LLMProviderManager
 from otel_llm_quota._rules import ConfigResolver, ConfigRule, SpanUsage, first_match
@@ -159,6 +160,7 @@ class QuotaSpanProcessor(SpanProcessor):
         self._skipped = 0
         self._errors = 0
         self._shutdown = False
+        reinit_after_fork(self._at_fork_reinit)
         meter = (meter_provider or metrics.get_meter_provider()).get_meter(
             "otel_llm_quota", __version__
         )
@@ -172,6 +174,11 @@ class QuotaSpanProcessor(SpanProcessor):
             unit="{span}",
             description="LLM spans not counted because their usage was already counted",
         )
+
+    def _at_fork_reinit(self) -> None:
+        # In a forked child: a thread of the parent may have held the lock at fork time. The
+        # dedupe tables are kept: the child's spans are new responses anyway.
+        self._lock = threading.Lock()
 
     # -- SpanProcessor ---------------------------------------------------------------------------
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -503,3 +505,34 @@ def test_ancestor_skipped_by_nesting_still_claims_its_response_id(
     quota = harness.quota("openai")
     assert (quota.input_tokens, quota.successful_requests) == (11, 1)
     assert harness.processor.stats.duplicate_spans == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_counts_even_if_the_processor_lock_was_held(
+    sync_manager: LLMProviderManager,
+) -> None:
+    harness = make(sync_manager)
+    harness.span({**GENAI, "gen_ai.response.id": "dup"})
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with harness.processor._lock:
+            locked.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    locked.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            signal.alarm(20)  # a deadlock ends the child instead of hanging the test
+            harness.span({**GENAI, "gen_ai.response.id": "dup"})  # the duplicate path locks
+            code = 0 if harness.processor.stats.duplicate_spans == 1 else 2
+        finally:
+            os._exit(code)
+    release.set()
+    holder.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
