@@ -143,7 +143,6 @@ class QuotaSpanProcessor(SpanProcessor):
         )
         self._resolver = config_resolver
         self._default_config_id = check_config_id(default_config_id)
-        self._capacity = max_tracked_responses
         self._lock = threading.Lock()
         self._half = max(max_tracked_responses // 2, 1)
         self._seen_new: dict[str, object] = {}
