@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import signal
 import threading
@@ -536,3 +537,29 @@ def test_forked_child_counts_even_if_the_processor_lock_was_held(
     holder.join()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_quota_config_follows_a_copied_context_into_a_thread(
+    sync_manager: LLMProviderManager,
+) -> None:
+    harness = make(sync_manager)
+    with quota_config("batch-jobs"):
+        context = contextvars.copy_context()
+    worker = threading.Thread(target=context.run, args=(harness.span, GENAI))
+    worker.start()
+    worker.join()
+    assert harness.quota("batch-jobs").input_tokens == 11
+
+
+def test_resolver_sees_failures_and_details(sync_manager: LLMProviderManager) -> None:
+    seen: list[SpanUsage] = []
+
+    def resolver(usage: SpanUsage) -> str | None:
+        seen.append(usage)
+        return None
+
+    harness = make(sync_manager, config_resolver=resolver)
+    harness.span({**GENAI, "error.type": "Timeout", "gen_ai.usage.cache_read.input_tokens": 3})
+    assert seen[0].success is False
+    assert seen[0].details == {"gen_ai.usage.cache_read.input_tokens": 3}
+    assert harness.quota("openai").failed_requests == 1
