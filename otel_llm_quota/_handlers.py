@@ -185,6 +185,24 @@ class HandlerDispatcher:
         if inspect.isawaitable(result):
             await result
 
+    async def aclose_handlers(self, handlers: Iterable[AnyAlertHandler]) -> None:
+        """Call ``aclose()`` on each handler that has one (HTTP clients, connections).
+
+        Each gets the dispatch timeout; failures are logged, never raised: closing must finish.
+        """
+        for handler in handlers:
+            closer = getattr(handler, "aclose", None)
+            if not callable(closer):
+                continue
+            try:
+                await asyncio.wait_for(closer(), self.timeout_seconds)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                _logger.warning(
+                    "closing alert handler %s failed", handler_name(handler), exc_info=True
+                )
+
     def reinit_after_fork(self) -> None:
         """In a forked child: the pool's threads did not survive the fork; start a new pool."""
         self._executor_lock = threading.Lock()

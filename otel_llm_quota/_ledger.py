@@ -31,10 +31,16 @@ from otel_llm_quota._validation import (
     check_thresholds,
 )
 
-__all__ = ["Clock", "QuotaLedger"]
+__all__ = ["Clock", "MetricRow", "QuotaLedger"]
 
 Clock = Callable[[], float]
 """A zero-argument callable returning the current POSIX time in seconds (``time.time``)."""
+
+MetricRow = tuple[str, str | None, int, int | None, float, int, int, int, int, int]
+"""One config in ``QuotaLedger.metric_rows``: ``(config_id, provider, period_tokens, limit,
+period_end, lifetime_input_tokens, lifetime_output_tokens, lifetime_other_tokens,
+lifetime_successful_requests, lifetime_failed_requests)``; ``period_end`` is POSIX seconds (``inf``
+for a quota that never resets)."""
 
 _INF: Final = math.inf
 _T = TypeVar("_T", bound=tuple[Any, ...])
@@ -480,3 +486,36 @@ class QuotaLedger:
     def lock(self) -> threading.Lock:
         """The ledger's lock, for the monitor's short critical sections."""
         return self._lock
+
+    # -- metrics access --------------------------------------------------------------------------
+
+    def metric_rows(self, now: float | None = None) -> list[MetricRow]:
+        """Plain tuples of every configuration's counters, for metric collection.
+
+        Much cheaper than ``get_all`` (no ``QuotaInfo``, no datetimes): one tuple per config, built
+        under the lock after the same lazy period roll-over as ``get``. See ``MetricRow`` for the
+        field order. ``now`` defaults to the ledger's clock.
+        """
+        if now is None:
+            now = self._clock()
+        with self._lock:
+            rows: list[MetricRow] = []
+            append = rows.append
+            for state in self._states.values():
+                if now >= state.period_end:
+                    state.roll(now)
+                append(
+                    (
+                        state.config_id,
+                        state.provider,
+                        state.total,
+                        state.limit,
+                        state.period_end,
+                        state.closed_input + state.input,
+                        state.closed_output + state.output,
+                        state.closed_other + state.other,
+                        state.closed_successes + state.successes,
+                        state.closed_failures + state.failures,
+                    )
+                )
+            return rows

@@ -108,7 +108,7 @@ class LLMProviderManager:
             cooldown_seconds=cooldown,
             send_resolved=resolved,
         )
-        self._thread = MonitorThread(self._monitor)
+        self._thread = MonitorThread(self._monitor, on_exit=self._close_handlers)
         self._thread_interval: float | None = None
         self._closed = False
         reinit_after_fork(self._at_fork_reinit)
@@ -118,7 +118,7 @@ class LLMProviderManager:
         # monitor thread if the parent ran one, so each worker process keeps alerting.
         self._dispatcher.reinit_after_fork()
         self._monitor.reinit_after_fork()
-        self._thread = MonitorThread(self._monitor)
+        self._thread = MonitorThread(self._monitor, on_exit=self._close_handlers)
         if self._thread_interval is not None and not self._closed:
             self._thread.start(self._thread_interval)
 
@@ -360,16 +360,24 @@ class LLMProviderManager:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Stop the monitor (loop or thread) and release handler threads. Idempotent."""
+        """Stop the monitor (loop or thread), close the handlers that hold connections
+        (``aclose()``), and release handler threads. Idempotent."""
         if self._closed:
             return
         self._closed = True
         await self._monitor.stop()
         self.stop_monitoring_thread()
+        await self._close_handlers()
         self._dispatcher.shutdown()
 
+    async def _close_handlers(self) -> None:
+        await self._dispatcher.aclose_handlers(self._handlers)
+
     def close(self) -> None:
-        """Synchronous close for apps that used ``start_monitoring_thread``."""
+        """Synchronous close for apps that used ``start_monitoring_thread``.
+
+        The handlers' ``aclose()`` runs on the monitor thread's loop before it ends.
+        """
         if self._closed:
             return
         if self._monitor.running and not self._thread.running:

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from otel_llm_quota._alerting import evaluate_ledger
 from otel_llm_quota._handlers import AnyAlertHandler, HandlerDispatcher
@@ -145,8 +145,11 @@ class Monitor:
 class MonitorThread:
     """Runs a ``Monitor`` on a private event loop in a named daemon thread."""
 
-    def __init__(self, monitor: Monitor) -> None:
+    def __init__(
+        self, monitor: Monitor, on_exit: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self._monitor = monitor
+        self._on_exit = on_exit
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -178,6 +181,12 @@ class MonitorThread:
                 await self._stop.wait()
             finally:
                 await self._monitor.stop()
+                if self._on_exit is not None:
+                    # Resources bound to this thread's loop (HTTP clients) close on it.
+                    try:
+                        await self._on_exit()
+                    except Exception:
+                        _logger.exception("otel-llm-quota monitor thread: cleanup failed")
 
         try:
             asyncio.run(run())

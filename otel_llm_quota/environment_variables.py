@@ -48,6 +48,90 @@ OTEL_LLM_QUOTA_SEND_RESOLVED: Final = "OTEL_LLM_QUOTA_SEND_RESOLVED"
 Default: ``true``.
 """
 
+# -- alert handlers (otel_llm_quota.handlers) ------------------------------------------------
+# Secrets (URLs with tokens, keys, passwords) are read here only when the argument is not given,
+# and never appear in logs, exception messages or reprs.
+
+OTEL_LLM_QUOTA_WEBHOOK_URL: Final = "OTEL_LLM_QUOTA_WEBHOOK_URL"
+"""
+.. envvar:: OTEL_LLM_QUOTA_WEBHOOK_URL
+
+URL the ``WebhookAlertHandler`` posts alerts to (treated as a secret: it may carry a token).
+"""
+
+OTEL_LLM_QUOTA_WEBHOOK_SECRET: Final = "OTEL_LLM_QUOTA_WEBHOOK_SECRET"
+"""
+.. envvar:: OTEL_LLM_QUOTA_WEBHOOK_SECRET
+
+Key of the HMAC-SHA256 signature the ``WebhookAlertHandler`` puts in the
+``X-OTel-LLM-Quota-Signature`` header. Unset: requests are not signed.
+"""
+
+OTEL_LLM_QUOTA_SLACK_WEBHOOK_URL: Final = "OTEL_LLM_QUOTA_SLACK_WEBHOOK_URL"
+"""
+.. envvar:: OTEL_LLM_QUOTA_SLACK_WEBHOOK_URL
+
+Slack incoming-webhook URL of the ``SlackAlertHandler`` (a secret).
+"""
+
+OTEL_LLM_QUOTA_ALERTMANAGER_URL: Final = "OTEL_LLM_QUOTA_ALERTMANAGER_URL"
+"""
+.. envvar:: OTEL_LLM_QUOTA_ALERTMANAGER_URL
+
+Base URL of the Alertmanager the ``AlertmanagerAlertHandler`` posts to
+(``http://alertmanager:9093``; ``/api/v2/alerts`` is appended).
+"""
+
+OTEL_LLM_QUOTA_SMTP_HOST: Final = "OTEL_LLM_QUOTA_SMTP_HOST"
+"""
+.. envvar:: OTEL_LLM_QUOTA_SMTP_HOST
+
+SMTP server of the ``EmailAlertHandler``. Default: ``localhost``.
+"""
+
+OTEL_LLM_QUOTA_SMTP_PORT: Final = "OTEL_LLM_QUOTA_SMTP_PORT"
+"""
+.. envvar:: OTEL_LLM_QUOTA_SMTP_PORT
+
+SMTP port. Default: ``587`` with STARTTLS, ``465`` with TLS, ``25`` without encryption.
+"""
+
+OTEL_LLM_QUOTA_SMTP_SECURITY: Final = "OTEL_LLM_QUOTA_SMTP_SECURITY"
+"""
+.. envvar:: OTEL_LLM_QUOTA_SMTP_SECURITY
+
+``starttls`` (upgrade a plain connection), ``tls`` (implicit TLS) or ``none``.
+Default: ``starttls``.
+"""
+
+OTEL_LLM_QUOTA_SMTP_USERNAME: Final = "OTEL_LLM_QUOTA_SMTP_USERNAME"
+"""
+.. envvar:: OTEL_LLM_QUOTA_SMTP_USERNAME
+
+SMTP AUTH user name. Unset: no authentication.
+"""
+
+OTEL_LLM_QUOTA_SMTP_PASSWORD: Final = "OTEL_LLM_QUOTA_SMTP_PASSWORD"
+"""
+.. envvar:: OTEL_LLM_QUOTA_SMTP_PASSWORD
+
+SMTP AUTH password (a secret).
+"""
+
+OTEL_LLM_QUOTA_EMAIL_FROM: Final = "OTEL_LLM_QUOTA_EMAIL_FROM"
+"""
+.. envvar:: OTEL_LLM_QUOTA_EMAIL_FROM
+
+Sender address of alert e-mails.
+"""
+
+OTEL_LLM_QUOTA_EMAIL_TO: Final = "OTEL_LLM_QUOTA_EMAIL_TO"
+"""
+.. envvar:: OTEL_LLM_QUOTA_EMAIL_TO
+
+Recipients of alert e-mails, comma-separated.
+"""
+
 OTEL_LLM_QUOTA_ENABLED: Final = "OTEL_LLM_QUOTA_ENABLED"
 """
 .. envvar:: OTEL_LLM_QUOTA_ENABLED

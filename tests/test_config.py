@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from collections.abc import Iterator
@@ -304,3 +305,12 @@ def test_post_instrument_never_raises(
     with caplog.at_level(logging.ERROR, logger="otel_llm_quota._autoinstrument"):
         post_instrument()
     assert "could not attach" in caplog.text
+
+
+def test_builtin_handler_names_resolve_to_the_handlers_module() -> None:
+    handlers = importlib.import_module("otel_llm_quota.handlers")
+    for type_name, class_name in _config.BUILTIN_HANDLERS.items():
+        assert isinstance(getattr(handlers, class_name), type), type_name
+    handler = _config.build_handler({"type": "logging", "logger": "quota-alerts"})
+    assert isinstance(handler, handlers.LoggingAlertHandler)
+    assert handler.logger.name == "quota-alerts"

@@ -7,6 +7,8 @@ import types
 import pytest
 
 import otel_llm_quota
+import otel_llm_quota.handlers
+import otel_llm_quota.prometheus
 import otel_llm_quota.testing
 
 
@@ -20,7 +22,7 @@ def test_package_all_is_sorted_and_is_the_public_namespace() -> None:
     assert set(otel_llm_quota.__all__) - {"__version__"} == public
 
 
-@pytest.mark.parametrize("module", [otel_llm_quota.testing])
+@pytest.mark.parametrize("module", [otel_llm_quota.testing, otel_llm_quota.prometheus])
 def test_module_all_lists_what_it_defines(module: types.ModuleType) -> None:
     defined = {
         name
@@ -31,6 +33,18 @@ def test_module_all_lists_what_it_defines(module: types.ModuleType) -> None:
     }
     assert module.__all__ == sorted(module.__all__)
     assert set(module.__all__) == defined
+
+
+@pytest.mark.parametrize("module", [otel_llm_quota.handlers])
+def test_reexporting_module_all_is_its_public_namespace(module: types.ModuleType) -> None:
+    """A thin public module over private ones: everything it holds is exported, and only that."""
+    public = {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert module.__all__ == sorted(module.__all__)
+    assert set(module.__all__) == public
 
 
 def test_version_is_exported() -> None:

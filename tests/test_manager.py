@@ -269,3 +269,41 @@ async def test_settings_come_from_the_environment(
 async def test_repr_shows_no_state_details() -> None:
     manager = LLMProviderManager()
     assert repr(manager) == "LLMProviderManager(configs=0, handlers=0, monitoring=False)"
+
+
+class ClosableHandler:
+    """Records the loop its ``aclose`` ran on."""
+
+    def __init__(self) -> None:
+        self.closed_on: list[int] = []
+
+    def handle_alert(self, alert: Alert) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        self.closed_on.append(threading.get_ident())
+
+
+class BrokenCloser(ClosableHandler):
+    async def aclose(self) -> None:
+        raise OSError("socket already gone")
+
+
+async def test_aclose_closes_handlers_that_hold_resources() -> None:
+    closable, broken = ClosableHandler(), BrokenCloser()
+    manager = LLMProviderManager()
+    manager.add_alert_handler(broken)
+    manager.add_alert_handler(closable)
+    await manager.aclose()
+    await manager.aclose()
+    assert closable.closed_on == [threading.get_ident()]
+
+
+def test_close_runs_handler_cleanup_on_the_monitor_thread() -> None:
+    closable = ClosableHandler()
+    manager = LLMProviderManager()
+    manager.add_alert_handler(closable)
+    manager.start_monitoring_thread(interval=3600)
+    monitor_thread = next(t for t in threading.enumerate() if t.name == "otel-llm-quota-monitor")
+    manager.close()
+    assert closable.closed_on == [monitor_thread.ident]

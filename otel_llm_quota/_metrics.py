@@ -1,0 +1,306 @@
+"""Quota state as OpenTelemetry metrics, read from the ledger at collection time.
+
+Every instrument is observable: nothing is recorded on the hot path, and each collection reads the
+ledger once (``QuotaLedger.metric_rows``, one short critical section) and turns the rows into
+observations. Attribute dicts are built once per configuration and reused across collections.
+Cardinality is bounded by the number of configurations (times the few token types, outcomes,
+thresholds and alert states).
+
+Counters (``llm.quota.tokens``, ``llm.quota.requests``) report lifetime totals, which the ledger
+keeps across period resets, so they never go backwards when a period starts again from zero.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Final
+
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
+from opentelemetry.sdk.metrics.view import View
+
+from otel_llm_quota import _names as n
+from otel_llm_quota._fork import reinit_after_fork
+from otel_llm_quota._ledger import MetricRow
+from otel_llm_quota.version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from otel_llm_quota._manager import LLMProviderManager
+
+__all__ = ["DEFAULT_MAX_CONFIGS", "QuotaMetrics", "instrument_metrics", "quota_metric_views"]
+
+DEFAULT_MAX_CONFIGS: Final = 10_000
+"""Configurations a ``quota_metric_views`` view makes room for by default."""
+
+# Series per configuration in the widest instrument: llm.quota.alerts has one per threshold and
+# state; 4 thresholds x 2 states is typical, 32 leaves room for long threshold lists.
+_SERIES_PER_CONFIG: Final = 32
+
+_Attributes = dict[str, str | float]
+
+
+class _ConfigAttributes:
+    """The attribute dicts of one configuration, built once and reused every collection."""
+
+    __slots__ = ("base", "failure", "input", "other", "output", "provider", "success")
+
+    def __init__(self, config_id: str, provider: str | None) -> None:
+        self.provider = provider
+        base: _Attributes = {n.ATTR_CONFIG_ID: config_id}
+        if provider is not None:
+            base[n.ATTR_PROVIDER] = provider
+        self.base = base
+        self.input = {**base, n.ATTR_TOKEN_TYPE: "input"}
+        self.output = {**base, n.ATTR_TOKEN_TYPE: "output"}
+        self.other = base  # tokens reported only as a total carry no token type
+        self.success = {**base, n.ATTR_REQUEST_OUTCOME: "success"}
+        self.failure = {**base, n.ATTR_REQUEST_OUTCOME: "failure"}
+
+
+class QuotaMetrics:
+    """Observable instruments that report a manager's quotas (see the README's metrics table).
+
+    Create it with ``instrument_metrics``. It holds the manager weakly: once the manager is
+    garbage-collected, or after ``shutdown()``, the instruments report nothing.
+
+    Args:
+        manager: the ``LLMProviderManager`` to report.
+        meter_provider: where the instruments are created; default the global one.
+    """
+
+    def __init__(
+        self, manager: LLMProviderManager, meter_provider: MeterProvider | None = None
+    ) -> None:
+        self._manager_ref = weakref.ref(manager)
+        self._lock = threading.Lock()
+        self._rows: list[MetricRow] = []
+        self._now = 0.0
+        self._attrs: dict[str, _ConfigAttributes] = {}
+        self._closed = False
+        reinit_after_fork(self._at_fork_reinit)
+        meter = get_meter(n.METER_NAME, __version__, meter_provider=meter_provider)
+        # The first instrument's callback takes the snapshot the others of the same collection
+        # read: the SDK calls observable callbacks one after the other, in creation order.
+        meter.create_observable_gauge(
+            n.METRIC_USAGE,
+            callbacks=[self._observe_usage],
+            unit="{token}",
+            description="Tokens used in the current quota period.",
+        )
+        meter.create_observable_gauge(
+            n.METRIC_LIMIT,
+            callbacks=[self._observe_limit],
+            unit="{token}",
+            description="Token limit of the quota period (configs with a limit only).",
+        )
+        meter.create_observable_gauge(
+            n.METRIC_REMAINING,
+            callbacks=[self._observe_remaining],
+            unit="{token}",
+            description="Tokens left in the current quota period, never negative.",
+        )
+        meter.create_observable_gauge(
+            n.METRIC_UTILIZATION,
+            callbacks=[self._observe_utilization],
+            unit="1",
+            description="Usage divided by the limit (1 = quota used up; may exceed 1).",
+        )
+        meter.create_observable_counter(
+            n.METRIC_TOKENS,
+            callbacks=[self._observe_tokens],
+            unit="{token}",
+            description="Tokens recorded since the start, by gen_ai.token.type; never reset.",
+        )
+        meter.create_observable_counter(
+            n.METRIC_REQUESTS,
+            callbacks=[self._observe_requests],
+            unit="{request}",
+            description="Requests recorded since the start, by outcome; never reset.",
+        )
+        meter.create_observable_gauge(
+            n.METRIC_TIME_UNTIL_RESET,
+            callbacks=[self._observe_time_until_reset],
+            unit="s",
+            description="Seconds until the quota period ends (periodic quotas only).",
+        )
+        meter.create_observable_counter(
+            n.METRIC_ALERTS,
+            callbacks=[self._observe_alerts],
+            unit="{alert}",
+            description="Alert notifications dispatched, by threshold and state.",
+        )
+        meter.create_observable_counter(
+            n.METRIC_HANDLER_FAILURES,
+            callbacks=[self._observe_handler_failures],
+            unit="{failure}",
+            description="Alert-handler calls that raised or timed out, by handler.",
+        )
+
+    def _at_fork_reinit(self) -> None:
+        # In a forked child: a collecting thread of the parent may have held the lock.
+        self._lock = threading.Lock()
+
+    def shutdown(self) -> None:
+        """Stop reporting (the instruments stay registered but observe nothing). Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._rows = []
+            self._attrs = {}
+
+    # -- snapshot --------------------------------------------------------------------------------
+
+    def _manager(self) -> LLMProviderManager | None:
+        if self._closed:
+            return None
+        return self._manager_ref()
+
+    def _attributes(self, config_id: str, provider: str | None) -> _ConfigAttributes:
+        attrs = self._attrs.get(config_id)
+        if attrs is None or attrs.provider != provider:
+            attrs = self._attrs[config_id] = _ConfigAttributes(config_id, provider)
+        return attrs
+
+    # -- callbacks -------------------------------------------------------------------------------
+
+    # The observations are generated lazily: the SDK turns each into a measurement and drops it,
+    # so a collection never holds ~9 objects per config at once (less memory, fewer GC passes).
+
+    def _observe_usage(self, options: CallbackOptions) -> Iterable[Observation]:
+        manager = self._manager()
+        if manager is None:
+            return ()
+        ledger = manager.ledger
+        now = ledger.clock()
+        rows = ledger.metric_rows(now)
+        with self._lock:
+            attributes = self._attributes
+            bases = [attributes(row[0], row[1]).base for row in rows]
+            self._rows, self._now = rows, now
+        return (Observation(row[2], base) for row, base in zip(rows, bases, strict=True))
+
+    def _rows_and_attrs(self) -> tuple[list[MetricRow], dict[str, _ConfigAttributes]]:
+        # Every config in the rows got its attributes in _observe_usage of this collection.
+        with self._lock:
+            return self._rows, self._attrs
+
+    def _observe_limit(self, options: CallbackOptions) -> Iterable[Observation]:
+        rows, attrs = self._rows_and_attrs()
+        return (Observation(row[3], attrs[row[0]].base) for row in rows if row[3] is not None)
+
+    def _observe_remaining(self, options: CallbackOptions) -> Iterable[Observation]:
+        rows, attrs = self._rows_and_attrs()
+        return (
+            Observation(max(row[3] - row[2], 0), attrs[row[0]].base)
+            for row in rows
+            if row[3] is not None
+        )
+
+    def _observe_utilization(self, options: CallbackOptions) -> Iterable[Observation]:
+        rows, attrs = self._rows_and_attrs()
+        return (
+            Observation(row[2] / row[3], attrs[row[0]].base) for row in rows if row[3] is not None
+        )
+
+    def _observe_tokens(self, options: CallbackOptions) -> Iterable[Observation]:
+        rows, attrs = self._rows_and_attrs()
+        for row in rows:
+            a = attrs[row[0]]
+            yield Observation(row[5], a.input)
+            yield Observation(row[6], a.output)
+            if row[7]:
+                yield Observation(row[7], a.other)
+
+    def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
+        rows, attrs = self._rows_and_attrs()
+        for row in rows:
+            a = attrs[row[0]]
+            yield Observation(row[8], a.success)
+            yield Observation(row[9], a.failure)
+
+    def _observe_time_until_reset(self, options: CallbackOptions) -> Iterable[Observation]:
+        rows, attrs = self._rows_and_attrs()
+        now = self._now
+        return (
+            Observation(max(row[4] - now, 0.0), attrs[row[0]].base)
+            for row in rows
+            if row[4] != math.inf
+        )
+
+    def _observe_alerts(self, options: CallbackOptions) -> Iterable[Observation]:
+        manager = self._manager()
+        if manager is None:
+            return []
+        sent = manager.alerts_sent
+        if not sent:
+            return []
+        rows, attrs = self._rows_and_attrs()
+        providers = {row[0]: row[1] for row in rows}
+        out: list[Observation] = []
+        for (config_id, threshold, state), count in sorted(sent.items()):
+            known = attrs.get(config_id)
+            base = (
+                known.base
+                if known is not None
+                else _ConfigAttributes(config_id, providers.get(config_id)).base
+            )
+            out.append(
+                Observation(
+                    count, {**base, n.ATTR_THRESHOLD: float(threshold), n.ATTR_ALERT_STATE: state}
+                )
+            )
+        return out
+
+    def _observe_handler_failures(self, options: CallbackOptions) -> Iterable[Observation]:
+        manager = self._manager()
+        if manager is None:
+            return []
+        failures = manager.handler_failures
+        timeouts = manager.handler_timeouts
+        out: list[Observation] = []
+        for name in sorted(failures):
+            timed_out = timeouts.get(name, 0)
+            raised = failures[name] - timed_out
+            if raised:
+                out.append(
+                    Observation(raised, {n.ATTR_HANDLER_NAME: name, n.ATTR_ERROR_TYPE: "exception"})
+                )
+            if timed_out:
+                out.append(
+                    Observation(
+                        timed_out, {n.ATTR_HANDLER_NAME: name, n.ATTR_ERROR_TYPE: "timeout"}
+                    )
+                )
+        return out
+
+
+def instrument_metrics(
+    manager: LLMProviderManager, meter_provider: MeterProvider | None = None
+) -> QuotaMetrics:
+    """Report ``manager``'s quotas as OpenTelemetry metrics through ``meter_provider``.
+
+    ``meter_provider`` defaults to the global one (``opentelemetry.metrics.get_meter_provider``).
+    Values are read from the ledger when the provider's readers collect, so recording usage costs
+    nothing extra. With more than ~2,000 configurations, give the SDK ``MeterProvider`` the views
+    of ``quota_metric_views`` (the SDK's default cardinality limit is 2,000 series per
+    instrument). Call ``shutdown()`` on the result to stop reporting.
+    """
+    return QuotaMetrics(manager, meter_provider)
+
+
+def quota_metric_views(max_configs: int = DEFAULT_MAX_CONFIGS) -> list[View]:
+    """SDK views that raise the cardinality limit of the ``llm.quota.*`` instruments.
+
+    Pass them to ``opentelemetry.sdk.metrics.MeterProvider(views=...)`` so that ``max_configs``
+    configurations report without series falling into the SDK's overflow bucket.
+    """
+    if type(max_configs) is not int or max_configs < 1:
+        raise ValueError(f"max_configs must be a positive int, got {max_configs!r}")
+    return [
+        View(
+            instrument_name="llm.quota.*",
+            meter_name=n.METER_NAME,
+            aggregation_cardinality_limit=max_configs * _SERIES_PER_CONFIG,
+        )
+    ]

@@ -1,0 +1,72 @@
+"""The metric names, attribute keys and event names otel-llm-quota emits, in one place.
+
+Our own keys live under ``llm.quota.*``; the GenAI keys are spelled as the OpenTelemetry GenAI
+semantic conventions define them, kept here as strings rather than imported from the incubating
+semconv package (those constants have moved between packages).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "ATTR_ALERT_FINGERPRINT",
+    "ATTR_ALERT_REASON",
+    "ATTR_ALERT_STATE",
+    "ATTR_CONFIG_ID",
+    "ATTR_ERROR_TYPE",
+    "ATTR_HANDLER_NAME",
+    "ATTR_LIMIT",
+    "ATTR_PERIOD_END",
+    "ATTR_PROVIDER",
+    "ATTR_REQUEST_OUTCOME",
+    "ATTR_THRESHOLD",
+    "ATTR_TOKEN_TYPE",
+    "ATTR_USAGE",
+    "ATTR_UTILIZATION",
+    "EVENT_THRESHOLD",
+    "METER_NAME",
+    "METRIC_ALERTS",
+    "METRIC_HANDLER_FAILURES",
+    "METRIC_LIMIT",
+    "METRIC_REMAINING",
+    "METRIC_REQUESTS",
+    "METRIC_TIME_UNTIL_RESET",
+    "METRIC_TOKENS",
+    "METRIC_USAGE",
+    "METRIC_UTILIZATION",
+]
+
+METER_NAME: Final = "otel_llm_quota"
+"""Instrumentation scope of our meter and logger."""
+
+# -- attributes ------------------------------------------------------------------------------------
+ATTR_CONFIG_ID: Final = "llm.quota.config_id"
+ATTR_PROVIDER: Final = "gen_ai.provider.name"
+ATTR_TOKEN_TYPE: Final = "gen_ai.token.type"
+ATTR_REQUEST_OUTCOME: Final = "llm.quota.request.outcome"
+ATTR_THRESHOLD: Final = "llm.quota.threshold"
+ATTR_ALERT_STATE: Final = "llm.quota.alert.state"
+ATTR_ALERT_REASON: Final = "llm.quota.alert.reason"
+ATTR_ALERT_FINGERPRINT: Final = "llm.quota.alert.fingerprint"
+ATTR_HANDLER_NAME: Final = "llm.quota.handler.name"
+ATTR_ERROR_TYPE: Final = "error.type"
+ATTR_USAGE: Final = "llm.quota.usage"
+ATTR_LIMIT: Final = "llm.quota.limit"
+ATTR_UTILIZATION: Final = "llm.quota.utilization"
+ATTR_PERIOD_END: Final = "llm.quota.period.end"
+
+# -- metrics ---------------------------------------------------------------------------------------
+METRIC_USAGE: Final = "llm.quota.usage"
+METRIC_LIMIT: Final = "llm.quota.limit"
+METRIC_REMAINING: Final = "llm.quota.remaining"
+METRIC_UTILIZATION: Final = "llm.quota.utilization"
+METRIC_TOKENS: Final = "llm.quota.tokens"
+METRIC_REQUESTS: Final = "llm.quota.requests"
+METRIC_TIME_UNTIL_RESET: Final = "llm.quota.time_until_reset"
+METRIC_ALERTS: Final = "llm.quota.alerts"
+METRIC_HANDLER_FAILURES: Final = "llm.quota.handler.failures"
+
+# -- events ----------------------------------------------------------------------------------------
+EVENT_THRESHOLD: Final = "llm.quota.threshold"
+"""``event_name`` of the log records the ``OTelLogEventHandler`` emits (firing and resolved)."""

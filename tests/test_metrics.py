@@ -1,0 +1,333 @@
+"""The ``llm.quota.*`` metrics, read through the SDK's ``InMemoryMetricReader``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Sum
+
+from otel_llm_quota import (
+    Alert,
+    LLMProviderManager,
+    QuotaMetrics,
+    instrument_metrics,
+    quota_metric_views,
+)
+from otel_llm_quota.testing import FakeClock
+
+Points = dict[frozenset[tuple[str, Any]], float]
+
+
+@pytest.fixture
+def reader() -> InMemoryMetricReader:
+    return InMemoryMetricReader()
+
+
+@pytest.fixture
+def meter_provider(reader: InMemoryMetricReader) -> Iterator[MeterProvider]:
+    provider = MeterProvider(metric_readers=[reader], views=quota_metric_views(100))
+    yield provider
+    provider.shutdown()
+
+
+@pytest.fixture
+def metrics(manager: LLMProviderManager, meter_provider: MeterProvider) -> Iterator[QuotaMetrics]:
+    qm = instrument_metrics(manager, meter_provider=meter_provider)
+    yield qm
+    qm.shutdown()
+
+
+def collect(reader: InMemoryMetricReader) -> dict[str, Any]:
+    """Metric name -> the SDK Metric, for one collection."""
+    data = reader.get_metrics_data()
+    out: dict[str, Any] = {}
+    if data is None:
+        return out
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            assert sm.scope.name == "otel_llm_quota"
+            for metric in sm.metrics:
+                out[metric.name] = metric
+    return out
+
+
+def points(metric: Any) -> Points:
+    return {frozenset(p.attributes.items()): p.value for p in metric.data.data_points}
+
+
+def attrs(config_id: str, provider: str | None = "openai", **extra: Any) -> frozenset[Any]:
+    base: dict[str, Any] = {"llm.quota.config_id": config_id}
+    if provider is not None:
+        base["gen_ai.provider.name"] = provider
+    base.update(extra)
+    return frozenset(base.items())
+
+
+async def test_usage_limit_remaining_utilization_per_config(
+    manager: LLMProviderManager, reader: InMemoryMetricReader, metrics: QuotaMetrics
+) -> None:
+    await manager.set_quota_limit("a", 1000, provider="openai")
+    await manager.set_quota_limit("b", 4000, provider="anthropic")
+    manager.record_usage("a", input_tokens=200, output_tokens=50)
+    manager.record_usage("b", input_tokens=1000)
+
+    got = collect(reader)
+
+    assert points(got["llm.quota.usage"]) == {attrs("a"): 250, attrs("b", "anthropic"): 1000}
+    assert points(got["llm.quota.limit"]) == {attrs("a"): 1000, attrs("b", "anthropic"): 4000}
+    assert points(got["llm.quota.remaining"]) == {attrs("a"): 750, attrs("b", "anthropic"): 3000}
+    assert points(got["llm.quota.utilization"]) == {
+        attrs("a"): 0.25,
+        attrs("b", "anthropic"): 0.25,
+    }
+    assert got["llm.quota.usage"].unit == "{token}"
+    assert got["llm.quota.utilization"].unit == "1"
+
+
+async def test_idle_config_with_a_limit_reports_zero(
+    manager: LLMProviderManager, reader: InMemoryMetricReader, metrics: QuotaMetrics
+) -> None:
+    await manager.set_quota_limit("idle", 500)
+
+    got = collect(reader)
+
+    idle = attrs("idle", None)
+    assert points(got["llm.quota.usage"]) == {idle: 0}
+    assert points(got["llm.quota.utilization"]) == {idle: 0.0}
+    assert points(got["llm.quota.remaining"]) == {idle: 500}
+    assert points(got["llm.quota.requests"]) == {
+        attrs("idle", None, **{"llm.quota.request.outcome": "success"}): 0,
+        attrs("idle", None, **{"llm.quota.request.outcome": "failure"}): 0,
+    }
+
+
+async def test_config_without_limit_reports_usage_but_no_limit_series(
+    manager: LLMProviderManager, reader: InMemoryMetricReader, metrics: QuotaMetrics
+) -> None:
+    manager.record_usage("free", provider="openai", input_tokens=7)
+
+    got = collect(reader)
+
+    assert points(got["llm.quota.usage"]) == {attrs("free"): 7}
+    for name in ("llm.quota.limit", "llm.quota.remaining", "llm.quota.utilization"):
+        assert name not in got or points(got[name]) == {}
+
+
+async def test_overused_quota_has_zero_remaining_and_utilization_above_one(
+    manager: LLMProviderManager, reader: InMemoryMetricReader, metrics: QuotaMetrics
+) -> None:
+    await manager.set_quota_limit("a", 100, provider="openai")
+    manager.record_usage("a", input_tokens=150)
+
+    got = collect(reader)
+
+    assert points(got["llm.quota.remaining"]) == {attrs("a"): 0}
+    assert points(got["llm.quota.utilization"]) == {attrs("a"): 1.5}
+
+
+async def test_token_and_request_counters_never_go_backwards_at_a_period_reset(
+    manager: LLMProviderManager,
+    reader: InMemoryMetricReader,
+    metrics: QuotaMetrics,
+    clock: FakeClock,
+) -> None:
+    await manager.set_quota_limit("a", 10_000, period="day", provider="openai")
+    manager.record_usage("a", input_tokens=100, output_tokens=40)
+    manager.record_usage("a", input_tokens=10, output_tokens=5, success=False)
+    first = collect(reader)
+
+    clock.advance(timedelta(days=1))
+    manager.record_usage("a", input_tokens=1, output_tokens=2)
+    second = collect(reader)
+    await manager.reset_quota_cache("a")
+    third = collect(reader)
+
+    token = "gen_ai.token.type"
+    outcome = "llm.quota.request.outcome"
+    assert points(first["llm.quota.tokens"]) == {
+        attrs("a", **{token: "input"}): 110,
+        attrs("a", **{token: "output"}): 45,
+    }
+    assert points(second["llm.quota.tokens"]) == {
+        attrs("a", **{token: "input"}): 111,
+        attrs("a", **{token: "output"}): 47,
+    }
+    assert points(third["llm.quota.tokens"]) == points(second["llm.quota.tokens"])
+    assert points(first["llm.quota.requests"]) == {
+        attrs("a", **{outcome: "success"}): 1,
+        attrs("a", **{outcome: "failure"}): 1,
+    }
+    assert points(second["llm.quota.requests"]) == {
+        attrs("a", **{outcome: "success"}): 2,
+        attrs("a", **{outcome: "failure"}): 1,
+    }
+    assert points(second["llm.quota.usage"]) == {attrs("a"): 3}
+    assert points(third["llm.quota.usage"]) == {attrs("a"): 0}
+    for name in ("llm.quota.tokens", "llm.quota.requests"):
+        data = second[name].data
+        assert isinstance(data, Sum)
+        assert data.is_monotonic
+
+
+async def test_tokens_reported_only_as_a_total_have_no_token_type(
+    manager: LLMProviderManager, reader: InMemoryMetricReader, metrics: QuotaMetrics
+) -> None:
+    await manager.update_quota_usage("a", provider="openai", tokens_used=90, input_tokens=60)
+
+    got = collect(reader)
+
+    assert points(got["llm.quota.tokens"]) == {
+        attrs("a", **{"gen_ai.token.type": "input"}): 60,
+        attrs("a", **{"gen_ai.token.type": "output"}): 0,
+        attrs("a"): 30,
+    }
+
+
+async def test_time_until_reset_follows_the_clock(
+    manager: LLMProviderManager,
+    reader: InMemoryMetricReader,
+    metrics: QuotaMetrics,
+    clock: FakeClock,
+) -> None:
+    # The fixture clock is 2026-03-14 15:09:26 UTC: the day ends in 8 h 50 min 34 s.
+    await manager.set_quota_limit("daily", 100, period="day")
+    await manager.set_quota_limit("forever", 100, period=None)
+
+    got = collect(reader)
+    clock.advance(34)
+    later = collect(reader)
+
+    assert points(got["llm.quota.time_until_reset"]) == {attrs("daily", None): 31834.0}
+    assert points(later["llm.quota.time_until_reset"]) == {attrs("daily", None): 31800.0}
+    assert got["llm.quota.time_until_reset"].unit == "s"
+
+
+async def test_alerts_sent_by_threshold_and_state(
+    manager: LLMProviderManager,
+    reader: InMemoryMetricReader,
+    metrics: QuotaMetrics,
+    clock: FakeClock,
+) -> None:
+    await manager.set_quota_limit("a", 100, thresholds=(50, 90), period="day", provider="openai")
+    manager.record_usage("a", input_tokens=60)
+    await manager.check_quotas()
+    clock.advance(timedelta(days=1))
+    await manager.check_quotas()
+
+    got = collect(reader)
+
+    threshold, state = "llm.quota.threshold", "llm.quota.alert.state"
+    assert points(got["llm.quota.alerts"]) == {
+        attrs("a", **{threshold: 50.0, state: "firing"}): 1,
+        attrs("a", **{threshold: 50.0, state: "resolved"}): 1,
+    }
+
+
+async def test_handler_failures_by_handler_and_error_type(
+    clock: FakeClock, reader: InMemoryMetricReader, meter_provider: MeterProvider
+) -> None:
+    class Broken:
+        name = "broken"
+
+        async def handle_alert(self, alert: Alert) -> None:
+            raise RuntimeError("boom")
+
+    class Hung:
+        name = "hung"
+
+        async def handle_alert(self, alert: Alert) -> None:
+            await asyncio.Event().wait()
+
+    async with LLMProviderManager(clock=clock, handler_timeout_seconds=0.05) as manager:
+        qm = instrument_metrics(manager, meter_provider=meter_provider)
+        manager.add_alert_handler(Broken())
+        manager.add_alert_handler(Hung())
+        await manager.set_quota_limit("a", 100)
+        manager.record_usage("a", input_tokens=100)
+        await manager.check_quotas()
+
+        got = collect(reader)
+        qm.shutdown()
+
+    assert points(got["llm.quota.handler.failures"]) == {
+        frozenset({("llm.quota.handler.name", "broken"), ("error.type", "exception")}): 1,
+        frozenset({("llm.quota.handler.name", "hung"), ("error.type", "timeout")}): 1,
+    }
+
+
+async def test_shutdown_stops_reporting(
+    manager: LLMProviderManager, reader: InMemoryMetricReader, metrics: QuotaMetrics
+) -> None:
+    await manager.set_quota_limit("a", 100)
+    assert points(collect(reader)["llm.quota.usage"]) == {attrs("a", None): 0}
+
+    metrics.shutdown()
+
+    got = collect(reader)
+    assert all(not points(metric) for metric in got.values())
+
+
+async def test_views_make_room_for_many_configs(clock: FakeClock) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], views=quota_metric_views(3000))
+    try:
+        async with LLMProviderManager(clock=clock) as manager:
+            for i in range(2500):
+                manager.set_quota_limit_sync(f"c{i}", 1000)
+            instrument_metrics(manager, meter_provider=provider)
+            usage = points(collect(reader)["llm.quota.usage"])
+    finally:
+        provider.shutdown()
+
+    assert len(usage) == 2500
+    assert not any(("otel.metric.overflow", True) in key for key in usage)
+
+
+def test_views_reject_a_bad_size() -> None:
+    with pytest.raises(ValueError, match="max_configs"):
+        quota_metric_views(0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_collects_metrics_even_if_the_lock_was_held_at_fork() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    manager = LLMProviderManager()
+    metrics = instrument_metrics(manager, meter_provider=provider)
+    manager.set_quota_limit_sync("c", 100)
+    try:
+        locked, release = threading.Event(), threading.Event()
+
+        def hold_the_lock() -> None:
+            with metrics._lock:
+                locked.set()
+                release.wait(10)
+
+        holder = threading.Thread(target=hold_the_lock)
+        holder.start()
+        locked.wait(10)
+        pid = os.fork()
+        if pid == 0:  # the child: never return into pytest
+            code = 1
+            try:
+                signal.alarm(20)  # a deadlock would end the child instead of hanging the test
+                data = reader.get_metrics_data()
+                code = 0 if data is not None and data.resource_metrics else 2
+            finally:
+                os._exit(code)
+        release.set()
+        holder.join()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        metrics.shutdown()
+        provider.shutdown()
+        manager.close()
