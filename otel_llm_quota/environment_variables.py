@@ -140,6 +140,15 @@ OTEL_LLM_QUOTA_ENABLED: Final = "OTEL_LLM_QUOTA_ENABLED"
 (the ``opentelemetry_post_instrument`` entry point). Default: ``true``.
 """
 
+OTEL_LLM_QUOTA_METRICS_ENABLED: Final = "OTEL_LLM_QUOTA_METRICS_ENABLED"
+"""
+.. envvar:: OTEL_LLM_QUOTA_METRICS_ENABLED
+
+``true`` or ``false``: whether ``instrument()`` (and so ``opentelemetry-instrument``) reports the
+default manager's quotas as ``llm.quota.*`` metrics through the global meter provider.
+Default: ``true``.
+"""
+
 OTEL_LLM_QUOTA_CONFIG_FILE: Final = "OTEL_LLM_QUOTA_CONFIG_FILE"
 """
 .. envvar:: OTEL_LLM_QUOTA_CONFIG_FILE

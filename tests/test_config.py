@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 
 import otel_llm_quota
@@ -35,6 +37,7 @@ ENV_VARS = (
     "OTEL_LLM_QUOTA_DEFAULT_CONFIG_ID",
     "OTEL_LLM_QUOTA_MAX_TRACKED_RESPONSES",
     "OTEL_LLM_QUOTA_ENABLED",
+    "OTEL_LLM_QUOTA_METRICS_ENABLED",
 )
 
 CREATED: list[RecordingAlertHandler] = []
@@ -314,3 +317,45 @@ def test_builtin_handler_names_resolve_to_the_handlers_module() -> None:
     handler = _config.build_handler({"type": "logging", "logger": "quota-alerts"})
     assert isinstance(handler, handlers.LoggingAlertHandler)
     assert handler.logger.name == "quota-alerts"
+
+
+def test_default_instrument_reports_quota_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_LLM_QUOTA_LIMITS", "openai=1000")
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    provider = TracerProvider()
+    otel_llm_quota.instrument(provider, meter_provider=meter_provider, start_monitoring=False)
+    with provider.get_tracer("t").start_as_current_span(
+        "llm", attributes={"gen_ai.system": "openai", "gen_ai.usage.input_tokens": 250}
+    ):
+        pass
+    usage = [
+        (dict(p.attributes or {}), p.value)
+        for rm in reader.get_metrics_data().resource_metrics  # type: ignore[union-attr]
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "llm.quota.usage"
+        for p in m.data.data_points  # type: ignore[union-attr]
+    ]
+    assert [(a["llm.quota.config_id"], v) for a, v in usage] == [("openai", 250)]
+    provider.shutdown()
+    meter_provider.shutdown()
+
+
+def test_metrics_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_LLM_QUOTA_METRICS_ENABLED", "false")
+    monkeypatch.setenv("OTEL_LLM_QUOTA_LIMITS", "openai=1000")  # reported when metrics are on
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    provider = TracerProvider()
+    otel_llm_quota.instrument(provider, meter_provider=meter_provider, start_monitoring=False)
+    data = reader.get_metrics_data()
+    names = {
+        m.name
+        for rm in (data.resource_metrics if data else ())
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+    }
+    assert not {name for name in names if name.startswith("llm.quota.usage")}
+    provider.shutdown()
+    meter_provider.shutdown()
