@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone, tzinfo
 from typing import Any, Final, TypeVar
 
+from opentelemetry.trace import SpanContext
+
 from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota._models import AlertState, QuotaInfo, SpanRef
 from otel_llm_quota._periods import Period, period_bounds, resolve_timezone, validate_period
@@ -331,13 +333,17 @@ class QuotaLedger:
         output_tokens: int = 0,
         total_tokens: int | None = None,
         success: bool = True,
-        span: SpanRef | None = None,
+        span: SpanRef | SpanContext | None = None,
     ) -> None:
         """Add one request's usage to ``config_id`` (created on first use). Thread-safe.
 
         ``total_tokens`` is for callers that know only a total (or a total larger than
         input + output): the excess is counted as tokens of unspecified type. Raises TypeError or
         ValueError on bad arguments, before anything is counted.
+
+        ``span`` is kept (as a ``SpanRef``) only when this usage crosses a threshold. An OTel
+        ``SpanContext`` is accepted as is and converted only then, so the span processor does not
+        build a ``SpanRef`` for every span.
         """
         if type(input_tokens) is not int or input_tokens < 0:
             input_tokens = check_count("input_tokens", input_tokens)
@@ -354,6 +360,24 @@ class QuotaLedger:
             check_config_id(config_id)
         if provider is not None and (type(provider) is not str or not provider):
             check_optional_str("provider", provider)
+        self.record_checked(config_id, provider, input_tokens, output_tokens, other, success, span)
+
+    def record_checked(
+        self,
+        config_id: str,
+        provider: str | None,
+        input_tokens: int,
+        output_tokens: int,
+        other_tokens: int,
+        success: bool,
+        span: SpanRef | SpanContext | None,
+    ) -> None:
+        """``record_usage`` for callers that checked their values already (the span processor).
+
+        Positional, and nothing is re-checked: the counts must be ints >= 0, ``other_tokens``
+        the tokens beyond input + output, ``config_id`` a str and ``provider`` None or a
+        non-empty str. A new config id is still validated before it is created.
+        """
         now = self._clock()
         with self._lock:
             state = self._states.get(config_id)
@@ -367,16 +391,19 @@ class QuotaLedger:
                 state.failures += 1
             state.input += input_tokens
             state.output += output_tokens
-            if other:
-                state.other += other
-            state.total += input_tokens + output_tokens + other
+            if other_tokens:
+                state.other += other_tokens
+            state.total += input_tokens + output_tokens + other_tokens
             state.last_updated = now
             if provider is not None and state.provider is None:
                 state.provider = provider
             if state.total < state.wake_at:
                 return
             state.wake_at = _INF
-            state.trigger_span = span
+            if span is None or type(span) is SpanRef:
+                state.trigger_span = span
+            else:
+                state.trigger_span = SpanRef(span.trace_id, span.span_id, int(span.trace_flags))
         self._wake()
 
     def _create(self, config_id: str, provider: str | None, now: float) -> _ConfigState:

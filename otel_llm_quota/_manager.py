@@ -9,6 +9,8 @@ from datetime import tzinfo
 from types import TracebackType
 from typing import Any
 
+from opentelemetry.trace import SpanContext
+
 from otel_llm_quota import environment_variables as env
 from otel_llm_quota._env import env_bool, env_seconds, env_str
 from otel_llm_quota._fork import reinit_after_fork
@@ -259,7 +261,7 @@ class LLMProviderManager:
         output_tokens: int = 0,
         total_tokens: int | None = None,
         success: bool = True,
-        span: SpanRef | None = None,
+        span: SpanRef | SpanContext | None = None,
     ) -> None:
         """Record one request's usage synchronously, from any thread (see ``QuotaLedger``)."""
         self._ledger.record_usage(

@@ -131,3 +131,78 @@ OTEL_LLM_QUOTA_EMAIL_TO: Final = "OTEL_LLM_QUOTA_EMAIL_TO"
 
 Recipients of alert e-mails, comma-separated.
 """
+
+OTEL_LLM_QUOTA_ENABLED: Final = "OTEL_LLM_QUOTA_ENABLED"
+"""
+.. envvar:: OTEL_LLM_QUOTA_ENABLED
+
+``true`` or ``false``: whether ``opentelemetry-instrument`` attaches the quota span processor
+(the ``opentelemetry_post_instrument`` entry point). Default: ``true``.
+"""
+
+OTEL_LLM_QUOTA_METRICS_ENABLED: Final = "OTEL_LLM_QUOTA_METRICS_ENABLED"
+"""
+.. envvar:: OTEL_LLM_QUOTA_METRICS_ENABLED
+
+``true`` or ``false``: whether ``instrument()`` (and so ``opentelemetry-instrument``) reports the
+default manager's quotas as ``llm.quota.*`` metrics through the global meter provider.
+Default: ``true``.
+"""
+
+OTEL_LLM_QUOTA_CONFIG_FILE: Final = "OTEL_LLM_QUOTA_CONFIG_FILE"
+"""
+.. envvar:: OTEL_LLM_QUOTA_CONFIG_FILE
+
+Path of a JSON or YAML (``.yaml``/``.yml``, needs the ``yaml`` extra) file configuring the
+default manager: quotas, config-id rules, alert handlers, monitor and processor settings (see
+the README, "From spans to quotas"). Default: none.
+"""
+
+OTEL_LLM_QUOTA_LIMITS: Final = "OTEL_LLM_QUOTA_LIMITS"
+"""
+.. envvar:: OTEL_LLM_QUOTA_LIMITS
+
+Quotas as ``config_id=limit`` pairs separated by commas (``openai=1000000,anthropic=500000``),
+applied after the config file's (so they win for the same id). Default: none.
+"""
+
+OTEL_LLM_QUOTA_THRESHOLDS: Final = "OTEL_LLM_QUOTA_THRESHOLDS"
+"""
+.. envvar:: OTEL_LLM_QUOTA_THRESHOLDS
+
+Alert thresholds in percent, separated by commas (``50,80,95``), for the quotas of
+``OTEL_LLM_QUOTA_LIMITS``. Default: ``80``.
+"""
+
+OTEL_LLM_QUOTA_PERIOD: Final = "OTEL_LLM_QUOTA_PERIOD"
+"""
+.. envvar:: OTEL_LLM_QUOTA_PERIOD
+
+Period of the quotas of ``OTEL_LLM_QUOTA_LIMITS``: ``hour``, ``day``, ``week``, ``month`` or
+``none``. Default: ``month``.
+"""
+
+OTEL_LLM_QUOTA_ALERT_HANDLERS: Final = "OTEL_LLM_QUOTA_ALERT_HANDLERS"
+"""
+.. envvar:: OTEL_LLM_QUOTA_ALERT_HANDLERS
+
+Alert handlers, separated by commas: built-in names (``logging``, ``otel_log``) or import strings
+``package.module:factory`` (called without arguments). Added to the config file's handlers.
+Default: none.
+"""
+
+OTEL_LLM_QUOTA_DEFAULT_CONFIG_ID: Final = "OTEL_LLM_QUOTA_DEFAULT_CONFIG_ID"
+"""
+.. envvar:: OTEL_LLM_QUOTA_DEFAULT_CONFIG_ID
+
+Config id of LLM spans that carry no provider and that no ``quota_config`` block, rule or
+resolver placed. Default: ``unknown``.
+"""
+
+OTEL_LLM_QUOTA_MAX_TRACKED_RESPONSES: Final = "OTEL_LLM_QUOTA_MAX_TRACKED_RESPONSES"
+"""
+.. envvar:: OTEL_LLM_QUOTA_MAX_TRACKED_RESPONSES
+
+How many response ids (and nesting marks) the span processor remembers to count each LLM response
+once. Default: ``10000``.
+"""

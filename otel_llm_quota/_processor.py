@@ -1,0 +1,475 @@
+"""``QuotaSpanProcessor``: turns the LLM spans an app already produces into quota usage.
+
+It runs on the thread that ends every span of the application, so ``on_end`` never raises, never
+blocks on I/O and, for a span without token usage, costs one set-disjointness test over the span's
+attribute keys. For an LLM span it reads a handful of attributes, decides which configuration the
+span belongs to, makes sure the same tokens are not counted twice, and calls the ledger's
+synchronous ``record_checked`` (``record_usage`` without re-checking what was checked here).
+
+Counting once:
+
+* **by response id.** Two spans carrying the same ``gen_ai.response.id`` describe one response
+  (the ``anthropic`` SDK's own span and OpenLLMetry's span, which sit in separate traces): the
+  first one to end is counted, later ones are duplicates. Between half and all of the last
+  ``max_tracked_responses`` response ids are remembered (two generations of half that size).
+* **innermost wins within a trace.** When a span with usage ends, its parent is marked; a marked
+  span is not counted (a framework's outer span repeating the inner span's usage) and passes the
+  mark to its own parent, so any ancestor is skipped too. Children end before their parents, so
+  the innermost span is the one that counts. At most ``max_tracked_responses`` marks are kept,
+  the same way.
+
+Bad values (a token count that is a string, float, bool, negative or absurdly large; a config id
+that is not a string) are skipped, never guessed at; each skip is counted in ``stats`` and in the
+``llm.quota.processor.skipped_values`` counter, and logged at debug level.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import StatusCode
+
+from otel_llm_quota._context import QUOTA_CONFIG_CONTEXT_KEY, ContextUse
+from otel_llm_quota._conventions import (
+    DEFAULT_CONVENTIONS,
+    ERROR_TYPE_ATTRIBUTE,
+    QUOTA_CONFIG_ID_ATTRIBUTE,
+    Conventions,
+)
+from otel_llm_quota._fork import reinit_after_fork
+from otel_llm_quota._ledger import QuotaLedger
+from otel_llm_quota._manager import LLMProviderManager
+from otel_llm_quota._rules import ConfigResolver, ConfigRule, SpanUsage, first_match
+from otel_llm_quota._validation import MAX_CONFIG_ID_LENGTH, check_config_id
+from otel_llm_quota.version import __version__
+
+__all__ = ["ProcessorStats", "QuotaSpanProcessor"]
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_ID: Final = "unknown"
+"""The config of LLM spans whose provider is unknown and that no rule or resolver placed."""
+DEFAULT_MAX_TRACKED_RESPONSES: Final = 10_000
+MAX_TOKENS_PER_SPAN: Final = 10**12
+"""A token count above this on one span is a bug in the instrumentation, not usage: skipped."""
+_RULE_CACHE_SIZE: Final = 1024
+_ERROR: Final = StatusCode.ERROR
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorStats:
+    """What the processor did since it was created (a snapshot)."""
+
+    counted_spans: int
+    """Spans whose usage (or failure) was recorded."""
+    duplicate_spans: int
+    """Spans not counted: same response id as a counted span, or an ancestor of one."""
+    skipped_values: int
+    """Attribute values ignored because of their type or range."""
+    errors: int
+    """Failures inside the processor: a resolver that raised (the span then falls back to its
+    provider) or a span that could not be recorded (e.g. a blank config id); logged at debug."""
+
+
+class QuotaSpanProcessor(SpanProcessor):
+    """An SDK ``SpanProcessor`` that records the token usage of LLM spans in a quota ledger.
+
+    ``tracer_provider.add_span_processor(QuotaSpanProcessor(manager))``, or the one-liner
+    ``otel_llm_quota.instrument(tracer_provider=...)``.
+
+    The configuration a span counts toward is, in order: the span attribute
+    ``llm.quota.config_id``; the id of the innermost ``quota_config(...)`` block the span was
+    started in; the first of ``rules`` matching the span's provider, model and resource
+    attributes; ``config_resolver(usage)``; the span's provider name; ``default_config_id``.
+
+    Args:
+        manager: the ``LLMProviderManager`` (or a bare ``QuotaLedger``) to record into.
+        conventions: the attribute keys to read (default: OTel GenAI, OpenLLMetry, OpenInference).
+        rules: ``ConfigRule`` objects (or their dict form) tried in order.
+        config_resolver: a callable ``(SpanUsage) -> str | None``; exceptions are counted and
+            the span falls through to its provider.
+        default_config_id: config of LLM spans without a provider (default ``"unknown"``).
+        max_tracked_responses: response ids (and nesting marks) remembered to count each
+            response once (default 10000).
+        meter_provider: where the ``llm.quota.processor.*`` self-metrics go (default: global).
+    """
+
+    def __init__(
+        self,
+        manager: LLMProviderManager | QuotaLedger,
+        *,
+        conventions: Conventions | None = None,
+        rules: Sequence[ConfigRule | Mapping[str, Any]] = (),
+        config_resolver: ConfigResolver | None = None,
+        default_config_id: str = DEFAULT_CONFIG_ID,
+        max_tracked_responses: int = DEFAULT_MAX_TRACKED_RESPONSES,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        ledger = manager.ledger if isinstance(manager, LLMProviderManager) else manager
+        if not isinstance(ledger, QuotaLedger):
+            raise TypeError(
+                "manager must be an LLMProviderManager or QuotaLedger, "
+                f"not {type(manager).__name__}"
+            )
+        if type(max_tracked_responses) is not int or max_tracked_responses < 1:
+            raise ValueError("max_tracked_responses must be a positive int")
+        if config_resolver is not None and not callable(config_resolver):
+            raise TypeError("config_resolver must be callable")
+        conv = conventions if conventions is not None else DEFAULT_CONVENTIONS
+        self._ledger = ledger
+        self._record = ledger.record_checked
+        self._conventions = conv
+        self._input_keys = conv.input_tokens
+        self._output_keys = conv.output_tokens
+        self._total_keys = conv.total_tokens
+        self._provider_keys = conv.provider
+        self._model_keys = conv.model
+        self._response_keys = conv.response_id
+        self._trigger_keys = conv.usage_keys | frozenset(conv.provider)
+        self._rules: tuple[ConfigRule, ...] = tuple(
+            r if isinstance(r, ConfigRule) else ConfigRule.from_dict(r) for r in rules
+        )
+        self._resolver = config_resolver
+        self._default_config_id = check_config_id(default_config_id)
+        self._lock = threading.Lock()
+        self._half = max(max_tracked_responses // 2, 1)
+        self._seen_new: dict[str, object] = {}
+        self._seen_old: dict[str, object] = {}
+        self._marks_new: dict[int, None] = {}
+        self._marks_old: dict[int, None] = {}
+        self._input_first = conv.input_tokens[0] if conv.input_tokens else ""
+        self._output_first = conv.output_tokens[0] if conv.output_tokens else ""
+        self._provider_first = conv.provider[0] if conv.provider else ""
+        self._response_first = conv.response_id[0] if conv.response_id else ""
+        self._rule_cache: dict[tuple[str | None, str | None, int], tuple[object, str | None]] = {}
+        self._counted = itertools.count()
+        self._duplicates = 0
+        self._skipped = 0
+        self._errors = 0
+        self._shutdown = False
+        reinit_after_fork(self._at_fork_reinit)
+        meter = (meter_provider or metrics.get_meter_provider()).get_meter(
+            "otel_llm_quota", __version__
+        )
+        self._skipped_counter = meter.create_counter(
+            "llm.quota.processor.skipped_values",
+            unit="{value}",
+            description="Span attribute values the quota processor ignored (wrong type or range)",
+        )
+        self._duplicate_counter = meter.create_counter(
+            "llm.quota.processor.duplicate_spans",
+            unit="{span}",
+            description="LLM spans not counted because their usage was already counted",
+        )
+
+    def _at_fork_reinit(self) -> None:
+        # In a forked child: a thread of the parent may have held the lock at fork time. The
+        # dedupe tables are kept: the child's spans are new responses anyway.
+        self._lock = threading.Lock()
+
+    # -- SpanProcessor ---------------------------------------------------------------------------
+
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        """Stamp the id of the enclosing ``quota_config`` block on the span, if there is one."""
+        if not ContextUse.used:
+            return
+        try:
+            config_id = otel_context.get_value(QUOTA_CONFIG_CONTEXT_KEY, parent_context)
+            if type(config_id) is str:
+                attrs = span.attributes
+                if attrs is None or QUOTA_CONFIG_ID_ATTRIBUTE not in attrs:
+                    span.set_attribute(QUOTA_CONFIG_ID_ATTRIBUTE, config_id)
+        except Exception:  # never break the app's span
+            self._fail("on_start")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        """Record the span's usage, if it carries any. Never raises."""
+        try:
+            # The SDK keeps attributes in a BoundedAttributes whose plain dict we read directly:
+            # the public MappingProxy -> Mapping.get path costs ~0.1 us per key (and raises
+            # KeyError inside for every miss); this runs for every span of the app.
+            attrs = span._attributes
+            if attrs.__class__ is BoundedAttributes:
+                attributes: Mapping[str, Any] = attrs._dict
+            elif attrs is None:
+                attributes = _EMPTY
+            else:
+                attributes = attrs
+            if self._trigger_keys.isdisjoint(attributes):
+                if self._marks_new or self._marks_old:
+                    self._pass_mark(span)
+                return
+            if self._shutdown:
+                return
+            # Written out flat, with locals and the first key of each table tried inline (the
+            # common case): this runs for every LLM span (see benchmarks/bench_processor.py).
+            get = attributes.get
+            input_tokens = get(self._input_first)
+            if input_tokens.__class__ is not int or not 0 <= input_tokens <= MAX_TOKENS_PER_SPAN:
+                input_tokens = self._read_tokens(attributes, self._input_keys)
+            output_tokens = get(self._output_first)
+            if output_tokens.__class__ is not int or not 0 <= output_tokens <= MAX_TOKENS_PER_SPAN:
+                output_tokens = self._read_tokens(attributes, self._output_keys)
+            total = None
+            for key in self._total_keys:
+                if key in attributes:
+                    total = self._read_tokens(attributes, self._total_keys)
+                    break
+            success = (
+                span._status.status_code is not _ERROR and ERROR_TYPE_ATTRIBUTE not in attributes
+            )
+            if (
+                input_tokens is None
+                and output_tokens is None
+                and total is None
+                and (success or self._is_non_model_operation(attributes))
+            ):
+                # No usage: only a failed model call counts (as a failed request).
+                if self._marks_new or self._marks_old:
+                    self._pass_mark(span)
+                return
+            provider = get(self._provider_first)
+            if provider.__class__ is not str or not provider:
+                provider = _first_str(attributes, self._provider_keys)
+            response_id = get(self._response_first)
+            if response_id.__class__ is not str or not response_id:
+                response_id = _first_str(attributes, self._response_keys)
+            context = span._context
+            # No lock: every dict operation below is atomic, and the one decision that must be (is
+            # this the first span with this response id?) is a single setdefault. Memory is bounded
+            # by two generations of at most half the capacity each: when the newer one is full it
+            # becomes the older one and the oldest is dropped. A lost race on the swap only forgets
+            # some ids early.
+            duplicate = False
+            if (self._marks_new or self._marks_old) and context is not None:
+                span_id = context.span_id
+                duplicate = (
+                    self._marks_new.pop(span_id, 1) is None
+                    or self._marks_old.pop(span_id, 1) is None
+                )
+            if response_id is not None:
+                # Remembered even for a span skipped as an ancestor: a third span with the same id
+                # elsewhere (another instrumentation's, in another trace) is the same response.
+                # The span's own context object marks "mine": whoever stored theirs first counts.
+                token: object = context if context is not None else object()
+                seen = self._seen_new
+                if (
+                    self._seen_old.get(response_id, token) is not token
+                    or seen.setdefault(response_id, token) is not token
+                ):
+                    duplicate = True
+                elif len(seen) >= self._half:
+                    self._seen_old = seen
+                    self._seen_new = {}
+            parent = span._parent
+            if parent is not None:
+                marks = self._marks_new
+                marks[parent.span_id] = None
+                if len(marks) >= self._half:
+                    self._marks_old = marks
+                    self._marks_new = {}
+            if duplicate:
+                with self._lock:
+                    self._duplicates += 1
+                self._duplicate_counter.add(1)
+                return
+            next(self._counted)
+            config_id = get(QUOTA_CONFIG_ID_ATTRIBUTE)
+            if config_id is not None and (
+                config_id.__class__ is not str or not 0 < len(config_id) <= MAX_CONFIG_ID_LENGTH
+            ):
+                self._skip(QUOTA_CONFIG_ID_ATTRIBUTE, config_id)
+                config_id = None
+            if config_id is None:
+                if self._rules or self._resolver is not None:
+                    config_id = self._resolve(
+                        span, attributes, provider, input_tokens, output_tokens, total, success
+                    )
+                else:
+                    config_id = provider if provider is not None else self._default_config_id
+            input_tokens = input_tokens or 0
+            output_tokens = output_tokens or 0
+            other = 0
+            if total is not None:
+                other = total - input_tokens - output_tokens
+                if other < 0:
+                    other = 0
+            self._record(config_id, provider, input_tokens, output_tokens, other, success, context)
+        except Exception:  # the processor must never break the app
+            self._fail("on_end")
+
+    def shutdown(self) -> None:
+        """Stop counting (idempotent). Nothing is buffered, so nothing is lost."""
+        self._shutdown = True
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Nothing is buffered: usage is in the ledger as soon as ``on_end`` returns."""
+        return True
+
+    # -- introspection ---------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> ProcessorStats:
+        """Counts of counted, duplicate and skipped spans and values so far."""
+        with self._lock:
+            counted = next(copy.copy(self._counted))  # the count, without advancing it
+            return ProcessorStats(counted, self._duplicates, self._skipped, self._errors)
+
+    @property
+    def conventions(self) -> Conventions:
+        """The attribute keys this processor reads."""
+        return self._conventions
+
+    @property
+    def rules(self) -> tuple[ConfigRule, ...]:
+        """The config-id rules, in the order they are tried."""
+        return self._rules
+
+    # -- the LLM-span path -----------------------------------------------------------------------
+
+    def _read_tokens(self, attributes: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:
+        """The first well-formed token count among ``keys``; bad values are skipped and counted."""
+        for key in keys:
+            value = attributes.get(key)
+            if value is None:
+                continue
+            if value.__class__ is int and 0 <= value <= MAX_TOKENS_PER_SPAN:
+                return int(value)
+            self._skip(key, value)
+        return None
+
+    def _resolve(
+        self,
+        span: ReadableSpan,
+        attributes: Mapping[str, Any],
+        provider: str | None,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        total: int | None,
+        success: bool,
+    ) -> str:
+        if self._rules or self._resolver is not None:
+            model = _first_str(attributes, self._model_keys)
+            resource = span.resource
+            if self._rules:
+                key = (provider, model, id(resource))
+                cached = self._rule_cache.get(key)
+                if cached is not None and cached[0] is resource:
+                    matched = cached[1]
+                else:
+                    matched = first_match(self._rules, provider, model, resource.attributes)
+                    if len(self._rule_cache) >= _RULE_CACHE_SIZE:
+                        self._rule_cache.clear()
+                    self._rule_cache[key] = (resource, matched)
+                if matched is not None:
+                    return matched
+            if self._resolver is not None:
+                chosen = self._call_resolver(
+                    span, attributes, provider, model, input_tokens, output_tokens, total, success
+                )
+                if chosen is not None:
+                    return chosen
+        return provider if provider is not None else self._default_config_id
+
+    def _call_resolver(
+        self,
+        span: ReadableSpan,
+        attributes: Mapping[str, Any],
+        provider: str | None,
+        model: str | None,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        total: int | None,
+        success: bool,
+    ) -> str | None:
+        assert self._resolver is not None
+        details = {
+            key: value
+            for key in self._conventions.detail_tokens
+            if type(value := attributes.get(key)) is int
+        }
+        usage = SpanUsage(
+            provider=provider,
+            model=model,
+            input_tokens=input_tokens or 0,
+            output_tokens=output_tokens or 0,
+            total_tokens=total,
+            response_id=_first_str(attributes, self._response_keys),
+            success=success,
+            attributes=MappingProxyType(dict(attributes)),
+            resource_attributes=span.resource.attributes,
+            details=details,
+        )
+        try:
+            chosen = self._resolver(usage)
+        except Exception:
+            self._fail("config_resolver")
+            return None
+        if chosen is None:
+            return None
+        if type(chosen) is not str or not 0 < len(chosen) <= MAX_CONFIG_ID_LENGTH:
+            self._skip("config_resolver", chosen)
+            return None
+        return chosen
+
+    def _is_non_model_operation(self, attributes: Mapping[str, Any]) -> bool:
+        operation = _first_str(attributes, self._conventions.operation)
+        return operation is not None and operation in self._conventions.non_model_operations
+
+    def _pass_mark(self, span: ReadableSpan) -> None:
+        """A marked span (an ancestor of a counted span) passes the mark on to its parent."""
+        context = span._context
+        if context is None:
+            return
+        span_id = context.span_id
+        if (
+            self._marks_new.pop(span_id, 1) is not None
+            and self._marks_old.pop(span_id, 1) is not None
+        ):
+            return  # not marked
+        parent = span._parent
+        if parent is not None:
+            marks = self._marks_new
+            marks[parent.span_id] = None
+            if len(marks) >= self._half:
+                self._marks_old = marks
+                self._marks_new = {}
+
+    # -- failures --------------------------------------------------------------------------------
+
+    def _skip(self, key: str, value: object) -> None:
+        with self._lock:
+            self._skipped += 1
+        _logger.debug("quota processor: skipped %s=%r (%s)", key, value, type(value).__name__)
+        try:
+            self._skipped_counter.add(1, {"llm.quota.attribute": key})
+        except Exception:  # a broken meter must not break the app
+            pass
+
+    def _fail(self, where: str) -> None:
+        with self._lock:
+            self._errors += 1
+        _logger.debug("quota processor: %s failed; span not counted", where, exc_info=True)
+
+    def __repr__(self) -> str:
+        return f"QuotaSpanProcessor(rules={len(self._rules)}, stats={self.stats})"
+
+
+def _first_str(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        value = attributes.get(key)
+        if type(value) is str and value:
+            return value
+    return None
