@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import signal
 import threading
 
 import pytest
+from _forking import fork_while_locked
 
 from otel_llm_quota import Alert, LLMProviderManager
 
@@ -33,32 +33,16 @@ def test_forked_child_records_and_alerts_even_if_the_lock_was_held_at_fork() -> 
     manager.set_quota_limit_sync("c", 100)
     manager.start_monitoring_thread(interval=3600)
     try:
-        locked, release = threading.Event(), threading.Event()
 
-        def hold_the_lock() -> None:
-            with manager.ledger.lock:
-                locked.set()
-                release.wait(10)
+        def child() -> int:
+            manager.record_usage("c", input_tokens=100)
+            return 0 if handler.delivered.wait(10) else 2
 
-        holder = threading.Thread(target=hold_the_lock)
-        holder.start()
-        locked.wait(10)
-        pid = os.fork()
-        if pid == 0:  # the child: never return into pytest
-            code = 1
-            try:
-                signal.alarm(20)  # a deadlock would end the child instead of hanging the test
-                manager.record_usage("c", input_tokens=100)
-                code = 0 if handler.delivered.wait(10) else 2
-            finally:
-                os._exit(code)
-        release.set()
-        holder.join()
-        _, status = os.waitpid(pid, 0)
+        pid, code = fork_while_locked(manager.ledger.lock, child)
         os.close(write_fd)
         with os.fdopen(read_fd) as pipe:
             lines = pipe.read().splitlines()
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert code == 0
         assert lines == [f"c:80:{pid}"]
         # The parent's state is its own: the child's usage never reached it.
         info = manager.ledger.get("c")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from _forking import fork_while_locked
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Sum
 
@@ -304,29 +303,12 @@ def test_forked_child_collects_metrics_even_if_the_lock_was_held_at_fork() -> No
     metrics = instrument_metrics(manager, meter_provider=provider)
     manager.set_quota_limit_sync("c", 100)
     try:
-        locked, release = threading.Event(), threading.Event()
 
-        def hold_the_lock() -> None:
-            with metrics._lock:
-                locked.set()
-                release.wait(10)
+        def child() -> int:
+            data = reader.get_metrics_data()
+            return 0 if data is not None and data.resource_metrics else 2
 
-        holder = threading.Thread(target=hold_the_lock)
-        holder.start()
-        locked.wait(10)
-        pid = os.fork()
-        if pid == 0:  # the child: never return into pytest
-            code = 1
-            try:
-                signal.alarm(20)  # a deadlock would end the child instead of hanging the test
-                data = reader.get_metrics_data()
-                code = 0 if data is not None and data.resource_metrics else 2
-            finally:
-                os._exit(code)
-        release.set()
-        holder.join()
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert fork_while_locked(metrics._lock, child)[1] == 0
     finally:
         metrics.shutdown()
         provider.shutdown()

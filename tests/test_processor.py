@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
-import signal
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+from _forking import fork_while_locked
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -514,29 +514,12 @@ def test_forked_child_counts_even_if_the_processor_lock_was_held(
 ) -> None:
     harness = make(sync_manager)
     harness.span({**GENAI, "gen_ai.response.id": "dup"})
-    locked, release = threading.Event(), threading.Event()
 
-    def hold_the_lock() -> None:
-        with harness.processor._lock:
-            locked.set()
-            release.wait(10)
+    def child() -> int:
+        harness.span({**GENAI, "gen_ai.response.id": "dup"})  # the duplicate path locks
+        return 0 if harness.processor.stats.duplicate_spans == 1 else 2
 
-    holder = threading.Thread(target=hold_the_lock)
-    holder.start()
-    locked.wait(10)
-    pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        code = 1
-        try:
-            signal.alarm(20)  # a deadlock ends the child instead of hanging the test
-            harness.span({**GENAI, "gen_ai.response.id": "dup"})  # the duplicate path locks
-            code = 0 if harness.processor.stats.duplicate_spans == 1 else 2
-        finally:
-            os._exit(code)
-    release.set()
-    holder.join()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert fork_while_locked(harness.processor._lock, child)[1] == 0
 
 
 def test_quota_config_follows_a_copied_context_into_a_thread(
