@@ -7,8 +7,12 @@ is still at or above. The rules:
   threshold crossed, however many were jumped over);
 * staying above re-notifies the highest active threshold only once ``cooldown`` has passed since
   its last notification;
-* no threshold is notified twice within ``cooldown`` in one period, even if usage falls below it
-  (a raised limit) and crosses it again (a lowered limit);
+* no threshold is notified twice within ``cooldown`` in one period: one that usage falls below (a
+  raised limit, resolved) and crosses again (a lowered limit) within the cooldown is *held*, not
+  shown as firing, until its cooldown ends; then it fires again if usage is still above it. So
+  what handlers were told and what the status shows always agree;
+* a threshold newly crossed below one already firing (thresholds changed) is notified on its
+  own, about that threshold;
 * a period boundary or a usage reset resolves every active threshold (reason ``period_reset``);
   usage falling below active thresholds (a raised limit, changed thresholds) resolves those
   (reason ``limit_changed``). Resolved notifications can be turned off.
@@ -70,23 +74,22 @@ def evaluate(state: _ConfigState, now: float, cooldown: float, send_resolved: bo
     if now >= state.period_end:
         state.roll(now)
     active = state.active
-    if active and state.alert_generation != state.generation:
-        # The period ended (or usage was reset) while alerts were firing: they are over.
-        if send_resolved:
+    if state.alert_generation != state.generation:
+        if active and send_resolved:
+            # The period ended (or usage was reset) while alerts were firing: they are over.
             alerts.append(
                 _resolved(
                     state, list(active), AlertReason.PERIOD_RESET, now, state.alert_period_start
                 )
             )
         active = state.active = None
-        state.sent = None
-    if state.sent is not None and state.alert_generation != state.generation:
-        state.sent = None
-    limit = state.limit
+        state.sent = state.held = None
+        state.alert_generation = state.generation
+        state.alert_period_start = state.period_start
     total = state.total
     crossed = (
         []
-        if limit is None
+        if state.limit is None
         else [
             t
             for t, tokens in zip(state.thresholds, state.threshold_tokens, strict=True)
@@ -102,54 +105,85 @@ def evaluate(state: _ConfigState, now: float, cooldown: float, send_resolved: bo
                 )
             for t in gone:
                 del active[t]
-    new = [t for t in crossed if not active or t not in active]
+    held = state.held
+    if held:
+        for t in [t for t in held if t not in crossed]:
+            del held[t]  # fell below again before it could be notified: nothing to tell
+    sent = state.sent
+    new: list[float] = []
+    for t in crossed:
+        if active and t in active:
+            continue
+        if held and t in held:
+            if now < held[t]:
+                continue
+            del held[t]
+        else:
+            last = sent.get(t) if sent else None
+            if last is not None and now - last < cooldown:
+                # Notified, resolved and crossed again within the cooldown: wait for the cooldown
+                # to end before it fires (and is shown as firing) again.
+                if held is None:
+                    held = state.held = {}
+                held[t] = last + cooldown
+                continue
+        new.append(t)
     if new:
         if active is None:
             active = state.active = {}
-        for t in new:
-            active[t] = now
-        state.alert_generation = state.generation
-        state.alert_period_start = state.period_start
-    if active:
-        top = max(active)
-        sent = state.sent
         if sent is None:
             sent = state.sent = {}
-        last = sent.get(top)
-        if last is None or now - last >= cooldown:
-            reason = (
-                AlertReason.THRESHOLD_CROSSED if top in new and last is None else AlertReason.REPEAT
-            )
-            for t in new:
-                sent.setdefault(t, now)
-            sent[top] = now
-            state.last_alert_sent = now
-            alerts.append(
-                Alert(
-                    config_id=state.config_id,
-                    state=AlertState.FIRING,
-                    reason=reason,
-                    threshold_percent=top,
-                    thresholds=tuple(sorted(active)),
-                    quota=state.snapshot(),
-                    started_at=_utc(active[top]),
-                    period_start=_dt(state.period_start),
-                    span=state.trigger_span if top in new else None,
-                )
-            )
-    else:
+        for t in new:
+            active[t] = now
+        alerts.append(_firing(state, max(new), AlertReason.THRESHOLD_CROSSED, now, span=True))
+    elif active:
+        assert sent is not None  # every active threshold was notified
+        top = max(active)
+        if now - sent[top] >= cooldown:
+            alerts.append(_firing(state, top, AlertReason.REPEAT, now, span=False))
+    if not active:
         state.active = None
+    if not held:
+        state.held = None
     state.trigger_span = None
     state.arm()
     return alerts
 
 
+def _firing(
+    state: _ConfigState, threshold: float, reason: AlertReason, now: float, *, span: bool
+) -> Alert:
+    active = state.active or {}
+    sent = state.sent
+    assert sent is not None
+    for t in active:
+        if t <= threshold:  # the notification lists them all: it covers those at or below it
+            sent[t] = now
+    state.last_alert_sent = now
+    return Alert(
+        config_id=state.config_id,
+        state=AlertState.FIRING,
+        reason=reason,
+        threshold_percent=threshold,
+        thresholds=tuple(sorted(active)),
+        quota=replace(state.snapshot(), alert_threshold=threshold),
+        started_at=_utc(active[threshold]),
+        period_start=_dt(state.period_start),
+        span=state.trigger_span if span else None,
+    )
+
+
 def _next_due(state: _ConfigState, cooldown: float) -> float:
     """When this config needs another look even if no usage arrives."""
-    if not state.active:
-        return math.inf
-    last = (state.sent or {}).get(max(state.active), -math.inf)
-    return min(last + cooldown, state.period_end)
+    due = math.inf
+    if state.active:
+        assert state.sent is not None
+        due = state.sent[max(state.active)] + cooldown
+    if state.held:
+        due = min(due, *state.held.values())
+    if due != math.inf:
+        due = min(due, state.period_end)
+    return due
 
 
 def evaluate_ledger(

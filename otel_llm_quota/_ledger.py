@@ -63,6 +63,7 @@ class _ConfigState:
         "config_id",
         "failures",
         "generation",
+        "held",
         "input",
         "last_alert_sent",
         "last_updated",
@@ -120,6 +121,8 @@ class _ConfigState:
         self.alert_generation = 0
         self.alert_period_start = self.period_start
         self.sent: dict[float, float] | None = None
+        # Thresholds crossed again within their cooldown -> when they may fire again.
+        self.held: dict[float, float] | None = None
         self.last_alert_sent: float | None = None
 
     def roll(self, now: float) -> None:
@@ -144,9 +147,13 @@ class _ConfigState:
         if not self.threshold_tokens:  # no limit yet: nothing to cross
             self.wake_at = _INF
             return
-        active = self.active if self.alert_generation == self.generation else None
+        current = self.alert_generation == self.generation
+        active = self.active if current else None
+        held = self.held if current else None
         for threshold, tokens in zip(self.thresholds, self.threshold_tokens, strict=True):
-            if active is None or threshold not in active:
+            if (active is None or threshold not in active) and (
+                held is None or threshold not in held
+            ):
                 self.wake_at = tokens
                 return
         self.wake_at = _INF

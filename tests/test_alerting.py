@@ -134,18 +134,60 @@ async def test_raised_limit_resolves_what_usage_is_now_below(
     assert info.alert_threshold == 50.0
     assert info.alert_triggered
 
-    # Lowering the limit again within the cooldown does not notify 95% a second time.
+    # Lowering the limit again within the cooldown does not notify 95% (or 80%) a second time;
+    # they are held, and the status agrees with what the handlers were told: 50% fires.
     clock.advance(timedelta(minutes=5))
     await manager.set_quota_limit("c", 1000, thresholds=(50, 80, 95))
     assert await manager.check_quotas() == []
     info = await manager.get_quota_usage("c")
     assert info is not None
-    assert info.alert_threshold == 95.0
-    # ... but it repeats once the cooldown since its last notification has passed.
-    clock.advance(HOUR)
-    [repeat] = await manager.check_quotas()
-    assert repeat.threshold_percent == 95.0
-    assert repeat.reason is AlertReason.REPEAT
+    assert info.alert_threshold == 50.0
+    # Once the cooldown since 95%'s notification has passed, it fires again, as a new crossing.
+    clock.advance(HOUR - timedelta(minutes=5))
+    [again] = await manager.check_quotas()
+    assert (again.state, again.reason) == (AlertState.FIRING, AlertReason.THRESHOLD_CROSSED)
+    assert again.threshold_percent == 95.0
+    assert again.thresholds == (50.0, 80.0, 95.0)
+    # Raised again: one resolution for what was notified, not one more.
+    await manager.set_quota_limit("c", 1500, thresholds=(50, 80, 95))
+    [resolved_again] = await manager.check_quotas()
+    assert resolved_again.thresholds == (80.0, 95.0)
+    assert await manager.check_quotas() == []
+
+
+async def test_held_thresholds_drop_silently_and_never_wake_the_monitor_in_a_loop(
+    manager: LLMProviderManager, clock: FakeClock
+) -> None:
+    wakes: list[int] = []
+    await manager.set_quota_limit("c", 1000, thresholds=(50, 80))
+    manager.record_usage("c", input_tokens=850)
+    [_] = await manager.check_quotas()
+    await manager.set_quota_limit("c", 2000, thresholds=(50, 80))  # 42.5%: all resolved
+    [resolved] = await manager.check_quotas()
+    assert resolved.thresholds == (50.0, 80.0)
+    await manager.set_quota_limit("c", 1000, thresholds=(50, 80))  # crossed again: held
+    assert await manager.check_quotas() == []
+    manager.ledger.set_wakeup(lambda: wakes.append(1))
+    manager.record_usage("c", input_tokens=10)  # held thresholds are not crossings to wake for
+    assert wakes == []
+    await manager.set_quota_limit("c", 2000, thresholds=(50, 80))  # below again, still held
+    assert await manager.check_quotas() == []  # nothing was notified, so nothing resolves
+    info = await manager.get_quota_usage("c")
+    assert info is not None
+    assert not info.alert_triggered
+
+
+async def test_a_threshold_added_below_a_firing_one_is_notified_about_itself(
+    manager: LLMProviderManager,
+) -> None:
+    await manager.set_quota_limit("c", 1000, thresholds=(95,))
+    manager.record_usage("c", input_tokens=960)
+    [first] = await manager.check_quotas()
+    await manager.set_quota_limit("c", 1000, thresholds=(50, 95))
+    [second] = await manager.check_quotas()
+    assert (first.threshold_percent, second.threshold_percent) == (95.0, 50.0)
+    assert second.thresholds == (50.0, 95.0)
+    assert second.quota.alert_threshold == 50.0
 
 
 async def test_resolved_notifications_can_be_turned_off(clock: FakeClock) -> None:
