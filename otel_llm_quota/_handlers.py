@@ -15,13 +15,11 @@ exception or timeout is logged and counted.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import logging
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
 from otel_llm_quota._models import Alert, QuotaInfo
@@ -77,37 +75,35 @@ def _is_async(target: Callable[..., Any]) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+class _HandlerBusy(Exception):
+    """A synchronous handler is still running a call that already timed out."""
+
+
 class HandlerDispatcher:
     """Calls handlers for alerts, with a per-call timeout and fault isolation.
 
+    Synchronous handlers run in a daemon thread per call, never on the event loop. Python cannot
+    stop a hung thread, so a handler whose previous call has not returned yet is skipped (and
+    counted as a timeout) instead of being given another thread: one hung handler holds one
+    thread, never starves the others, and never keeps the process from exiting.
+
     Args:
         timeout_seconds: how long one handler call may take.
-        max_workers: threads for synchronous handlers (a hung one holds its thread until it
-            returns; Python cannot kill it, so the pool is separate from the loop's default one).
         max_concurrency: handler calls in flight at once across all alerts of a pass.
     """
 
-    def __init__(self, timeout_seconds: float, max_workers: int = 4, max_concurrency: int = 64):
+    def __init__(self, timeout_seconds: float, max_concurrency: int = 64):
         self.timeout_seconds = timeout_seconds
-        self._max_workers = max_workers
         self._max_concurrency = max_concurrency
-        self._executor: ThreadPoolExecutor | None = None
-        self._executor_lock = threading.Lock()
         self._stats_lock = threading.Lock()
+        self._busy: set[int] = set()
         self.failures: Counter[str] = Counter()
         """Failed calls (exception or timeout) per handler name."""
         self.timeouts: Counter[str] = Counter()
-        """Timed-out calls per handler name (also counted in ``failures``)."""
+        """Timed-out calls per handler name (also counted in ``failures``), including calls
+        skipped because the handler's previous call is still running."""
         self.delivered: Counter[tuple[str, float, str]] = Counter()
         """Notifications dispatched, per (config id, threshold, state)."""
-
-    def _pool(self) -> ThreadPoolExecutor:
-        with self._executor_lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    max_workers=self._max_workers, thread_name_prefix="otel-llm-quota-handler"
-                )
-            return self._executor
 
     async def dispatch(self, handlers: Iterable[AnyAlertHandler], alerts: list[Alert]) -> None:
         """Deliver ``alerts`` to every handler.
@@ -142,6 +138,18 @@ class HandlerDispatcher:
         async with semaphore:
             try:
                 await asyncio.wait_for(self._invoke(handler, alert), self.timeout_seconds)
+            except _HandlerBusy:
+                with self._stats_lock:
+                    self.failures[name] += 1
+                    self.timeouts[name] += 1
+                _logger.warning(
+                    "alert handler %s skipped: its previous call has not returned "
+                    "(config %s, threshold %g%%, %s)",
+                    name,
+                    alert.config_id,
+                    alert.threshold_percent,
+                    alert.state.value,
+                )
             except asyncio.TimeoutError:
                 with self._stats_lock:
                     self.failures[name] += 1
@@ -180,10 +188,49 @@ class HandlerDispatcher:
         if _is_async(target):
             await target(*args)
             return
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._pool(), functools.partial(target, *args))
+        result = await self._in_thread(handler, target, args)
         if inspect.isawaitable(result):
             await result
+
+    def _in_thread(
+        self, handler: object, target: Callable[..., Any], args: tuple[Any, ...]
+    ) -> asyncio.Future[Any]:
+        """Run ``target(*args)`` in a new daemon thread; a future for its result on this loop."""
+        key = id(handler)
+        with self._stats_lock:
+            if key in self._busy:
+                raise _HandlerBusy
+            self._busy.add(key)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def settle(error: BaseException | None, value: Any) -> None:
+            if future.done():  # timed out and cancelled meanwhile
+                return
+            if error is not None:
+                if not isinstance(error, Exception):  # SystemExit & co. must not stop the monitor
+                    error = RuntimeError(f"handler raised {type(error).__name__}: {error}")
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+
+        def work() -> None:
+            error: BaseException | None = None
+            value: Any = None
+            try:
+                value = target(*args)
+            except BaseException as exc:  # delivered to the awaiting side, which logs it
+                error = exc
+            finally:
+                with self._stats_lock:
+                    self._busy.discard(key)
+            try:
+                loop.call_soon_threadsafe(settle, error, value)
+            except RuntimeError:  # the loop closed while the handler ran: nobody is waiting
+                pass
+
+        threading.Thread(target=work, name="otel-llm-quota-handler", daemon=True).start()
+        return future
 
     async def aclose_handlers(self, handlers: Iterable[AnyAlertHandler]) -> None:
         """Call ``aclose()`` on each handler that has one (HTTP clients, connections).
@@ -204,14 +251,9 @@ class HandlerDispatcher:
                 )
 
     def reinit_after_fork(self) -> None:
-        """In a forked child: the pool's threads did not survive the fork; start a new pool."""
-        self._executor_lock = threading.Lock()
+        """In a forked child: the parent's handler threads did not survive the fork."""
         self._stats_lock = threading.Lock()
-        self._executor = None
+        self._busy = set()
 
     def shutdown(self) -> None:
-        """Release the handler threads (without waiting for hung handlers)."""
-        with self._executor_lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+        """Nothing to release: handler threads are daemons that end with their call."""

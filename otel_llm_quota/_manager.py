@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Iterable, Mapping
@@ -336,8 +337,15 @@ class LLMProviderManager:
         self._monitor.start(seconds)
 
     async def stop_monitoring(self) -> None:
-        """Stop the monitor started by ``start_monitoring``. Idempotent."""
-        await self._monitor.stop()
+        """Stop the monitor, on this loop or in its thread, after a final pass. Idempotent.
+
+        The final pass delivers what crossed a threshold since the last one; the pass then in
+        progress finishes its deliveries first.
+        """
+        if self._thread.running:
+            await asyncio.to_thread(self.stop_monitoring_thread)
+        else:
+            await self._monitor.stop()
 
     def start_monitoring_thread(self, interval: float | None = None) -> None:
         """Run the monitor in a daemon thread with its own event loop (apps without asyncio)."""
@@ -348,7 +356,7 @@ class LLMProviderManager:
         self._thread.start(seconds)
         self._thread_interval = seconds
 
-    def stop_monitoring_thread(self, timeout_seconds: float | None = 30.0) -> bool:
+    def stop_monitoring_thread(self, timeout_seconds: float | None = None) -> bool:
         """Stop the monitor thread; True if it ended within ``timeout_seconds``."""
         self._thread_interval = None
         return self._thread.stop(timeout_seconds)
@@ -360,14 +368,18 @@ class LLMProviderManager:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Stop the monitor (loop or thread), close the handlers that hold connections
-        (``aclose()``), and release handler threads. Idempotent."""
+        """Stop the monitor (loop or thread) after a final pass that delivers what is pending,
+        then close the handlers that hold connections (``aclose()``). Idempotent."""
         if self._closed:
             return
         self._closed = True
-        await self._monitor.stop()
-        self.stop_monitoring_thread()
-        await self._close_handlers()
+        if self._thread.running:
+            # Off the loop: joining the thread may take a handler timeout. The thread closes
+            # the handlers on its own loop, where their connections live.
+            await asyncio.to_thread(self.stop_monitoring_thread)
+        else:
+            await self._monitor.stop()
+            await self._close_handlers()
         self._dispatcher.shutdown()
 
     async def _close_handlers(self) -> None:
@@ -383,7 +395,15 @@ class LLMProviderManager:
         if self._monitor.running and not self._thread.running:
             raise RuntimeError("the monitor runs on an event loop: use 'await manager.aclose()'")
         self._closed = True
-        self.stop_monitoring_thread()
+        if self._thread.running:
+            self.stop_monitoring_thread()  # closes the handlers on the thread's loop
+        else:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # no loop in this thread: close the handlers on a fresh one
+                asyncio.run(self._close_handlers())
+            else:
+                _logger.debug("close() inside an event loop: handlers not closed; use aclose()")
         self._dispatcher.shutdown()
 
     async def __aenter__(self) -> LLMProviderManager:

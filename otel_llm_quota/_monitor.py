@@ -103,6 +103,7 @@ class Monitor:
         event = self._event
         while True:
             event.clear()
+            stopping = self._stopping
             try:
                 await self._pass()
             except asyncio.CancelledError:
@@ -110,6 +111,10 @@ class Monitor:
             except Exception:  # the monitor must outlive any bug in one pass
                 _logger.exception("otel-llm-quota monitor pass failed; retrying next interval")
                 self._next_due = math.inf
+            if stopping:
+                return  # that was the final pass: what crossed before stop() is delivered
+            if self._stopping:
+                continue  # stop() came during the pass: one more (final) pass
             wait = self.interval
             if self._next_due != math.inf:
                 wait = min(wait, max(self._next_due - self._ledger.clock(), _MIN_WAIT_SECONDS))
@@ -117,6 +122,7 @@ class Monitor:
                 await asyncio.wait_for(event.wait(), wait)
 
     _next_due: float = math.inf
+    _stopping: bool = False
     interval: float = 60.0
 
     def reinit_after_fork(self) -> None:
@@ -124,22 +130,38 @@ class Monitor:
         self._task = None
         self._loop = None
         self._event = None
+        self._stopping = False
 
     async def stop(self) -> None:
-        """Stop the task and wait for it; a pass in progress is cancelled. Idempotent."""
-        task, self._task = self._task, None
-        self._ledger.set_wakeup(None)
+        """Stop the monitor gracefully. Idempotent; call it on the loop the monitor runs on.
+
+        A pass in progress finishes delivering its notifications, then one final pass delivers
+        whatever crossed a threshold since (a flush). Handler calls are bounded by their
+        timeout; should the passes still not end within three handler timeouts, the task is
+        cancelled.
+        """
+        task = self._task
         if task is None:
             return
-        task.cancel()
+        if task.get_loop() is not asyncio.get_running_loop():
+            raise RuntimeError("the monitor runs on another event loop; stop it there")
+        self._stopping = True
+        if self._event is not None:
+            self._event.set()
+        grace = 3 * self._dispatcher.timeout_seconds + 1.0
         try:
-            await task
-        except asyncio.CancelledError:
-            pass
+            await asyncio.wait_for(asyncio.shield(task), grace)
+        except asyncio.TimeoutError:
+            _logger.warning("otel-llm-quota monitor did not stop within %.3gs; cancelled", grace)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         except Exception:  # already logged by _run; nothing else to do at shutdown
             pass
+        self._ledger.set_wakeup(None)
+        self._task = None
         self._loop = None
         self._event = None
+        self._stopping = False
 
 
 class MonitorThread:

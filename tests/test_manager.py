@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -307,3 +311,110 @@ def test_close_runs_handler_cleanup_on_the_monitor_thread() -> None:
     monitor_thread = next(t for t in threading.enumerate() if t.name == "otel-llm-quota-monitor")
     manager.close()
     assert closable.closed_on == [monitor_thread.ident]
+
+
+async def test_stop_and_aclose_handle_the_monitor_thread_from_a_loop(
+    recorder: RecordingAlertHandler,
+) -> None:
+    asyncio.get_running_loop().set_debug(True)  # flags non-thread-safe use of another loop
+    closable = ClosableHandler()
+    manager = LLMProviderManager()
+    manager.add_alert_handler(closable)
+    manager.add_alert_handler(recorder)
+    await manager.set_quota_limit("c", 100)
+    manager.start_monitoring_thread(interval=3600)
+    await manager.stop_monitoring()
+    assert not manager.monitoring
+    assert "otel-llm-quota-monitor" not in {t.name for t in threading.enumerate()}
+    manager.start_monitoring_thread(interval=3600)
+    manager.record_usage("c", input_tokens=100)
+    await manager.aclose()
+    assert not manager.monitoring
+    assert len(recorder.alerts) == 1  # delivered before the thread ended
+    assert len(closable.closed_on) == 2  # once per thread stop, each on the monitor thread
+    assert threading.get_ident() not in closable.closed_on
+
+
+async def test_stop_flushes_what_crossed_and_lets_deliveries_finish() -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    finished: list[float] = []
+
+    class Slow:
+        async def handle_alert(self, alert: Alert) -> None:
+            started.set()
+            await release.wait()
+            finished.append(alert.threshold_percent)
+
+    manager = LLMProviderManager()
+    manager.add_alert_handler(Slow())
+    await manager.set_quota_limit("a", 100, thresholds=(50,))
+    await manager.set_quota_limit("b", 100, thresholds=(50,))
+    await manager.start_monitoring(interval=3600)
+    manager.record_usage("a", input_tokens=60)
+    await asyncio.wait_for(started.wait(), 10)  # the monitor is delivering a's alert
+    manager.record_usage("b", input_tokens=60)  # crosses while that delivery is in flight
+    stopping = asyncio.create_task(manager.stop_monitoring())
+    release.set()
+    await stopping
+    # a's delivery finished (not cancelled) and b's crossing was flushed by the final pass.
+    assert finished == [50.0, 50.0]
+    assert manager.alerts_sent == {("a", 50.0, "firing"): 1, ("b", 50.0, "firing"): 1}
+    await manager.aclose()
+
+
+async def test_a_hung_sync_handler_starves_no_one(clock: FakeClock) -> None:
+    unblock = threading.Event()
+    calls: list[int] = []
+
+    def hangs(config_id: str, quota: QuotaInfo) -> None:
+        calls.append(1)
+        unblock.wait(30)
+
+    recorder = RecordingAlertHandler()
+    manager = LLMProviderManager(clock=clock, handler_timeout_seconds=0.05, cooldown_seconds=60)
+    manager.add_alert_handler(hangs)
+    manager.add_alert_handler(recorder)
+    try:
+        await manager.set_quota_limit("c", 100)
+        manager.record_usage("c", input_tokens=90)
+        for _ in range(8):
+            await manager.check_quotas()
+            clock.advance(60)
+        assert len(recorder.alerts) == 8  # every alert reached the healthy handler
+        assert calls == [1]  # the hung one got one thread, then was skipped while busy
+        name = "test_a_hung_sync_handler_starves_no_one.<locals>.hangs"
+        assert manager.handler_timeouts == {name: 8}
+        assert manager.handler_failures == {name: 8}
+    finally:
+        unblock.set()
+        await manager.aclose()
+
+
+def test_a_hung_sync_handler_does_not_keep_the_process_alive(tmp_path: Path) -> None:
+    script = tmp_path / "app.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, threading
+            from otel_llm_quota import LLMProviderManager
+
+            def hangs(config_id, quota):
+                threading.Event().wait()  # forever
+
+            async def main():
+                async with LLMProviderManager(handler_timeout_seconds=0.05) as manager:
+                    manager.add_alert_handler(hangs)
+                    await manager.set_quota_limit("c", 10)
+                    manager.record_usage("c", input_tokens=10)
+                    await manager.check_quotas()
+                print("closed", flush=True)
+
+            asyncio.run(main())
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "closed\n"
