@@ -71,12 +71,11 @@ def period_bounds(period: Period | None, now: float, tz: tzinfo) -> tuple[float,
         return now, _NEVER
     local = datetime.fromtimestamp(now, tz)
     if period == "hour":
-        # Floor in UTC then add an hour of elapsed time: a wall-clock hour can repeat or vanish
-        # at a DST change, elapsed hours cannot. Zones with a half-hour offset floor locally.
-        start_local = local.replace(minute=0, second=0, microsecond=0)
-        start = start_local.timestamp()
-        if start > now:  # the floored wall time fell in a DST fold; use the earlier instant
-            start = start_local.replace(fold=0).timestamp()
+        # Floor the local wall time to its hour with the UTC offset in force now, then add an
+        # elapsed hour: always start <= now < end, even where a DST change moves the clock by
+        # half an hour (Australia/Lord_Howe) or a wall-clock hour repeats.
+        into_hour = local.minute * 60 + local.second + local.microsecond / 1e6
+        start = now - into_hour
         return start, start + 3600.0
     day_start = local.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
     if period == "day":

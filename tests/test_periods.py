@@ -86,3 +86,17 @@ def test_timezones() -> None:
         resolve_timezone("Mars/Olympus_Mons")
     with pytest.raises(TypeError):
         resolve_timezone(5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("zone", ["Australia/Lord_Howe", "Europe/Paris", "Asia/Kolkata", "UTC"])
+def test_every_instant_lies_in_its_hour_and_day_across_dst(zone: str) -> None:
+    tz = resolve_timezone(zone)
+    # A year, every 7 minutes: every DST change of these zones, and Lord Howe's half-hour ones.
+    start_of_2026 = ts(2026, 1, 1)
+    for step in range(0, 365 * 24 * 60, 7):
+        now = start_of_2026 + step * 60 + 0.25
+        for period in ("hour", "day"):
+            start, end = period_bounds(period, now, tz)  # type: ignore[arg-type]
+            assert start <= now < end, (period, datetime.fromtimestamp(now, tz))
+        hour_start, hour_end = period_bounds("hour", now, tz)
+        assert hour_end - hour_start == 3600.0
