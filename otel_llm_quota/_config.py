@@ -379,7 +379,11 @@ def load_config(
     collect.run("rules", rules)
 
     def add_handler(spec: Any) -> None:
-        setup.manager.add_alert_handler(build_handler(spec))
+        handler = build_handler(spec)
+        try:
+            setup.manager.add_alert_handler(handler)
+        except (TypeError, ValueError) as exc:  # e.g. a factory that built a non-handler
+            raise ConfigError(f"handler {_name(spec, 'type')}: {exc}") from exc
 
     def handlers() -> None:
         for spec in _list(data, "handlers"):

@@ -359,3 +359,17 @@ def test_metrics_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not {name for name in names if name.startswith("llm.quota.usage")}
     provider.shutdown()
     meter_provider.shutdown()
+
+
+def test_a_factory_that_builds_no_handler_is_skipped_not_fatal(
+    monkeypatch: pytest.MonkeyPatch, closing: list[LLMProviderManager]
+) -> None:
+    # `builtins:dict` is a callable returning an object that is no alert handler.
+    monkeypatch.setenv("OTEL_LLM_QUOTA_ALERT_HANDLERS", f"logging,builtins:dict,{FACTORY}")
+    setup = load_config({}, strict=False)
+    closing.append(setup.manager)
+    assert len(setup.manager.alert_handlers) == 2
+    assert len(setup.errors) == 1
+    assert "builtins:dict" in str(setup.errors[0])
+    with pytest.raises(ConfigError, match="builtins:dict"):
+        closing.append(load_config({"handlers": [{"type": "builtins:dict"}]}).manager)
