@@ -237,7 +237,7 @@ class LLMProviderManager:
         """The synchronous form of ``set_quota_limit`` (for configuration code without a loop)."""
         levels: list[float] = []
         if alert_threshold_percent is not None:
-            levels.extend(check_thresholds((alert_threshold_percent,)))
+            levels.extend(check_thresholds((alert_threshold_percent,), "alert_threshold_percent"))
         if thresholds is not None:
             levels.extend(check_thresholds(thresholds))
         if not levels:

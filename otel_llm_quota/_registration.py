@@ -69,7 +69,7 @@ def instrument(
     same provider returns the processor already attached.
 
     Raises TypeError if the provider is not an SDK ``TracerProvider`` (one with
-    ``add_span_processor``).
+    ``add_span_processor``), and ValueError if it is already instrumented for another manager.
     """
     provider: Any = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
     if not callable(getattr(provider, "add_span_processor", None)):
@@ -80,6 +80,11 @@ def instrument(
     with _lock:
         existing = _processors.get(provider)
         if existing is not None:
+            if manager is not None and existing._ledger is not manager.ledger:
+                raise ValueError(
+                    "this tracer provider already has a QuotaSpanProcessor recording into "
+                    "another manager; add a QuotaSpanProcessor yourself to record into two"
+                )
             return existing
         if meter_provider is not None:
             processor_options["meter_provider"] = meter_provider

@@ -54,20 +54,23 @@ def check_limit(quota_limit: object) -> int:
     return limit
 
 
-def check_thresholds(thresholds: Iterable[object]) -> tuple[float, ...]:
-    """Return the thresholds as a sorted tuple of distinct floats, each in (0, 100]."""
+def check_thresholds(thresholds: Iterable[object], name: str = "thresholds") -> tuple[float, ...]:
+    """Return the thresholds as a sorted tuple of distinct floats, each in (0, 100].
+
+    ``name`` is the argument the caller took them from, for the error messages.
+    """
     if isinstance(thresholds, (str, bytes)):
-        raise TypeError("thresholds must be a sequence of numbers, not a string")
+        raise TypeError(f"{name} must be a sequence of numbers, not a string")
     values: set[float] = set()
     for item in thresholds:
         if isinstance(item, bool) or not isinstance(item, (int, float)):
-            raise TypeError(f"thresholds must be numbers, got {item!r}")
+            raise TypeError(f"{name}: each threshold must be a number, got {item!r}")
         value = float(item)
         if not math.isfinite(value) or not 0.0 < value <= 100.0:
-            raise ValueError(f"each threshold must be in (0, 100], got {item!r}")
+            raise ValueError(f"{name}: each threshold must be in (0, 100], got {item!r}")
         values.add(value)
     if not values:
-        raise ValueError("thresholds must not be empty")
+        raise ValueError(f"{name} must not be empty")
     return tuple(sorted(values))
 
 

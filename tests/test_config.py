@@ -244,6 +244,10 @@ def test_instrument_with_own_manager_is_idempotent(closing: list[LLMProviderMana
     assert isinstance(info, QuotaInfo)
     assert info.input_tokens == 3
     assert manager.monitoring is False
+    other = LLMProviderManager()
+    closing.append(other)
+    with pytest.raises(ValueError, match="another manager"):
+        otel_llm_quota.instrument(provider, manager=other)
     provider.shutdown()
 
 

@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from opentelemetry._logs import SeverityNumber
@@ -352,3 +353,33 @@ def test_httpx_request_lines_are_redacted_in_their_normalised_form(
 
     assert "token" not in caplog.text
     assert "POST http://127.0.0.1:9/… " in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("factory", "error"),
+    [
+        (
+            lambda: EmailAlertHandler(sender="q@x.org", recipients="a@x.org", timeout_seconds="5"),
+            TypeError,
+        ),
+        (
+            lambda: EmailAlertHandler(sender="q@x.org", recipients="a@x.org", timeout_seconds=0),
+            ValueError,
+        ),
+        (lambda: WebhookAlertHandler("http://127.0.0.1:9/", timeout_seconds="5"), TypeError),
+        (lambda: WebhookAlertHandler("http://127.0.0.1:9/", backoff_seconds="1"), TypeError),
+    ],
+)
+def test_bad_timeouts_are_refused_by_name(factory: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="_seconds"):
+        factory()
+
+
+def test_default_retries_fit_in_the_default_handler_timeout() -> None:
+    handler = WebhookAlertHandler("http://127.0.0.1:9/")
+    poster = handler._poster
+    waits = sum(poster.backoff_seconds * 2**i for i in range(poster.max_attempts - 1))
+    assert (
+        poster.timeout_seconds * poster.max_attempts + waits
+        < LLMProviderManager().handler_timeout_seconds
+    )

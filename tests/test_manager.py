@@ -81,9 +81,11 @@ async def test_set_quota_limit_merges_thresholds_and_validates(
     assert info.thresholds == (50.0, 80.0, 95.0)
     info = await manager.set_quota_limit("d", 1000)
     assert info.thresholds == (80.0,)
-    for bad in (0, 100.5, -1):
-        with pytest.raises(ValueError, match="threshold"):
+    for bad in (0, 100.5, -1, 150):
+        with pytest.raises(ValueError, match="alert_threshold_percent"):
             await manager.set_quota_limit("c", 1000, alert_threshold_percent=bad)
+    with pytest.raises(ValueError, match="thresholds"):
+        await manager.set_quota_limit("c", 1000, thresholds=(50, 150))
     assert (await manager.get_quota_usage("c")) is not None
     assert (await manager.get_quota_usage("c")).thresholds == (50.0, 80.0, 95.0)  # type: ignore[union-attr]
 

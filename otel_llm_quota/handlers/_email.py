@@ -13,6 +13,7 @@ from typing import Final, Literal
 from otel_llm_quota import environment_variables as env
 from otel_llm_quota._env import env_str
 from otel_llm_quota._models import Alert
+from otel_llm_quota._validation import check_positive_seconds
 from otel_llm_quota.handlers._base import AlertDeliveryError, Secret, setting
 from otel_llm_quota.handlers._payload import alert_details, summary
 
@@ -23,7 +24,8 @@ _logger = logging.getLogger(__name__)
 Security = Literal["starttls", "tls", "none"]
 _SECURITY: Final[tuple[str, ...]] = ("starttls", "tls", "none")
 _DEFAULT_PORTS: Final[dict[str, int]] = {"starttls": 587, "tls": 465, "none": 25}
-_DEFAULT_TIMEOUT_SECONDS: Final = 10.0
+_DEFAULT_TIMEOUT_SECONDS: Final = 8.0
+"""The whole SMTP exchange; below the manager's default 10 s handler limit."""
 
 _ROWS: Final = (
     ("Config", "config_id"),
@@ -166,10 +168,8 @@ class EmailAlertHandler:
             raise ValueError(
                 f"EmailAlertHandler needs recipients (argument or {env.OTEL_LLM_QUOTA_EMAIL_TO})"
             )
-        if not timeout_seconds > 0:
-            raise ValueError(f"timeout_seconds must be > 0, got {timeout_seconds!r}")
+        self.timeout_seconds = check_positive_seconds("timeout_seconds", timeout_seconds)
         self.tls_context = tls_context
-        self.timeout_seconds = float(timeout_seconds)
         self.subject_prefix = subject_prefix
         self.name = name
 

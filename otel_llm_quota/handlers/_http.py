@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
 from otel_llm_quota._fork import reinit_after_fork
+from otel_llm_quota._validation import check_positive_seconds
 from otel_llm_quota.handlers._base import AlertDeliveryError, Secret, redact_url
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -23,8 +24,9 @@ __all__ = ["DEFAULT_ATTEMPTS", "DEFAULT_BACKOFF_SECONDS", "DEFAULT_TIMEOUT_SECON
 
 _logger = logging.getLogger("otel_llm_quota.handlers")
 
-DEFAULT_TIMEOUT_SECONDS: Final = 3.0
-"""Per attempt. Three attempts with the default backoff fit in the manager's 10 s handler limit."""
+DEFAULT_TIMEOUT_SECONDS: Final = 2.5
+"""Per attempt. Three attempts with the default backoff (0.5 s, then 1 s) take at most 9 s: they
+fit in the manager's default 10 s handler limit."""
 DEFAULT_ATTEMPTS: Final = 3
 DEFAULT_BACKOFF_SECONDS: Final = 0.5
 _MAX_BACKOFF_SECONDS: Final = 30.0
@@ -34,11 +36,12 @@ def check_retry_settings(
     timeout_seconds: float, max_attempts: int, backoff_seconds: float
 ) -> tuple[float, int, float]:
     """Validate the retry arguments of a handler (raises ValueError naming the bad one)."""
-    if isinstance(timeout_seconds, bool) or not timeout_seconds > 0:
-        raise ValueError(f"timeout_seconds must be > 0, got {timeout_seconds!r}")
+    timeout_seconds = check_positive_seconds("timeout_seconds", timeout_seconds)
     if type(max_attempts) is not int or max_attempts < 1:
         raise ValueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
-    if isinstance(backoff_seconds, bool) or not backoff_seconds >= 0:
+    if isinstance(backoff_seconds, bool) or not isinstance(backoff_seconds, (int, float)):
+        raise TypeError(f"backoff_seconds must be a number, not {type(backoff_seconds).__name__}")
+    if not backoff_seconds >= 0:
         raise ValueError(f"backoff_seconds must be >= 0, got {backoff_seconds!r}")
     return float(timeout_seconds), max_attempts, float(backoff_seconds)
 
