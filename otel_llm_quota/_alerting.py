@@ -135,12 +135,14 @@ def evaluate(state: _ConfigState, now: float, cooldown: float, send_resolved: bo
             sent = state.sent = {}
         for t in new:
             active[t] = now
-        alerts.append(_firing(state, max(new), AlertReason.THRESHOLD_CROSSED, now, span=True))
+        alerts.append(
+            _firing(state, max(new), AlertReason.THRESHOLD_CROSSED, now, cooldown, span=True)
+        )
     elif active:
         assert sent is not None  # every active threshold was notified
         top = max(active)
         if now - sent[top] >= cooldown:
-            alerts.append(_firing(state, top, AlertReason.REPEAT, now, span=False))
+            alerts.append(_firing(state, top, AlertReason.REPEAT, now, cooldown, span=False))
     if not active:
         state.active = None
     if not held:
@@ -151,7 +153,13 @@ def evaluate(state: _ConfigState, now: float, cooldown: float, send_resolved: bo
 
 
 def _firing(
-    state: _ConfigState, threshold: float, reason: AlertReason, now: float, *, span: bool
+    state: _ConfigState,
+    threshold: float,
+    reason: AlertReason,
+    now: float,
+    cooldown: float,
+    *,
+    span: bool,
 ) -> Alert:
     active = state.active or {}
     sent = state.sent
@@ -169,6 +177,7 @@ def _firing(
         quota=replace(state.snapshot(), alert_threshold=threshold),
         started_at=_utc(active[threshold]),
         period_start=_dt(state.period_start),
+        repeat_at=_utc(min(now + cooldown, state.period_end)),
         span=state.trigger_span if span else None,
     )
 

@@ -150,6 +150,11 @@ class Alert:
     """When it was resolved; ``None`` while firing."""
     period_start: datetime | None = None
     """Start of the quota period the alert belongs to (alerts never span periods)."""
+    repeat_at: datetime | None = None
+    """For a firing notification: when the monitor notifies again if usage is still above the
+    threshold (the cooldown's end, or the period's end, when the alert resolves instead).
+    Receivers that expire alerts (Alertmanager's ``endsAt``) use it so that an alert whose
+    sender died resolves by itself soon after, while one still firing never lapses."""
     span: SpanRef | None = field(default=None, compare=False)
     """The span whose recorded usage crossed the threshold, when usage came from a span."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -178,7 +178,7 @@ async def test_webhook_payload_fingerprints_are_stable_from_firing_to_resolved(
     json.dumps(bodies)  # JSON-ready
 
 
-async def test_alertmanager_alerts_firing_end_at_period_end_resolved_at_resolution(
+async def test_alertmanager_firing_alerts_last_until_the_next_repost_resolved_at_resolution(
     manager: LLMProviderManager, clock: FakeClock, recorder: RecordingAlertHandler
 ) -> None:
     handler = AlertmanagerAlertHandler("http://127.0.0.1:9/", labels={"team": "ml"})
@@ -204,9 +204,19 @@ async def test_alertmanager_alerts_firing_end_at_period_end_resolved_at_resoluti
         }
     )
     assert posted["startsAt"] == "2026-03-14T15:09:26.000Z"
-    assert posted["endsAt"] == "2026-03-15T00:00:00.000Z"
+    # The monitor re-posts after the cooldown (1 h): the alert lasts until then, plus 5 minutes.
+    assert firing.repeat_at == datetime(2026, 3, 14, 16, 9, 26, tzinfo=timezone.utc)
+    assert posted["endsAt"] == "2026-03-14T16:14:26.000Z"
     assert ended["endsAt"] == "2026-03-14T15:09:26.000Z"
     assert resolved.state is AlertState.RESOLVED
+    assert resolved.repeat_at is None
+
+    # Near the period's end the alert resolves then, rather than being re-posted.
+    clock.set(datetime(2026, 3, 14, 23, 30, tzinfo=timezone.utc))
+    manager.record_usage("a", input_tokens=100)
+    [late] = await manager.check_quotas()
+    assert late.repeat_at == datetime(2026, 3, 15, tzinfo=timezone.utc)
+    assert handler.alerts_for(late)[0]["endsAt"] == "2026-03-15T00:05:00.000Z"
 
 
 async def test_slack_message_uses_block_kit(

@@ -22,6 +22,8 @@ from otel_llm_quota.handlers._payload import alert_entries
 __all__ = ["AlertmanagerAlertHandler"]
 
 _API_PATH = "/api/v2/alerts"
+_REPEAT_GRACE = timedelta(minutes=5)
+"""How long after the monitor's next re-post a firing alert may lapse (delivery may lag)."""
 
 
 class AlertmanagerAlertHandler:
@@ -33,9 +35,10 @@ class AlertmanagerAlertHandler:
 
     Alertmanager ends an alert at its ``endsAt``, or ``resolve_timeout`` (5 min) after the last
     post when none is given. The monitor re-sends a firing alert only every cooldown (default
-    1 h), so firing alerts are posted with ``endsAt`` = the end of the quota period (when the
-    alert ends anyway) unless ``alert_ttl_seconds`` is given, in which case ``endsAt`` = now + TTL
-    (choose a TTL above the manager's cooldown).
+    1 h), so firing alerts are posted with ``endsAt`` = the alert's ``repeat_at`` (when the
+    monitor will post it again, or the period end, when it resolves) plus 5 minutes: an alert
+    that is still firing never lapses, and one whose sender died lapses soon after. With
+    ``alert_ttl_seconds``, ``endsAt`` = now + TTL instead (choose it above the cooldown).
 
     Args:
         url: Alertmanager's base URL (``http://alertmanager:9093``); default
@@ -91,10 +94,14 @@ class AlertmanagerAlertHandler:
             verify=verify,
         )
 
-    def _firing_ends_at(self, alert: Alert) -> datetime | None:
+    def _firing_ends_at(self, alert: Alert) -> datetime:
         if self.alert_ttl_seconds is not None:
             return datetime.now(timezone.utc) + timedelta(seconds=self.alert_ttl_seconds)
-        return alert.quota.reset_at
+        if alert.repeat_at is not None:
+            # The monitor re-posts a firing alert at repeat_at: it never lapses while firing,
+            # and lapses soon after if its sender died.
+            return alert.repeat_at + _REPEAT_GRACE
+        return datetime.now(timezone.utc) + _REPEAT_GRACE
 
     def alerts_for(self, alert: Alert) -> list[dict[str, object]]:
         """The JSON list posted for ``alert`` (one entry per threshold it covers)."""
