@@ -1,5 +1,5 @@
-"""HTTP delivery shared by the webhook, Slack and Alertmanager handlers: one lazily created
-``httpx.AsyncClient``, a per-attempt timeout, and retries with exponential backoff.
+"""HTTP delivery shared by the webhook, Slack and Alertmanager handlers: an ``httpx.AsyncClient``
+per delivery, a per-attempt timeout, and retries with exponential backoff.
 
 Retried: 5xx answers, timeouts and connection errors. Not retried: 4xx answers (the request itself
 is wrong; sending it again cannot help). Failures raise ``AlertDeliveryError`` with the redacted
@@ -13,7 +13,6 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
-from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota._validation import check_positive_seconds
 from otel_llm_quota.handlers._base import AlertDeliveryError, Secret, redact_url
 
@@ -75,35 +74,26 @@ class HttpPoster:
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self._verify = verify
-        self._client: httpx.AsyncClient | None = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
-        reinit_after_fork(self._at_fork_reinit)
-
-    def _at_fork_reinit(self) -> None:
-        # In a forked child: the parent's pooled connections are not ours to use or close.
-        self._client = None
-        self._client_loop = None
-
-    def _get_client(self) -> httpx.AsyncClient:
-        # A client's connection pool belongs to the event loop it was first used on; a handler
-        # moved to another loop (a monitor thread, a new asyncio.run) gets a fresh client.
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop:
-            import httpx
-
-            self._client_loop = loop
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout_seconds),
-                verify=self._verify,  # type: ignore[arg-type]  # checked by httpx itself
-                follow_redirects=False,
-            )
-        return self._client
 
     async def post(self, content: bytes, headers: Mapping[str, str]) -> httpx.Response:
         """POST ``content``; return the 2xx response or raise ``AlertDeliveryError``."""
         import httpx
 
-        client = self._get_client()
+        # A client per delivery: alerts are rare (a cooldown apart), and a pooled client would be
+        # bound to the event loop it was first used on, leaking its sockets whenever the handler
+        # moves to another loop (a monitor thread, a new asyncio.run) or the process forks.
+        async with httpx.AsyncClient(
+            timeout=httpx.Timeout(self.timeout_seconds),
+            verify=self._verify,  # type: ignore[arg-type]  # checked by httpx itself
+            follow_redirects=False,
+        ) as client:
+            return await self._post_with_retries(client, content, headers)
+
+    async def _post_with_retries(
+        self, client: httpx.AsyncClient, content: bytes, headers: Mapping[str, str]
+    ) -> httpx.Response:
+        import httpx
+
         delay = self.backoff_seconds
         cause = "no attempt"
         for attempt in range(1, self.max_attempts + 1):
@@ -141,8 +131,4 @@ class HttpPoster:
         ) from None
 
     async def aclose(self) -> None:
-        """Close the HTTP client (a later ``post`` opens a new one)."""
-        client, self._client = self._client, None
-        loop, self._client_loop = self._client_loop, None
-        if client is not None and loop is asyncio.get_running_loop():
-            await client.aclose()
+        """Nothing to release: each delivery opens and closes its own client."""

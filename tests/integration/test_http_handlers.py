@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import hashlib
 import hmac
 import logging
+import warnings
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -258,3 +261,22 @@ async def test_slack_failure_message_is_redacted(
     assert manager.handler_failures == {"slack": 1}
     assert "slack: delivery to http://127.0.0.1" in caplog.text
     assert "hiddenToken" not in caplog.text
+
+
+async def test_a_handler_used_from_many_event_loops_leaks_no_socket(
+    manager: LLMProviderManager, server: RecordingServer
+) -> None:
+    # A handler moves between loops (asyncio.run each time, a monitor thread...): each delivery
+    # must close its own connection, leaving no unclosed transport behind.
+    recorder = RecordingAlertHandler()
+    manager.add_alert_handler(recorder)
+    await cross(manager)
+    [alert] = recorder.alerts
+    handler = WebhookAlertHandler(server.url)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(5):  # each in a fresh thread with a fresh event loop
+            await asyncio.to_thread(asyncio.run, handler.handle_alert(alert))
+        gc.collect()
+    assert len(server.requests) == 5
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
