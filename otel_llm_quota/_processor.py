@@ -142,6 +142,7 @@ class QuotaSpanProcessor(SpanProcessor):
             r if isinstance(r, ConfigRule) else ConfigRule.from_dict(r) for r in rules
         )
         self._resolver = config_resolver
+        self._resolving = bool(self._rules) or config_resolver is not None
         self._default_config_id = check_config_id(default_config_id)
         self._lock = threading.Lock()
         self._half = max(max_tracked_responses // 2, 1)
@@ -228,8 +229,9 @@ class QuotaSpanProcessor(SpanProcessor):
                 if key in attributes:
                     total = self._read_tokens(attributes, self._total_keys)
                     break
+            # Status._status_code: the public status_code property costs a Python-level call.
             success = (
-                span._status.status_code is not _ERROR and ERROR_TYPE_ATTRIBUTE not in attributes
+                span._status._status_code is not _ERROR and ERROR_TYPE_ATTRIBUTE not in attributes
             )
             if (
                 input_tokens is None
@@ -298,7 +300,7 @@ class QuotaSpanProcessor(SpanProcessor):
                 self._skip(QUOTA_CONFIG_ID_ATTRIBUTE, config_id)
                 config_id = None
             if config_id is None:
-                if self._rules or self._resolver is not None:
+                if self._resolving:
                     config_id = self._resolve(
                         span, attributes, provider, input_tokens, output_tokens, total, success
                     )
