@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import statistics
 import sys
 import threading
@@ -162,7 +163,7 @@ def run_once(n: int, rounds: int) -> dict[str, float]:
     other_quota = provider(batch(), QuotaSpanProcessor(managers[1]))
 
     processor = QuotaSpanProcessor(managers[2], max_tracked_responses=1_000)
-    spans = ended_spans(n)
+    spans = ended_spans(max(n, 2_000))  # more than the 1,000 the processor remembers
     lock = threading.Lock()
     totals: dict[str, int] = {}
 
@@ -175,13 +176,18 @@ def run_once(n: int, rounds: int) -> dict[str, float]:
         with lock:
             totals[provider_name] = totals.get(provider_name, 0) + tokens  # type: ignore[index,arg-type]
 
+    # Both loops walk the spans round and round (the warm-up included), so a span comes back only
+    # after all the others, so it is never found a duplicate of itself.
+    on_end_spans = itertools.cycle(spans)
+    reference_spans = itertools.cycle(spans)
+
     def on_end_loop(k: int) -> None:
         on_end = processor.on_end
-        for span in spans[:k]:
+        for span in itertools.islice(on_end_spans, k):
             on_end(span)
 
     def reference_loop(k: int) -> None:
-        for span in spans[:k]:
+        for span in itertools.islice(reference_spans, k):
             reference(span)
 
     cases = {

@@ -142,11 +142,12 @@ class QuotaSpanProcessor(SpanProcessor):
             r if isinstance(r, ConfigRule) else ConfigRule.from_dict(r) for r in rules
         )
         self._resolver = config_resolver
+        self._resolving = bool(self._rules) or config_resolver is not None
         self._default_config_id = check_config_id(default_config_id)
         self._lock = threading.Lock()
         self._half = max(max_tracked_responses // 2, 1)
-        self._seen_new: dict[str, object] = {}
-        self._seen_old: dict[str, object] = {}
+        self._seen_new: dict[str, int] = {}
+        self._seen_old: dict[str, int] = {}
         self._marks_new: dict[int, None] = {}
         self._marks_old: dict[int, None] = {}
         self._input_first = conv.input_tokens[0] if conv.input_tokens else ""
@@ -154,7 +155,8 @@ class QuotaSpanProcessor(SpanProcessor):
         self._provider_first = conv.provider[0] if conv.provider else ""
         self._response_first = conv.response_id[0] if conv.response_id else ""
         self._rule_cache: dict[tuple[str | None, str | None, int], tuple[object, str | None]] = {}
-        self._counted = itertools.count()
+        self._tickets = itertools.count()
+        self._ticket = self._tickets.__next__
         self._duplicates = 0
         self._skipped = 0
         self._errors = 0
@@ -227,8 +229,9 @@ class QuotaSpanProcessor(SpanProcessor):
                 if key in attributes:
                     total = self._read_tokens(attributes, self._total_keys)
                     break
+            # Status._status_code: the public status_code property costs a Python-level call.
             success = (
-                span._status.status_code is not _ERROR and ERROR_TYPE_ATTRIBUTE not in attributes
+                span._status._status_code is not _ERROR and ERROR_TYPE_ATTRIBUTE not in attributes
             )
             if (
                 input_tokens is None
@@ -259,15 +262,20 @@ class QuotaSpanProcessor(SpanProcessor):
                     self._marks_new.pop(span_id, 1) is None
                     or self._marks_old.pop(span_id, 1) is None
                 )
+            # Every LLM span that gets this far takes a ticket: a number no other span gets, which
+            # also counts the spans (counted = tickets - duplicates).
+            ticket = self._ticket()
             if response_id is not None:
                 # Remembered even for a span skipped as an ancestor: a third span with the same id
                 # elsewhere (another instrumentation's, in another trace) is the same response.
-                # The span's own context object marks "mine": whoever stored theirs first counts.
-                token: object = context if context is not None else object()
+                # The ticket marks "mine": whoever stored theirs first counts. (Not the span's
+                # context: keeping it alive until eviction moved freeing it, and the ints it
+                # holds, from the exporter's thread to the app's, which cost more than the rest
+                # of the dedupe.)
                 seen = self._seen_new
                 if (
-                    self._seen_old.get(response_id, token) is not token
-                    or seen.setdefault(response_id, token) is not token
+                    self._seen_old.get(response_id, ticket) is not ticket
+                    or seen.setdefault(response_id, ticket) is not ticket
                 ):
                     duplicate = True
                 elif len(seen) >= self._half:
@@ -285,7 +293,6 @@ class QuotaSpanProcessor(SpanProcessor):
                     self._duplicates += 1
                 self._duplicate_counter.add(1)
                 return
-            next(self._counted)
             config_id = get(QUOTA_CONFIG_ID_ATTRIBUTE)
             if config_id is not None and (
                 config_id.__class__ is not str or not 0 < len(config_id) <= MAX_CONFIG_ID_LENGTH
@@ -293,7 +300,7 @@ class QuotaSpanProcessor(SpanProcessor):
                 self._skip(QUOTA_CONFIG_ID_ATTRIBUTE, config_id)
                 config_id = None
             if config_id is None:
-                if self._rules or self._resolver is not None:
+                if self._resolving:
                     config_id = self._resolve(
                         span, attributes, provider, input_tokens, output_tokens, total, success
                     )
@@ -322,9 +329,14 @@ class QuotaSpanProcessor(SpanProcessor):
 
     @property
     def stats(self) -> ProcessorStats:
-        """Counts of counted, duplicate and skipped spans and values so far."""
+        """Counts of counted, duplicate and skipped spans and values so far.
+
+        Exact once the spans' ``on_end`` calls have returned; a span still in ``on_end`` on another
+        thread may show as counted before it is found to be a duplicate.
+        """
         with self._lock:
-            counted = next(copy.copy(self._counted))  # the count, without advancing it
+            tickets = next(copy.copy(self._tickets))  # the count, without advancing it
+            counted = tickets - self._duplicates
             return ProcessorStats(counted, self._duplicates, self._skipped, self._errors)
 
     @property

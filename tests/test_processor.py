@@ -330,6 +330,19 @@ def test_same_response_id_counts_once_first_wins(sync_manager: LLMProviderManage
     assert (stats.counted_spans, stats.duplicate_spans) == (2, 1)
 
 
+def test_a_span_handed_over_twice_counts_once(sync_manager: LLMProviderManager) -> None:
+    # The SDK ends a span once, but a span re-sent to on_end (by a fan-out processor, say) carries
+    # the same response id and context: it is a duplicate of itself, not a second response.
+    harness = make(sync_manager)
+    span = harness.tracer.start_span("llm", attributes={**GENAI, "gen_ai.response.id": "r1"})
+    span.end()
+    harness.processor.on_end(span)  # type: ignore[arg-type]  # an SDK span is a ReadableSpan
+    quota = harness.quota("openai")
+    assert (quota.input_tokens, quota.successful_requests) == (11, 1)
+    stats = harness.processor.stats
+    assert (stats.counted_spans, stats.duplicate_spans) == (1, 1)
+
+
 def test_remembered_response_ids_are_bounded(sync_manager: LLMProviderManager) -> None:
     harness = make(sync_manager, max_tracked_responses=2)
     for response_id in ("r1", "r2", "r3", "r1"):  # r1 was forgotten when r3 came
