@@ -9,9 +9,17 @@ keeps an object alive.
 
 from __future__ import annotations
 
+import concurrent.futures.thread  # noqa: F401 - imported for its at-fork hooks, see below
 import os
 import weakref
 from collections.abc import Callable
+
+# ``concurrent.futures.thread`` holds a global lock across fork and re-creates it in the child in
+# an at-fork hook registered when the module is first imported, which the stdlib does lazily.
+# at-fork hooks run in registration order: a hook registered earlier that submits to a thread
+# pool in the child (the OpenTelemetry SDK's TracerProvider re-detects its resource that way)
+# then blocks forever on the still-held lock. Importing the module here, with the first of our
+# own hooks, registers its re-initialisation before any provider created after this import.
 
 __all__ = ["reinit_after_fork"]
 

@@ -146,8 +146,9 @@ class QuotaSpanProcessor(SpanProcessor):
         self._default_config_id = check_config_id(default_config_id)
         self._lock = threading.Lock()
         self._half = max(max_tracked_responses // 2, 1)
-        self._seen_new: dict[str, int] = {}
-        self._seen_old: dict[str, int] = {}
+        # response id -> (instrumentation scope name(s) that reported it, span id of the first)
+        self._seen_new: dict[str, tuple[str | frozenset[str], int]] = {}
+        self._seen_old: dict[str, tuple[str | frozenset[str], int]] = {}
         self._marks_new: dict[int, None] = {}
         self._marks_old: dict[int, None] = {}
         self._input_first = conv.input_tokens[0] if conv.input_tokens else ""
@@ -262,22 +263,27 @@ class QuotaSpanProcessor(SpanProcessor):
                     self._marks_new.pop(span_id, 1) is None
                     or self._marks_old.pop(span_id, 1) is None
                 )
-            # Every LLM span that gets this far takes a ticket: a number no other span gets, which
-            # also counts the spans (counted = tickets - duplicates).
-            ticket = self._ticket()
+            # Every LLM span that gets this far takes a ticket, which counts the spans
+            # (counted = tickets - duplicates).
+            self._ticket()
             if response_id is not None:
                 # Remembered even for a span skipped as an ancestor: a third span with the same id
                 # elsewhere (another instrumentation's, in another trace) is the same response.
-                # The ticket marks "mine": whoever stored theirs first counts. (Not the span's
-                # context: keeping it alive until eviction moved freeing it, and the ints it
-                # holds, from the exporter's thread to the app's, which cost more than the rest
-                # of the dedupe.)
+                # The entry (instrumentation scope name, span id) is a new tuple that marks
+                # "mine": whoever stored theirs first counts. (Not the span's context: keeping it
+                # alive until eviction moved freeing it from the exporter's thread to the app's,
+                # which cost more than the rest of the dedupe.)
+                scope = span._instrumentation_scope
+                entry = (
+                    scope.name if scope is not None else "",
+                    context.span_id if context is not None else 0,
+                )
                 seen = self._seen_new
                 if (
-                    self._seen_old.get(response_id, ticket) is not ticket
-                    or seen.setdefault(response_id, ticket) is not ticket
+                    response_id in self._seen_old
+                    or seen.setdefault(response_id, entry) is not entry
                 ):
-                    duplicate = True
+                    duplicate = self._seen_again(response_id, entry)
                 elif len(seen) >= self._half:
                     self._seen_old = seen
                     self._seen_new = {}
@@ -439,6 +445,37 @@ class QuotaSpanProcessor(SpanProcessor):
     def _is_non_model_operation(self, attributes: Mapping[str, Any]) -> bool:
         operation = _first_str(attributes, self._conventions.operation)
         return operation is not None and operation in self._conventions.non_model_operations
+
+    def _seen_again(self, response_id: str, entry: tuple[str, int]) -> bool:
+        """A response id seen before: is this span a duplicate of that response?
+
+        Yes if another instrumentation already reported it (the anthropic SDK's span and
+        OpenLLMetry's, say), or if it is the very span that did. No if the same instrumentation
+        reports it again in another span: one instrumentation makes one span per response, so
+        this is a new response reusing the id (OpenAI-compatible servers such as Ollama draw ids
+        from a small random range) and must count. The rare path: it takes the lock, so
+        concurrent spans decide one after the other.
+        """
+        scope_name, span_id = entry
+        with self._lock:
+            seen = self._seen_new
+            known = seen.get(response_id) or self._seen_old.get(response_id)
+            if known is None:  # evicted meanwhile: first again
+                seen[response_id] = entry
+                return False
+            names, first_span_id = known
+            if span_id == first_span_id:
+                return True  # the same span again
+            if scope_name == names or (isinstance(names, frozenset) and scope_name in names):
+                seen[response_id] = entry  # a new response under a reused id
+                return False
+            merged = (
+                names | {scope_name}
+                if isinstance(names, frozenset)
+                else frozenset((names, scope_name))
+            )
+            seen[response_id] = (merged, known[1])
+            return True
 
     def _pass_mark(self, span: ReadableSpan) -> None:
         """A marked span (an ancestor of a counted span) passes the mark on to its parent."""

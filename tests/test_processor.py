@@ -73,9 +73,16 @@ class Harness:
         self.tracer: Tracer = self.provider.get_tracer("test")
 
     def span(
-        self, attributes: Mapping[str, Any] | None = None, *, error: bool = False, name: str = "llm"
+        self,
+        attributes: Mapping[str, Any] | None = None,
+        *,
+        error: bool = False,
+        name: str = "llm",
+        scope: str | None = None,
     ) -> None:
-        with self.tracer.start_as_current_span(name, attributes=attributes) as span:
+        """End one span; ``scope`` names another instrumentation (tracer) than the default."""
+        tracer = self.tracer if scope is None else self.provider.get_tracer(scope)
+        with tracer.start_as_current_span(name, attributes=attributes) as span:
             if error:
                 span.set_status(Status(StatusCode.ERROR, "boom"))
 
@@ -320,9 +327,9 @@ def test_same_response_id_counts_once_first_wins(sync_manager: LLMProviderManage
         "gen_ai.usage.output_tokens": 6,
         "gen_ai.usage.total_tokens": 19,
     }
-    harness.span(sdk_span)  # two root spans: separate traces
-    harness.span(openllmetry_span)
-    harness.span({**sdk_span, "gen_ai.response.id": "msg_2"})
+    harness.span(sdk_span, scope="anthropic")  # two root spans: separate traces
+    harness.span(openllmetry_span, scope="opentelemetry.instrumentation.anthropic")
+    harness.span({**sdk_span, "gen_ai.response.id": "msg_2"}, scope="anthropic")
     quota = harness.quota("anthropic")
     assert (quota.input_tokens, quota.output_tokens, quota.total_tokens) == (26, 10, 36)
     assert quota.successful_requests == 2
@@ -384,15 +391,16 @@ def test_nesting_marks_are_bounded(sync_manager: LLMProviderManager) -> None:
 
 
 def test_concurrent_duplicates_count_once(sync_manager: LLMProviderManager) -> None:
+    # Eight instrumentations report the same 200 responses, concurrently.
     harness = make(sync_manager)
     barrier = threading.Barrier(8)
 
-    def worker() -> None:
+    def worker(n: int) -> None:
         barrier.wait()
         for i in range(200):
-            harness.span({**GENAI, "gen_ai.response.id": f"resp-{i}"})
+            harness.span({**GENAI, "gen_ai.response.id": f"resp-{i}"}, scope=f"instr-{n}")
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
     for t in threads:
         t.start()
     for t in threads:
@@ -448,9 +456,24 @@ def test_duplicates_metric(
     metric_reader: InMemoryMetricReader,
 ) -> None:
     harness = make(sync_manager, meter_provider=meter_provider)
-    for _ in range(3):
-        harness.span({**GENAI, "gen_ai.response.id": "same"})
+    for n in range(3):
+        harness.span({**GENAI, "gen_ai.response.id": "same"}, scope=f"instr-{n}")
     assert _points(metric_reader, "llm.quota.processor.duplicate_spans") == [({}, 2)]
+
+
+def test_one_instrumentation_reusing_a_response_id_counts_every_response(
+    sync_manager: LLMProviderManager,
+) -> None:
+    # OpenAI-compatible servers need not make ids unique (Ollama: "chatcmpl-" + 0..998). One
+    # instrumentation makes one span per response, so its spans with a known id are new responses;
+    # another instrumentation's span with that id is still the same response.
+    harness = make(sync_manager)
+    for _ in range(5):
+        harness.span({**GENAI, "gen_ai.response.id": "chatcmpl-7"}, scope="openai_v2")
+        harness.span({**GENAI, "gen_ai.response.id": "chatcmpl-7"}, scope="openllmetry")
+    quota = harness.quota("openai")
+    assert (quota.successful_requests, quota.input_tokens) == (5, 55)
+    assert harness.processor.stats.duplicate_spans == 5
 
 
 def _points(reader: InMemoryMetricReader, name: str) -> list[tuple[dict[str, Any], int]]:
@@ -512,10 +535,13 @@ def test_ancestor_skipped_by_nesting_still_claims_its_response_id(
     # Three instrumentations of one call: an inner span without response id (OpenInference),
     # its parent with the id (openai-v2), and a span in another trace with the same id.
     harness = make(sync_manager)
-    with harness.tracer.start_as_current_span("v2") as outer:
-        harness.span({"llm.system": "openai", "llm.token_count.prompt": 11}, name="inner")
+    v2 = harness.provider.get_tracer("opentelemetry.instrumentation.openai_v2")
+    with v2.start_as_current_span("v2") as outer:
+        harness.span(
+            {"llm.system": "openai", "llm.token_count.prompt": 11}, name="inner", scope="oi"
+        )
         outer.set_attributes({**GENAI, "gen_ai.response.id": "r1"})
-    harness.span({**GENAI, "gen_ai.response.id": "r1"}, name="other-trace")
+    harness.span({**GENAI, "gen_ai.response.id": "r1"}, name="other-trace", scope="openllmetry")
     quota = harness.quota("openai")
     assert (quota.input_tokens, quota.successful_requests) == (11, 1)
     assert harness.processor.stats.duplicate_spans == 2
@@ -526,10 +552,11 @@ def test_forked_child_counts_even_if_the_processor_lock_was_held(
     sync_manager: LLMProviderManager,
 ) -> None:
     harness = make(sync_manager)
-    harness.span({**GENAI, "gen_ai.response.id": "dup"})
+    harness.span({**GENAI, "gen_ai.response.id": "dup"}, scope="one")
 
     def child() -> int:
-        harness.span({**GENAI, "gen_ai.response.id": "dup"})  # the duplicate path locks
+        # Another instrumentation's span of that response: the duplicate path locks.
+        harness.span({**GENAI, "gen_ai.response.id": "dup"}, scope="two")
         return 0 if harness.processor.stats.duplicate_spans == 1 else 2
 
     assert fork_while_locked(harness.processor._lock, child)[1] == 0
