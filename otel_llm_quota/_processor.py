@@ -38,6 +38,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import StatusCode
 
 from otel_llm_quota._context import QUOTA_CONFIG_CONTEXT_KEY, ContextUse
@@ -66,6 +67,8 @@ MAX_TOKENS_PER_SPAN: Final = 10**12
 _RULE_CACHE_SIZE: Final = 1024
 _ERROR: Final = StatusCode.ERROR
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+_UNSEEN: Final = object()
+_Scopes = InstrumentationScope | None | frozenset[InstrumentationScope | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,9 +149,9 @@ class QuotaSpanProcessor(SpanProcessor):
         self._default_config_id = check_config_id(default_config_id)
         self._lock = threading.Lock()
         self._half = max(max_tracked_responses // 2, 1)
-        # response id -> (instrumentation scope name(s) that reported it, span id of the first)
-        self._seen_new: dict[str, tuple[str | frozenset[str], int]] = {}
-        self._seen_old: dict[str, tuple[str | frozenset[str], int]] = {}
+        # response id -> the instrumentation scope (or scopes) that reported it
+        self._seen_new: dict[str, _Scopes] = {}
+        self._seen_old: dict[str, _Scopes] = {}
         self._marks_new: dict[int, None] = {}
         self._marks_old: dict[int, None] = {}
         self._input_first = conv.input_tokens[0] if conv.input_tokens else ""
@@ -269,21 +272,17 @@ class QuotaSpanProcessor(SpanProcessor):
             if response_id is not None:
                 # Remembered even for a span skipped as an ancestor: a third span with the same id
                 # elsewhere (another instrumentation's, in another trace) is the same response.
-                # The entry (instrumentation scope name, span id) is a new tuple that marks
-                # "mine": whoever stored theirs first counts. (Not the span's context: keeping it
-                # alive until eviction moved freeing it from the exporter's thread to the app's,
-                # which cost more than the rest of the dedupe.)
+                # The entry is the span's instrumentation scope, an object its tracer shares with
+                # all its spans: nothing is allocated, and nothing of the span is kept alive
+                # (keeping its context until eviction moved freeing it from the exporter's thread
+                # to the app's, which cost more than the rest of the dedupe).
                 scope = span._instrumentation_scope
-                entry = (
-                    scope.name if scope is not None else "",
-                    context.span_id if context is not None else 0,
-                )
                 seen = self._seen_new
                 if (
                     response_id in self._seen_old
-                    or seen.setdefault(response_id, entry) is not entry
+                    or seen.setdefault(response_id, scope) is not scope
                 ):
-                    duplicate = self._seen_again(response_id, entry)
+                    duplicate = self._seen_again(response_id, scope)
                 elif len(seen) >= self._half:
                     self._seen_old = seen
                     self._seen_new = {}
@@ -446,35 +445,31 @@ class QuotaSpanProcessor(SpanProcessor):
         operation = _first_str(attributes, self._conventions.operation)
         return operation is not None and operation in self._conventions.non_model_operations
 
-    def _seen_again(self, response_id: str, entry: tuple[str, int]) -> bool:
-        """A response id seen before: is this span a duplicate of that response?
+    def _seen_again(self, response_id: str, scope: InstrumentationScope | None) -> bool:
+        """A response id seen before from another scope object: is this span a duplicate?
 
         Yes if another instrumentation already reported it (the anthropic SDK's span and
-        OpenLLMetry's, say), or if it is the very span that did. No if the same instrumentation
-        reports it again in another span: one instrumentation makes one span per response, so
-        this is a new response reusing the id (OpenAI-compatible servers such as Ollama draw ids
-        from a small random range) and must count. The rare path: it takes the lock, so
-        concurrent spans decide one after the other.
+        OpenLLMetry's, say). No if the same instrumentation reports it again: one instrumentation
+        makes one span per response, so this is a new response reusing the id (OpenAI-compatible
+        servers such as Ollama draw ids from a small random range) and must count. (The fast path
+        in ``on_end`` counts a reuse by the very same scope object without coming here.) The rare
+        path: it takes the lock, so concurrent spans decide one after the other.
         """
-        scope_name, span_id = entry
         with self._lock:
             seen = self._seen_new
-            known = seen.get(response_id) or self._seen_old.get(response_id)
-            if known is None:  # evicted meanwhile: first again
-                seen[response_id] = entry
+            known = seen.get(response_id, _UNSEEN)
+            if known is _UNSEEN:
+                known = self._seen_old.get(response_id, _UNSEEN)
+            if known is _UNSEEN:  # evicted meanwhile: first again
+                seen[response_id] = scope
                 return False
-            names, first_span_id = known
-            if span_id == first_span_id:
-                return True  # the same span again
-            if scope_name == names or (isinstance(names, frozenset) and scope_name in names):
-                seen[response_id] = entry  # a new response under a reused id
-                return False
-            merged = (
-                names | {scope_name}
-                if isinstance(names, frozenset)
-                else frozenset((names, scope_name))
+            scopes: frozenset[InstrumentationScope | None] = (
+                known if isinstance(known, frozenset) else frozenset((known,))  # type: ignore[arg-type]
             )
-            seen[response_id] = (merged, known[1])
+            if scope in scopes:  # an equal scope (another tracer object of that instrumentation)
+                seen[response_id] = scope
+                return False
+            seen[response_id] = scopes | {scope}
             return True
 
     def _pass_mark(self, span: ReadableSpan) -> None:
