@@ -28,3 +28,27 @@ def test_quota_monitoring_example_runs() -> None:
     assert "('anthropic-dev', 'resolved', 80.0, 'period_reset')" in out
     assert '"total_tokens": 15000' in out
     assert "monitoring: False" in out
+
+
+def test_span_processor_example_runs() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "examples/span_processor_example.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(
+        "ALERT firing: openai-checkout crossed 50% (5400/10000 tokens, trace "
+    )
+    assert lines[0] != "ALERT firing: openai-checkout crossed 50% (5400/10000 tokens, trace -)"
+    assert lines[1:] == [
+        " openai-checkout:  5400 tokens (4500 in, 900 out) of 10000",
+        "       anthropic:  1000 tokens (800 in, 200 out) of no limit",
+        "      batch-jobs:  2500 tokens (2000 in, 500 out) of no limit",
+    ]
