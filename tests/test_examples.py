@@ -10,18 +10,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quota_monitoring_example_runs() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_example(name: str) -> subprocess.CompletedProcess[str]:
+    """Run ``examples/<name>`` as the README says (PYTHONPATH=.); it must exit 0 by itself."""
     result = subprocess.run(
-        [sys.executable, "examples/quota_monitoring_example.py"],
+        [sys.executable, f"examples/{name}"],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_quota_monitoring_example_runs() -> None:
+    result = run_example("quota_monitoring_example.py")
     out = result.stdout
     assert "Alert: anthropic-dev at 57.5% quota usage (firing, threshold 50.0%)" in out
     assert "Alert: anthropic-dev at 92.5% quota usage (firing, threshold 80.0%)" in out
@@ -31,18 +36,7 @@ def test_quota_monitoring_example_runs() -> None:
 
 
 def test_span_processor_example_runs() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "examples/span_processor_example.py"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    lines = run_example("span_processor_example.py").stdout.splitlines()
     assert lines[0].startswith(
         "ALERT firing: openai-checkout crossed 50% (5400/10000 tokens, trace "
     )
