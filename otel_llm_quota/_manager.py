@@ -397,7 +397,7 @@ class LLMProviderManager:
         self._closed = True
         if self._thread.running:
             self.stop_monitoring_thread()  # closes the handlers on the thread's loop
-        else:
+        elif any(callable(getattr(h, "aclose", None)) for h in self._handlers):
             try:
                 asyncio.get_running_loop()
             except RuntimeError:  # no loop in this thread: close the handlers on a fresh one
