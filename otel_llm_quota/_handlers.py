@@ -8,7 +8,7 @@ A handler is either
   protocol, which receives the full ``Alert`` (threshold, state, reason, fingerprint, span).
 
 Dispatch never lets a handler hurt the monitor or the other handlers: each call has a timeout,
-synchronous handlers run on a small dedicated thread pool (never on the event loop), and every
+synchronous handlers run in a daemon thread per call (never on the event loop), and every
 exception or timeout is logged and counted.
 """
 
@@ -254,6 +254,3 @@ class HandlerDispatcher:
         """In a forked child: the parent's handler threads did not survive the fork."""
         self._stats_lock = threading.Lock()
         self._busy = set()
-
-    def shutdown(self) -> None:
-        """Nothing to release: handler threads are daemons that end with their call."""

@@ -380,7 +380,6 @@ class LLMProviderManager:
         else:
             await self._monitor.stop()
             await self._close_handlers()
-        self._dispatcher.shutdown()
 
     async def _close_handlers(self) -> None:
         await self._dispatcher.aclose_handlers(self._handlers)
@@ -404,7 +403,6 @@ class LLMProviderManager:
                 asyncio.run(self._close_handlers())
             else:
                 _logger.debug("close() inside an event loop: handlers not closed; use aclose()")
-        self._dispatcher.shutdown()
 
     async def __aenter__(self) -> LLMProviderManager:
         return self
