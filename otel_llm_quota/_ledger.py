@@ -30,6 +30,16 @@ from otel_llm_quota._validation import (
     check_optional_str,
     check_thresholds,
 )
+from otel_llm_quota.stores._base import (
+    ZERO,
+    ConfigRecord,
+    ConfigSync,
+    Counts,
+    Delta,
+    Window,
+    add_counts,
+    sub_counts,
+)
 
 __all__ = ["Clock", "MetricRow", "QuotaLedger"]
 
@@ -55,27 +65,38 @@ class _ConfigState:
         "active",
         "alert_generation",
         "alert_period_start",
+        "alert_version",
         "closed_failures",
         "closed_input",
         "closed_other",
         "closed_output",
         "closed_successes",
+        "closing",
         "config_id",
+        "dirty",
+        "epoch",
         "failures",
+        "flushed",
         "generation",
         "held",
         "input",
         "last_alert_sent",
         "last_updated",
+        "life_flushed",
         "limit",
         "other",
+        "others",
+        "others_life",
         "output",
         "period",
         "period_end",
         "period_start",
         "provider",
+        "record_dirty",
         "sent",
+        "stored",
         "successes",
+        "synced_at",
         "threshold_tokens",
         "thresholds",
         "total",
@@ -124,6 +145,33 @@ class _ConfigState:
         # Thresholds crossed again within their cooldown -> when they may fire again.
         self.held: dict[float, float] | None = None
         self.last_alert_sent: float | None = None
+        # Shared-store bookkeeping (see QuotaLedger.attach_store). The counters above are this
+        # process's own; ``others`` is what the rest of the fleet counted in the current window
+        # (fleet total minus what this process flushed), so ``total`` is the fleet-wide view.
+        # ``dirty`` is True while the config waits in the ledger's flush list, and always without
+        # a store (so the hot path's one test never queues anything); ``flushed`` is None then.
+        self.dirty = True
+        self.epoch = 0
+        self.others: Counts = ZERO
+        self.flushed: Counts | None = None
+        self.others_life: Counts = ZERO
+        self.life_flushed: Counts = ZERO
+        self.closing: dict[Window, Counts] | None = None
+        self.record_dirty = False
+        self.stored = False
+        self.synced_at: float | None = None
+        self.alert_version = 0
+
+    def own(self) -> Counts:
+        """This process's counts in the current window."""
+        return (self.successes, self.failures, self.input, self.output, self.other)
+
+    def window(self) -> Window:
+        """The current period window, as stores name it."""
+        if self.period_end == _INF:
+            return Window(0, self.epoch, None)
+        length = max(int(self.period_end - self.period_start), 1)
+        return Window(int(self.period_start), self.epoch, 2 * length + 3600)
 
     def roll(self, now: float) -> None:
         """Start a new period containing ``now``: fold the counts into the lifetime totals."""
@@ -131,7 +179,22 @@ class _ConfigState:
         self.restart()
 
     def restart(self) -> None:
-        """Zero the period counters (keeping lifetime totals) and re-arm the thresholds."""
+        """Zero the period counters (keeping lifetime totals) and re-arm the thresholds.
+
+        With a store, what this process counted in the old window and has not flushed yet is
+        kept aside (``closing``) for the flusher: it still belongs to the old window.
+        """
+        flushed = self.flushed
+        if flushed is not None:  # tracked by a store
+            unflushed = sub_counts(self.own(), flushed)
+            if unflushed != ZERO:
+                old = self.window()
+                closing = self.closing
+                if closing is None:
+                    closing = self.closing = {}
+                closing[old] = add_counts(closing.get(old, ZERO), unflushed)
+            self.flushed = ZERO
+            self.others = ZERO
         self.closed_successes += self.successes
         self.closed_failures += self.failures
         self.closed_input += self.input
@@ -159,17 +222,22 @@ class _ConfigState:
         self.wake_at = _INF
 
     def snapshot(self) -> QuotaInfo:
-        """A consistent QuotaInfo of this state (call under the lock)."""
+        """A consistent QuotaInfo of this state (call under the lock): fleet-wide counts with a
+        store (what was synced plus this process's unflushed usage), this process's without."""
         active = self.active
+        o = self.others
+        lo = self.others_life
+        successes = self.successes + o[0]
+        failures = self.failures + o[1]
         return QuotaInfo(
             config_id=self.config_id,
             provider=self.provider,
-            total_requests=self.successes + self.failures,
-            successful_requests=self.successes,
-            failed_requests=self.failures,
+            total_requests=successes + failures,
+            successful_requests=successes,
+            failed_requests=failures,
             total_tokens=self.total,
-            input_tokens=self.input,
-            output_tokens=self.output,
+            input_tokens=self.input + o[2],
+            output_tokens=self.output + o[3],
             quota_limit=self.limit,
             alert_threshold_percent=self.thresholds[0],
             last_alert_sent=_dt(self.last_alert_sent),
@@ -181,11 +249,12 @@ class _ConfigState:
             timezone=_tz_name(self.tz),
             alert_state=AlertState.FIRING if active else None,
             alert_threshold=max(active) if active else None,
-            lifetime_input_tokens=self.closed_input + self.input,
-            lifetime_output_tokens=self.closed_output + self.output,
-            lifetime_other_tokens=self.closed_other + self.other,
-            lifetime_successful_requests=self.closed_successes + self.successes,
-            lifetime_failed_requests=self.closed_failures + self.failures,
+            lifetime_input_tokens=self.closed_input + self.input + lo[2],
+            lifetime_output_tokens=self.closed_output + self.output + lo[3],
+            lifetime_other_tokens=self.closed_other + self.other + lo[4],
+            lifetime_successful_requests=self.closed_successes + self.successes + lo[0],
+            lifetime_failed_requests=self.closed_failures + self.failures + lo[1],
+            last_sync=_dt(self.synced_at),
         )
 
 
@@ -253,6 +322,9 @@ class QuotaLedger:
         self._lock = threading.Lock()
         self._states: dict[str, _ConfigState] = {}
         self._wakeup: Callable[[], None] | None = None
+        # With a store: the configs whose usage or settings wait for the flusher (each once).
+        self._tracking = False
+        self._dirty: list[_ConfigState] = []
         reinit_after_fork(self._at_fork_reinit)
 
     def _at_fork_reinit(self) -> None:
@@ -312,6 +384,9 @@ class QuotaLedger:
                 state = self._states[config_id] = _ConfigState(
                     config_id, provider, period_name, tz, now
                 )
+                if self._tracking:
+                    state.flushed = ZERO
+                    state.dirty = False
             elif now >= state.period_end:
                 state.roll(now)
             if provider is not None:
@@ -323,6 +398,11 @@ class QuotaLedger:
             state.thresholds = _shared(levels)
             state.threshold_tokens = _shared(threshold_tokens(limit, levels))
             state.arm()
+            if self._tracking:
+                state.record_dirty = True
+                if not state.dirty:
+                    state.dirty = True
+                    self._dirty.append(state)
             wake = bool(state.active) or state.total >= state.wake_at
             info = state.snapshot()
         if wake:
@@ -406,6 +486,9 @@ class QuotaLedger:
                 state.other += other_tokens
             total = state.total = state.total + input_tokens + output_tokens + other_tokens
             state.last_updated = now
+            if not state.dirty:  # always True without a store: one attribute test
+                state.dirty = True
+                self._dirty.append(state)
             if provider is not None and state.provider is None:
                 state.provider = provider
             if total < state.wake_at:
@@ -425,7 +508,16 @@ class QuotaLedger:
         state = self._states[config_id] = _ConfigState(
             config_id, provider, self._default_period, self._tz, now
         )
+        if self._tracking:
+            self._track(state)
         return state
+
+    def _track(self, state: _ConfigState) -> None:
+        # Under the lock: from now on the state's usage is flushed to the store.
+        if state.flushed is None:
+            state.flushed = ZERO
+        state.dirty = True
+        self._dirty.append(state)
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -532,3 +624,218 @@ class QuotaLedger:
                     )
                 )
             return rows
+
+    # -- shared store ----------------------------------------------------------------------------
+
+    @property
+    def tracking(self) -> bool:
+        """True once a store is attached: usage is queued for the flusher."""
+        return self._tracking
+
+    def attach_store(self) -> None:
+        """Start queueing usage and settings for a store (the flusher calls ``take_deltas``).
+
+        Every config already known is queued, so usage counted before the store was attached is
+        flushed too.
+        """
+        with self._lock:
+            self._tracking = True
+            for state in self._states.values():
+                state.dirty = False
+                state.flushed = ZERO
+                state.record_dirty = state.limit is not None
+                self._track(state)
+
+    def take_deltas(self) -> tuple[list[Delta], list[ConfigRecord]]:
+        """Everything to flush since the last call: usage deltas and changed settings.
+
+        What is taken counts as flushed: the caller must keep retrying it until the store
+        acknowledges it (the flusher keeps one batch outstanding at a time).
+        """
+        now = self._clock()
+        with self._lock:
+            dirty, self._dirty = self._dirty, []
+            deltas: list[Delta] = []
+            records: list[ConfigRecord] = []
+            states = self._states
+            for state in dirty:
+                state.dirty = False
+                if states.get(state.config_id) is not state:  # deleted meanwhile
+                    continue
+                if now >= state.period_end:
+                    state.roll(now)
+                provider = None if state.stored else state.provider
+                if state.record_dirty:
+                    state.record_dirty = False
+                    records.append(_record(state, now))
+                closing = state.closing
+                if closing:
+                    state.closing = None
+                    for window, counts in closing.items():
+                        deltas.append(Delta(state.config_id, window, counts, provider))
+                        state.life_flushed = add_counts(state.life_flushed, counts)
+                flushed = state.flushed
+                assert flushed is not None
+                own = state.own()
+                delta = sub_counts(own, flushed)
+                if delta != ZERO:
+                    deltas.append(Delta(state.config_id, state.window(), delta, provider))
+                    state.flushed = own
+                    state.life_flushed = add_counts(state.life_flushed, delta)
+            return deltas, records
+
+    def requeue_records(self, records: list[ConfigRecord]) -> None:
+        """Settings whose write failed: queue them again (unless changed meanwhile)."""
+        with self._lock:
+            for record in records:
+                state = self._states.get(record.config_id)
+                if state is not None and not state.record_dirty:
+                    state.record_dirty = True
+                    if not state.dirty:
+                        state.dirty = True
+                        self._dirty.append(state)
+
+    def sync_targets(self) -> list[tuple[str, int]]:
+        """``(config_id, window_start)`` of every config, for a refresh read."""
+        now = self._clock()
+        with self._lock:
+            out = []
+            for state in self._states.values():
+                if now >= state.period_end:
+                    state.roll(now)
+                out.append((state.config_id, state.window().start))
+            return out
+
+    def apply_syncs(self, syncs: Iterable[tuple[ConfigSync, int]]) -> list[_ConfigState]:
+        """Fold the store's answers in: fleet counts, settings written elsewhere, resets, new
+        and deleted configs. Returns the states whose alert records may need adopting."""
+        now = self._clock()
+        wake = False
+        touched: list[_ConfigState] = []
+        with self._lock:
+            states = self._states
+            for sync, start in syncs:
+                state = states.get(sync.config_id)
+                if not sync.exists:
+                    if state is not None and state.stored and not state.dirty:
+                        # Deleted in the store by another process (``delete`` / the CLI).
+                        del states[sync.config_id]
+                    continue
+                if state is None:
+                    state = self._from_store(sync, now)
+                state.stored = True
+                record = sync.record
+                if record is not None and not state.record_dirty:
+                    self._adopt_settings(state, record, now)
+                if state.provider is None and sync.provider is not None:
+                    state.provider = sync.provider
+                if now >= state.period_end:
+                    state.roll(now)
+                if sync.epoch > state.epoch:  # reset elsewhere: a new, empty window
+                    state.restart()
+                    state.epoch = sync.epoch
+                flushed = state.flushed
+                assert flushed is not None
+                if sync.epoch == state.epoch and start == state.window().start:
+                    others = sub_counts(sync.window_counts, flushed)
+                    state.others = others
+                    state.total = (
+                        state.input + state.output + state.other + others[2] + others[3] + others[4]
+                    )
+                state.others_life = sub_counts(sync.lifetime, state.life_flushed)
+                state.synced_at = now
+                if state.total >= state.wake_at:
+                    state.wake_at = _INF
+                    wake = True
+                touched.append(state)
+        if wake:
+            self._wake()
+        return touched
+
+    def _from_store(self, sync: ConfigSync, now: float) -> _ConfigState:
+        # Under the lock: a config another process created.
+        record = sync.record
+        period: Period | None = self._default_period
+        tz = self._tz
+        if record is not None:
+            period = validate_period(record.period)
+            tz = resolve_timezone(record.timezone)
+        state = self._states[sync.config_id] = _ConfigState(
+            sync.config_id, sync.provider, period, tz, now
+        )
+        state.flushed = ZERO
+        state.dirty = False
+        state.epoch = sync.epoch
+        return state
+
+    def _adopt_settings(self, state: _ConfigState, record: ConfigRecord, now: float) -> None:
+        # Under the lock: settings written by another process win (last write wins).
+        period = validate_period(record.period)
+        tz = resolve_timezone(record.timezone)
+        if record.provider is not None:
+            state.provider = record.provider
+        if period != state.period or _tz_name(tz) != _tz_name(state.tz):
+            state.period, state.tz = period, tz
+            state.period_start, state.period_end = period_bounds(period, now, tz)
+        thresholds = tuple(record.thresholds)
+        if record.limit != state.limit or thresholds != state.thresholds:
+            state.limit = record.limit
+            state.thresholds = _shared(thresholds)
+            state.threshold_tokens = (
+                () if record.limit is None else _shared(threshold_tokens(record.limit, thresholds))
+            )
+            state.arm()
+
+    def restart_epoch(self, config_id: str, epoch: int) -> bool:
+        """Apply a store reset: ``config_id`` moves to reset epoch ``epoch`` (a new window)."""
+        with self._lock:
+            state = self._states.get(config_id)
+            if state is None:
+                return False
+            if epoch > state.epoch:
+                state.restart()
+                state.epoch = epoch
+            active = bool(state.active)
+        if active:
+            self._wake()
+        return True
+
+    def forget(self, config_id: str) -> bool:
+        """Drop ``config_id`` from this ledger (its store entry is the caller's business)."""
+        with self._lock:
+            return self._states.pop(config_id, None) is not None
+
+    def store_lost(self) -> None:
+        """The store was emptied (a Redis restarted without persistence): send it again what
+        this process counted in the current windows, and its settings.
+
+        Each process re-sends only its own share, so the rebuilt totals are exact for the
+        processes alive, never N-fold (usage of processes gone is lost with the store).
+        """
+        with self._lock:
+            for state in self._states.values():
+                if state.flushed is None:
+                    continue
+                state.flushed = ZERO
+                state.life_flushed = ZERO
+                state.others = ZERO
+                state.others_life = ZERO
+                state.total = state.input + state.output + state.other
+                state.stored = False
+                state.alert_version = 0
+                state.record_dirty = state.limit is not None
+                if not state.dirty:
+                    state.dirty = True
+                    self._dirty.append(state)
+
+
+def _record(state: _ConfigState, now: float) -> ConfigRecord:
+    return ConfigRecord(
+        config_id=state.config_id,
+        provider=state.provider,
+        limit=state.limit,
+        thresholds=state.thresholds,
+        period=state.period,
+        timezone=_tz_name(state.tz),
+        updated_at=now,
+    )

@@ -77,6 +77,10 @@ class QuotaInfo:
     lifetime_other_tokens: int = 0
     lifetime_successful_requests: int = 0
     lifetime_failed_requests: int = 0
+    last_sync: datetime | None = None
+    """With a shared store: when this process last synchronised this config with it (the counts
+    are the fleet's as of then plus this process's own since); ``None`` without a store or
+    before the first successful sync."""
 
     @property
     def other_tokens(self) -> int:
