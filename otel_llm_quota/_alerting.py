@@ -24,7 +24,8 @@ handlers are called later, outside the lock.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from otel_llm_quota._ledger import QuotaLedger, _ConfigState, _dt, _utc
 from otel_llm_quota._models import Alert, AlertReason, AlertState
@@ -41,6 +42,9 @@ class EvaluationResult:
     """The earliest POSIX time a time-based change (repeat, period end) is due; ``inf`` if none."""
     examined: int
     """How many configurations needed a look under the lock (the rest were skipped lock-free)."""
+    changes: list[tuple[_ConfigState, str, list[Alert]]] = field(default_factory=list)
+    """With ``encoder``: each config whose alert state changed, with its encoded state before
+    the pass and the pass's notifications for it (for the fleet's claims, see ``_claims``)."""
 
 
 def _resolved(
@@ -196,7 +200,11 @@ def _next_due(state: _ConfigState, cooldown: float) -> float:
 
 
 def evaluate_ledger(
-    ledger: QuotaLedger, now: float, cooldown: float, send_resolved: bool
+    ledger: QuotaLedger,
+    now: float,
+    cooldown: float,
+    send_resolved: bool,
+    encoder: Callable[[_ConfigState], str] | None = None,
 ) -> EvaluationResult:
     """One monitor pass over every configuration.
 
@@ -207,6 +215,7 @@ def evaluate_ledger(
     for a whole pass.
     """
     alerts: list[Alert] = []
+    changes: list[tuple[_ConfigState, str, list[Alert]]] = []
     next_due = math.inf
     examined = 0
     lock = ledger.lock
@@ -217,8 +226,15 @@ def evaluate_ledger(
             continue
         examined += 1
         with lock:
-            alerts.extend(evaluate(state, now, cooldown, send_resolved))
+            if encoder is None:
+                alerts.extend(evaluate(state, now, cooldown, send_resolved))
+            else:
+                before = encoder(state)
+                found = evaluate(state, now, cooldown, send_resolved)
+                if found or encoder(state) != before:
+                    changes.append((state, before, found))
+                alerts.extend(found)
             due = _next_due(state, cooldown)
         if due < next_due:
             next_due = due
-    return EvaluationResult(alerts=alerts, next_due=next_due, examined=examined)
+    return EvaluationResult(alerts=alerts, next_due=next_due, examined=examined, changes=changes)

@@ -32,6 +32,7 @@ from otel_llm_quota._validation import (
 )
 from otel_llm_quota.stores._base import (
     ZERO,
+    AlertRecord,
     ConfigRecord,
     ConfigSync,
     Counts,
@@ -64,6 +65,7 @@ class _ConfigState:
     __slots__ = (
         "active",
         "alert_generation",
+        "alert_pending",
         "alert_period_start",
         "alert_version",
         "closed_failures",
@@ -161,6 +163,8 @@ class _ConfigState:
         self.stored = False
         self.synced_at: float | None = None
         self.alert_version = 0
+        # Notifications this fleet claimed and has not confirmed delivered (see _claims).
+        self.alert_pending: list[dict[str, Any]] | None = None
 
     def own(self) -> Counts:
         """This process's counts in the current window."""
@@ -706,12 +710,15 @@ class QuotaLedger:
                 out.append((state.config_id, state.window().start))
             return out
 
-    def apply_syncs(self, syncs: Iterable[tuple[ConfigSync, int]]) -> list[_ConfigState]:
+    def apply_syncs(
+        self, syncs: Iterable[tuple[ConfigSync, int]]
+    ) -> list[tuple[_ConfigState, AlertRecord | None]]:
         """Fold the store's answers in: fleet counts, settings written elsewhere, resets, new
-        and deleted configs. Returns the states whose alert records may need adopting."""
+        and deleted configs. Returns each state synced with the store's alert record of it (the
+        alert layer adopts those, see ``_claims``)."""
         now = self._clock()
         wake = False
-        touched: list[_ConfigState] = []
+        touched: list[tuple[_ConfigState, AlertRecord | None]] = []
         with self._lock:
             states = self._states
             for sync, start in syncs:
@@ -747,7 +754,7 @@ class QuotaLedger:
                 if state.total >= state.wake_at:
                     state.wake_at = _INF
                     wake = True
-                touched.append(state)
+                touched.append((state, sync.alert))
         if wake:
             self._wake()
         return touched
@@ -804,6 +811,28 @@ class QuotaLedger:
         """Drop ``config_id`` from this ledger (its store entry is the caller's business)."""
         with self._lock:
             return self._states.pop(config_id, None) is not None
+
+    def pending_count(self) -> int:
+        """Configs queued for the flusher."""
+        return len(self._dirty)
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: what was counted before the fork is the parent's to flush."""
+        with self._lock:
+            self._dirty = []
+            for state in self._states.values():
+                flushed = state.flushed
+                if flushed is None:
+                    continue
+                own = state.own()
+                unflushed = sub_counts(own, flushed)
+                for counts in (state.closing or {}).values():
+                    unflushed = add_counts(unflushed, counts)
+                state.life_flushed = add_counts(state.life_flushed, unflushed)
+                state.flushed = own
+                state.closing = None
+                state.dirty = False
+                state.record_dirty = False
 
     def store_lost(self) -> None:
         """The store was emptied (a Redis restarted without persistence): send it again what

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import threading
+import weakref
 from collections.abc import Iterable, Mapping
 from datetime import tzinfo
 from types import TracebackType
@@ -13,6 +15,7 @@ from typing import Any
 from opentelemetry.trace import SpanContext
 
 from otel_llm_quota import environment_variables as env
+from otel_llm_quota._claims import FleetAlerts
 from otel_llm_quota._env import env_bool, env_seconds, env_str
 from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota._handlers import AnyAlertHandler, HandlerDispatcher
@@ -20,6 +23,8 @@ from otel_llm_quota._ledger import DEFAULT_PERIOD, DEFAULT_THRESHOLD_PERCENT, Cl
 from otel_llm_quota._models import Alert, QuotaInfo, SpanRef
 from otel_llm_quota._monitor import Monitor, MonitorThread
 from otel_llm_quota._validation import check_count, check_positive_seconds, check_thresholds
+from otel_llm_quota.stores import QuotaStore, open_store
+from otel_llm_quota.stores._flusher import DEFAULT_FLUSH_INTERVAL_SECONDS, StoreSync
 
 __all__ = ["LLMProviderManager"]
 
@@ -28,6 +33,22 @@ _logger = logging.getLogger(__name__)
 _DEFAULT_COOLDOWN_SECONDS = 3600.0
 _DEFAULT_HANDLER_TIMEOUT_SECONDS = 10.0
 _DEFAULT_MONITOR_INTERVAL_SECONDS = 60.0
+_DEFAULT_STORE_TIMEOUT_SECONDS = 5.0
+_FINAL_FLUSH_SECONDS = 5.0
+
+# Managers with a store flush what is pending at interpreter exit (atexit), weakly held.
+_STORES_TO_FLUSH: weakref.WeakSet[LLMProviderManager] = weakref.WeakSet()
+
+
+def _flush_at_exit() -> None:
+    for manager in list(_STORES_TO_FLUSH):
+        try:
+            manager._stop_store()
+        except Exception:  # exiting: never raise
+            _logger.debug("final flush at exit failed", exc_info=True)
+
+
+atexit.register(_flush_at_exit)
 
 
 class LLMProviderManager:
@@ -53,6 +74,13 @@ class LLMProviderManager:
             true).
         default_period: period of configs created by usage before a limit is set
             (default ``"month"``).
+        store: where state is kept and shared: a URL (``OTEL_LLM_QUOTA_STORE``; see
+            ``otel_llm_quota.stores``) or a store object; default: this process only.
+        flush_interval_seconds: seconds between two flushes to the store
+            (``OTEL_LLM_QUOTA_FLUSH_INTERVAL_SECONDS``, default 1).
+        store_timeout_seconds: how long the constructor waits for the store's state (totals,
+            limits, alerts) before going on with what it has (default 5). A store that cannot
+            be reached then is retried in the background; counting goes on meanwhile.
     """
 
     def __init__(
@@ -64,6 +92,9 @@ class LLMProviderManager:
         handler_timeout_seconds: float | None = None,
         send_resolved: bool | None = None,
         default_period: str | None = DEFAULT_PERIOD,
+        store: str | QuotaStore | None = None,
+        flush_interval_seconds: float | None = None,
+        store_timeout_seconds: float = _DEFAULT_STORE_TIMEOUT_SECONDS,
     ) -> None:
         if timezone is None:
             timezone = env_str(env.OTEL_LLM_QUOTA_TIMEZONE)
@@ -112,7 +143,46 @@ class LLMProviderManager:
         self._thread = MonitorThread(self._monitor, on_exit=self._close_handlers)
         self._thread_interval: float | None = None
         self._closed = False
+        self._sync: StoreSync | None = None
+        self._fleet: FleetAlerts | None = None
+        if store is None:
+            store = env_str(env.OTEL_LLM_QUOTA_STORE)
+        if store is not None:
+            self._attach_store(store, flush_interval_seconds, store_timeout_seconds, timeout)
         reinit_after_fork(self._at_fork_reinit)
+
+    def _attach_store(
+        self,
+        store: str | QuotaStore,
+        flush_interval: float | None,
+        wait_seconds: float,
+        handler_timeout: float,
+    ) -> None:
+        if isinstance(store, str):
+            store = open_store(store)  # ValueError/StoreError/ImportError: the caller's to see
+        elif not isinstance(store, QuotaStore):
+            raise TypeError(f"store must be a URL or a QuotaStore, not {type(store).__name__}")
+        interval = (
+            env_seconds(env.OTEL_LLM_QUOTA_FLUSH_INTERVAL_SECONDS, DEFAULT_FLUSH_INTERVAL_SECONDS)
+            if flush_interval is None
+            else check_positive_seconds("flush_interval_seconds", flush_interval)
+        )
+        sync = StoreSync(self._ledger, store, flush_interval=interval, on_synced=self._on_synced)
+        self._sync = sync
+        self._fleet = FleetAlerts(self._ledger, sync, lease_seconds=max(120.0, 3 * handler_timeout))
+        self._monitor.fleet = self._fleet
+        if not sync.start(wait_seconds):
+            _logger.warning(
+                "otel-llm-quota: no answer from the store %s yet; counting in memory until it "
+                "answers",
+                store.url,
+            )
+        _STORES_TO_FLUSH.add(self)
+
+    def _on_synced(self, synced: list[Any]) -> None:
+        fleet = self._fleet
+        if fleet is not None and fleet.on_synced(synced):
+            self._monitor.wake()
 
     def _at_fork_reinit(self) -> None:
         # In a forked child the monitor thread and the handler threads are gone: restart the
@@ -129,6 +199,29 @@ class LLMProviderManager:
     def ledger(self) -> QuotaLedger:
         """The thread-safe ledger behind the manager."""
         return self._ledger
+
+    @property
+    def store(self) -> QuotaStore | None:
+        """The store this manager shares its state through, or None (this process only)."""
+        return None if self._sync is None else self._sync.store
+
+    @property
+    def store_sync(self) -> StoreSync | None:
+        """The flusher of the store (its ``errors``, ``last_success``, ``pending_configs``)."""
+        return self._sync
+
+    def flush(self, timeout_seconds: float = _FINAL_FLUSH_SECONDS) -> bool:
+        """Send pending usage to the store now and refresh the fleet's totals; True if that
+        succeeded within the timeout (always True without a store)."""
+        if self._sync is None:
+            return True
+        return self._sync.flush(timeout_seconds)
+
+    async def aflush(self, timeout_seconds: float = _FINAL_FLUSH_SECONDS) -> bool:
+        """``flush`` for coroutines (waits off the event loop)."""
+        if self._sync is None:
+            return True
+        return await asyncio.to_thread(self._sync.flush, timeout_seconds)
 
     @property
     def monitoring(self) -> bool:
@@ -318,9 +411,28 @@ class LLMProviderManager:
     async def reset_quota_cache(self, config_id: str | None = None) -> None:
         """Start the current period's usage of ``config_id`` (or of every config) from zero.
 
-        Limits, thresholds and lifetime totals are kept; a firing alert is resolved.
+        Limits, thresholds and lifetime totals are kept; a firing alert is resolved. With a
+        store the reset is fleet-wide (a new, empty window every process moves to within a
+        flush interval); raises ``StoreError`` if the store cannot be reached.
         """
-        self._ledger.reset(config_id)
+        sync = self._sync
+        if sync is None:
+            self._ledger.reset(config_id)
+            return
+        ids = [config_id] if config_id is not None else self._ledger.config_ids()
+        for cid in ids:
+            epoch = await sync.run(sync.store.reset(cid))
+            self._ledger.restart_epoch(cid, epoch)
+
+    async def delete_config(self, config_id: str) -> bool:
+        """Remove ``config_id``: its usage, limit and alert state, here and in the store (every
+        process drops it at its next sync). Usage recorded later creates it afresh. Returns
+        False if it was unknown."""
+        sync = self._sync
+        found = False
+        if sync is not None:
+            found = await sync.run(sync.store.delete(config_id))
+        return self._ledger.forget(config_id) or found
 
     # -- monitoring ------------------------------------------------------------------------------
 
@@ -380,6 +492,15 @@ class LLMProviderManager:
         else:
             await self._monitor.stop()
             await self._close_handlers()
+        if self._sync is not None:
+            await asyncio.to_thread(self._stop_store)
+
+    def _stop_store(self) -> None:
+        # The final flush: what is pending reaches the store before the process goes.
+        sync = self._sync
+        if sync is not None:
+            sync.stop(_FINAL_FLUSH_SECONDS)
+            _STORES_TO_FLUSH.discard(self)
 
     async def _close_handlers(self) -> None:
         await self._dispatcher.aclose_handlers(self._handlers)
@@ -403,6 +524,7 @@ class LLMProviderManager:
                 asyncio.run(self._close_handlers())
             else:
                 _logger.debug("close() inside an event loop: handlers not closed; use aclose()")
+        self._stop_store()
 
     async def __aenter__(self) -> LLMProviderManager:
         return self

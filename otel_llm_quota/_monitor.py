@@ -20,6 +20,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 
 from otel_llm_quota._alerting import evaluate_ledger
+from otel_llm_quota._claims import FleetAlerts, encode
 from otel_llm_quota._handlers import AnyAlertHandler, HandlerDispatcher
 from otel_llm_quota._ledger import QuotaLedger
 from otel_llm_quota._models import Alert
@@ -69,14 +70,36 @@ class Monitor:
         return await self._pass()
 
     async def _pass(self) -> list[Alert]:
+        fleet = self.fleet
         result = evaluate_ledger(
-            self._ledger, self._ledger.clock(), self.cooldown_seconds, self.send_resolved
+            self._ledger,
+            self._ledger.clock(),
+            self.cooldown_seconds,
+            self.send_resolved,
+            encoder=None if fleet is None else encode,
         )
         self._next_due = result.next_due
-        if result.alerts:
-            await self._dispatcher.dispatch(self._handlers(), result.alerts)
+        if fleet is None:
+            if result.alerts:
+                await self._dispatcher.dispatch(self._handlers(), result.alerts)
+            self.passes += 1
+            return result.alerts
+        # A shared store: dispatch only the notifications this replica claimed (see _claims).
+        won = await fleet.claim([*result.changes, *fleet.candidates()])
+        alerts = [alert for _, found in won for alert in found]
+        if alerts:
+            await self._dispatcher.dispatch(self._handlers(), alerts)
+        for state, found in won:
+            await fleet.delivered(state, found)
         self.passes += 1
-        return result.alerts
+        return alerts
+
+    fleet: FleetAlerts | None = None
+    """Set by the manager when it shares a store with other processes."""
+
+    def wake(self) -> None:
+        """Ask for a pass soon, from any thread."""
+        self._wake_threadsafe()
 
     def start(self, interval: float) -> None:
         """Start the monitor task on the running loop (a second start only updates the interval)."""

@@ -206,3 +206,31 @@ OTEL_LLM_QUOTA_MAX_TRACKED_RESPONSES: Final = "OTEL_LLM_QUOTA_MAX_TRACKED_RESPON
 How many response ids (and nesting marks) the span processor remembers to count each LLM response
 once. Default: ``10000``.
 """
+
+# -- shared state (otel_llm_quota.stores) ------------------------------------------------------
+
+OTEL_LLM_QUOTA_STORE: Final = "OTEL_LLM_QUOTA_STORE"
+"""
+.. envvar:: OTEL_LLM_QUOTA_STORE
+
+Where quota state is kept: ``memory://``, ``sqlite:///quota.db`` (relative path),
+``sqlite:////var/lib/app/quota.db`` (absolute), ``redis://[user:pass@]host:6379/0``,
+``rediss://...``, ``unix:///path/redis.sock``, ``redis+cluster://host:port``. A secret: it is
+logged only with its password redacted. Unset: state stays in the process.
+"""
+
+OTEL_LLM_QUOTA_FLUSH_INTERVAL_SECONDS: Final = "OTEL_LLM_QUOTA_FLUSH_INTERVAL_SECONDS"
+"""
+.. envvar:: OTEL_LLM_QUOTA_FLUSH_INTERVAL_SECONDS
+
+Seconds between two flushes of usage to the store (and refreshes of the fleet's totals). What a
+process killed with SIGKILL can lose is at most about one interval of its own usage.
+Default: ``1``.
+"""
+
+OTEL_LLM_QUOTA_STORE_KEY_PREFIX: Final = "OTEL_LLM_QUOTA_STORE_KEY_PREFIX"
+"""
+.. envvar:: OTEL_LLM_QUOTA_STORE_KEY_PREFIX
+
+Prefix of every Redis key, so several applications can share one Redis. Default: ``llm_quota:``.
+"""

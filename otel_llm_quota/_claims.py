@@ -1,0 +1,327 @@
+"""One alert per fleet: replicas that share a store agree on each notification by claiming it.
+
+Every replica runs the same alert state machine (``_alerting``) on the same fleet-wide counts.
+The alert state of a configuration (active, sent and held thresholds, in which window) lives in
+the store as a versioned record. When a pass changes it, the replica writes its new state with
+a compare-and-set on the version it started from:
+
+* it **wins**: it alone dispatches the pass's notifications for that config;
+* it **loses**: another replica changed the state first (and sends what that change called
+  for); this one adopts the stored state, which already covers the notification.
+
+So each notification (config, threshold, period, firing/repeat/resolved) is dispatched by
+exactly one replica, and cooldowns and holds are fleet-wide: they are part of the record.
+
+**A winner that dies before delivering.** The record lists the claimed notifications as
+*pending*, each with a lease (``lease_seconds``, default 120 s or three handler timeouts). The
+winner removes them once its handlers were called. A replica that sees a pending notification
+whose lease ran out takes it over (another compare-and-set) and delivers it: at least once
+across crashes, exactly once otherwise.
+
+**A store that is down.** The replica delivers its notifications anyway (an alert is never
+held back by an outage; other replicas may deliver the same one meanwhile) and writes its state
+when the store is back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from otel_llm_quota._ledger import QuotaLedger, _ConfigState
+from otel_llm_quota._models import Alert, AlertReason, AlertState, SpanRef
+from otel_llm_quota.stores._base import AlertRecord
+
+if TYPE_CHECKING:
+    from otel_llm_quota.stores._flusher import StoreSync
+
+__all__ = ["Change", "FleetAlerts", "encode"]
+
+_logger = logging.getLogger(__name__)
+
+Change = tuple[_ConfigState, str, list[Alert]]
+"""A config whose alert state a pass changed: (state, its state before the pass, the pass's
+notifications for it)."""
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _keys(values: dict[float, float] | None) -> dict[str, float]:
+    return {} if not values else {repr(k): v for k, v in sorted(values.items())}
+
+
+def encode(state: _ConfigState) -> str:
+    """The alert state of ``state`` as the store keeps it (call under the ledger's lock)."""
+    current = state.alert_generation == state.generation
+    window = state.window()
+    doc: dict[str, Any] = {
+        "w": [window.start, window.epoch] if current else None,
+        "ps": state.alert_period_start if math.isfinite(state.alert_period_start) else None,
+        "a": _keys(state.active),
+        "s": _keys(state.sent),
+        "h": _keys(state.held),
+        "l": state.last_alert_sent,
+        "p": state.alert_pending or [],
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+def _floats(values: Any) -> dict[float, float] | None:
+    if not values:
+        return None
+    return {float(k): float(v) for k, v in values.items()}
+
+
+def adopt(state: _ConfigState, record: AlertRecord) -> bool:
+    """Take the stored alert state (call under the lock); False if it is stale or unreadable."""
+    try:
+        doc = json.loads(record.data)
+        window = doc.get("w")
+        active = _floats(doc.get("a"))
+        sent = _floats(doc.get("s"))
+        held = _floats(doc.get("h"))
+        last = doc.get("l")
+        pending = list(doc.get("p") or []) or None
+        period_start = doc.get("ps")
+    except (ValueError, TypeError, AttributeError):
+        _logger.warning("unreadable alert record for config %r; ignored", state.config_id)
+        return False
+    here = state.window()
+    if window is not None and (int(window[0]), int(window[1])) > (here.start, here.epoch):
+        return False  # written for a window this process has not reached yet: adopt it later
+    state.active, state.sent, state.held = active, sent, held
+    state.last_alert_sent = None if last is None else float(last)
+    state.alert_pending = pending
+    if window is not None and (int(window[0]), int(window[1])) == (here.start, here.epoch):
+        state.alert_generation = state.generation
+        state.alert_period_start = state.period_start
+    else:  # an older window's alerts: the next pass resolves them (once, fleet-wide)
+        state.alert_generation = state.generation - 1
+        state.alert_period_start = (
+            float(period_start) if period_start is not None else state.period_start
+        )
+    state.alert_version = record.version
+    state.arm()
+    return True
+
+
+def _pending_entry(alert: Alert, writer: str, until: float) -> dict[str, Any]:
+    span = alert.span
+    return {
+        "id": uuid.uuid4().hex,
+        "by": writer,
+        "u": until,
+        "st": alert.state.value,
+        "r": alert.reason.value,
+        "t": alert.threshold_percent,
+        "ts": list(alert.thresholds),
+        "sa": _ts(alert.started_at),
+        "ea": _ts(alert.ended_at),
+        "ps": _ts(alert.period_start),
+        "ra": _ts(alert.repeat_at),
+        "sp": None if span is None else [span.trace_id, span.span_id, span.trace_flags],
+    }
+
+
+def _utc(ts: Any) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(float(ts), timezone.utc)
+
+
+def _alert_from(state: _ConfigState, entry: dict[str, Any]) -> Alert:
+    from dataclasses import replace
+
+    alert_state = AlertState(entry["st"])
+    started = _utc(entry["sa"])
+    assert started is not None
+    span = entry.get("sp")
+    return Alert(
+        config_id=state.config_id,
+        state=alert_state,
+        reason=AlertReason(entry["r"]),
+        threshold_percent=float(entry["t"]),
+        thresholds=tuple(float(t) for t in entry["ts"]),
+        quota=replace(state.snapshot(), alert_state=alert_state, alert_threshold=float(entry["t"])),
+        started_at=started,
+        ended_at=_utc(entry.get("ea")),
+        period_start=_utc(entry.get("ps")),
+        repeat_at=_utc(entry.get("ra")),
+        span=None if not span else SpanRef(int(span[0]), int(span[1]), int(span[2])),
+    )
+
+
+class FleetAlerts:
+    """The claim protocol of one manager (see module doc)."""
+
+    def __init__(self, ledger: QuotaLedger, sync: StoreSync, lease_seconds: float) -> None:
+        self._ledger = ledger
+        self._sync = sync
+        self.lease_seconds = lease_seconds
+        self._uncommitted: dict[str, _ConfigState] = {}
+        self._takeover: dict[str, _ConfigState] = {}
+        self.claims_won = 0
+        self.claims_lost = 0
+        self.takeovers = 0
+        self.unclaimed_deliveries = 0
+        """Notifications delivered without a claim because the store was unreachable."""
+
+    # -- called by the flusher with what a sync touched -------------------------------------------
+
+    def on_synced(self, synced: list[tuple[_ConfigState, AlertRecord | None]]) -> bool:
+        """Adopt newer alert records; note expired leases to take over. True if the monitor
+        should run a pass."""
+        lock = self._ledger.lock
+        now = self._ledger.clock()
+        writer = self._sync.writer
+        wake = False
+        with lock:
+            for state, record in synced:
+                if (
+                    record is not None
+                    and record.version > state.alert_version
+                    and adopt(state, record)
+                ):
+                    wake = True
+                pending = state.alert_pending
+                if pending and any(p["by"] != writer and p["u"] <= now for p in pending):
+                    self._takeover[state.config_id] = state
+                    wake = True
+        return wake
+
+    # -- called by the monitor ------------------------------------------------------------------
+
+    def candidates(self) -> list[Change]:
+        """Changes to write that no pass produced: takeovers and states the store missed."""
+        out: list[Change] = []
+        with self._ledger.lock:
+            for cid, state in list(self._uncommitted.items()):
+                out.append((state, "", []))
+                del self._uncommitted[cid]
+        return out
+
+    async def claim(self, changes: Iterable[Change]) -> list[tuple[_ConfigState, list[Alert]]]:
+        """Write each change; return the notifications this replica won, per config."""
+        won: list[tuple[_ConfigState, list[Alert]]] = []
+        lock = self._ledger.lock
+        store = self._sync.store
+        now = self._ledger.clock()
+        until = now + self.lease_seconds
+        writer = self._sync.writer
+        changes = list(changes)
+        takeovers = self._take_takeovers()
+        for state, before, alerts in changes:
+            with lock:
+                if alerts:
+                    entries = [_pending_entry(a, writer, until) for a in alerts]
+                    state.alert_pending = (state.alert_pending or []) + entries
+                version = state.alert_version
+                data = encode(state)
+            if not alerts and data == before:
+                continue
+            try:
+                ok, record = await self._sync.run(
+                    store.compare_and_set_alert(state.config_id, version, data)
+                )
+            except Exception as exc:
+                if alerts:
+                    self.unclaimed_deliveries += len(alerts)
+                    _logger.warning(
+                        "otel-llm-quota: could not claim the alert of config %r in %s (%s); "
+                        "delivering it without a claim",
+                        state.config_id,
+                        store.url,
+                        exc,
+                    )
+                    won.append((state, alerts))
+                with lock:
+                    self._uncommitted[state.config_id] = state
+                continue
+            with lock:
+                if ok:
+                    state.alert_version = record.version
+                else:
+                    adopt(state, record)
+            if ok:
+                self.claims_won += 1
+                if alerts:
+                    won.append((state, alerts))
+            else:
+                self.claims_lost += 1
+        for state in takeovers:
+            taken = await self._take_over(state, writer, until)
+            if taken:
+                won.append((state, taken))
+        return won
+
+    def _take_takeovers(self) -> list[_ConfigState]:
+        with self._ledger.lock:
+            states = list(self._takeover.values())
+            self._takeover.clear()
+        return states
+
+    async def _take_over(self, state: _ConfigState, writer: str, until: float) -> list[Alert]:
+        lock = self._ledger.lock
+        now = self._ledger.clock()
+        with lock:
+            pending = state.alert_pending or []
+            expired = [p for p in pending if p["by"] != writer and p["u"] <= now]
+            if not expired:
+                return []
+            for p in expired:
+                p["by"], p["u"] = writer, until
+            version = state.alert_version
+            data = encode(state)
+        try:
+            ok, record = await self._sync.run(
+                self._sync.store.compare_and_set_alert(state.config_id, version, data)
+            )
+        except Exception:
+            return []  # retried when the next sync sees the lease still expired
+        with lock:
+            if not ok:
+                adopt(state, record)
+                return []
+            state.alert_version = record.version
+            alerts = [_alert_from(state, p) for p in expired]
+        self.takeovers += len(alerts)
+        _logger.warning(
+            "otel-llm-quota: delivering %d notification(s) of config %r claimed by a replica "
+            "that did not confirm them",
+            len(alerts),
+            state.config_id,
+        )
+        return alerts
+
+    async def delivered(self, state: _ConfigState, alerts: list[Alert]) -> None:
+        """Confirm delivery: remove this replica's pending entries of ``state`` (retrying a
+        lost compare-and-set a few times)."""
+        lock = self._ledger.lock
+        writer = self._sync.writer
+        for _ in range(5):
+            with lock:
+                pending = state.alert_pending or []
+                keep = [p for p in pending if p["by"] != writer]
+                if len(keep) == len(pending):
+                    return
+                state.alert_pending = keep or None
+                version = state.alert_version
+                data = encode(state)
+            try:
+                ok, record = await self._sync.run(
+                    self._sync.store.compare_and_set_alert(state.config_id, version, data)
+                )
+            except Exception:
+                with lock:
+                    self._uncommitted[state.config_id] = state
+                return
+            with lock:
+                if ok:
+                    state.alert_version = record.version
+                    return
+                adopt(state, record)
