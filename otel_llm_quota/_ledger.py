@@ -179,10 +179,11 @@ class _ConfigState:
 
     def roll(self, now: float) -> None:
         """Start a new period containing ``now``: fold the counts into the lifetime totals."""
+        old = self.window()
         self.period_start, self.period_end = period_bounds(self.period, now, self.tz)
-        self.restart()
+        self.restart(old)
 
-    def restart(self) -> None:
+    def restart(self, old: Window | None = None) -> None:
         """Zero the period counters (keeping lifetime totals) and re-arm the thresholds.
 
         With a store, what this process counted in the old window and has not flushed yet is
@@ -192,7 +193,8 @@ class _ConfigState:
         if flushed is not None:  # tracked by a store
             unflushed = sub_counts(self.own(), flushed)
             if unflushed != ZERO:
-                old = self.window()
+                if old is None:
+                    old = self.window()
                 closing = self.closing
                 if closing is None:
                     closing = self.closing = {}
@@ -396,8 +398,7 @@ class QuotaLedger:
             if provider is not None:
                 state.provider = provider
             if period_name != state.period or tz != state.tz:
-                state.period, state.tz = period_name, tz
-                state.period_start, state.period_end = period_bounds(period_name, now, tz)
+                _change_period(state, period_name, tz, now)
             state.limit = limit
             state.thresholds = _shared(levels)
             state.threshold_tokens = _shared(threshold_tokens(limit, levels))
@@ -661,6 +662,7 @@ class QuotaLedger:
             dirty, self._dirty = self._dirty, []
             deltas: list[Delta] = []
             records: list[ConfigRecord] = []
+            later: list[_ConfigState] = []
             states = self._states
             for state in dirty:
                 state.dirty = False
@@ -674,10 +676,16 @@ class QuotaLedger:
                     records.append(_record(state, now))
                 closing = state.closing
                 if closing:
-                    state.closing = None
-                    for window, counts in closing.items():
-                        deltas.append(Delta(state.config_id, window, counts, provider))
-                        state.life_flushed = add_counts(state.life_flushed, counts)
+                    # One delta per config and batch (the stores' idempotency marks are per
+                    # config): an old window's first, the current one's in the next flush.
+                    window = next(iter(closing))
+                    counts = closing.pop(window)
+                    if not closing:
+                        state.closing = None
+                    deltas.append(Delta(state.config_id, window, counts, provider))
+                    state.life_flushed = add_counts(state.life_flushed, counts)
+                    later.append(state)
+                    continue
                 flushed = state.flushed
                 assert flushed is not None
                 own = state.own()
@@ -686,6 +694,9 @@ class QuotaLedger:
                     deltas.append(Delta(state.config_id, state.window(), delta, provider))
                     state.flushed = own
                     state.life_flushed = add_counts(state.life_flushed, delta)
+            for state in later:
+                state.dirty = True
+                self._dirty.append(state)
             return deltas, records
 
     def requeue_records(self, records: list[ConfigRecord]) -> None:
@@ -782,8 +793,7 @@ class QuotaLedger:
         if record.provider is not None:
             state.provider = record.provider
         if period != state.period or _tz_name(tz) != _tz_name(state.tz):
-            state.period, state.tz = period, tz
-            state.period_start, state.period_end = period_bounds(period, now, tz)
+            _change_period(state, period, tz, now)
         thresholds = tuple(record.thresholds)
         if record.limit != state.limit or thresholds != state.thresholds:
             state.limit = record.limit
@@ -856,6 +866,20 @@ class QuotaLedger:
                 if not state.dirty:
                     state.dirty = True
                     self._dirty.append(state)
+
+
+def _change_period(state: _ConfigState, period: Period | None, tz: tzinfo, now: float) -> None:
+    """Give ``state`` a new period or time zone (under the lock).
+
+    Without a store the counts of the current period are kept, re-anchored on the new period's
+    current boundary (nothing counted is lost). With a store the window is a shared key: what
+    was counted stays in the old window (and in the lifetime totals) and the new period's
+    window starts from what the fleet counted in it.
+    """
+    if state.flushed is not None:
+        state.restart()  # stashes this process's unflushed usage under the old window
+    state.period, state.tz = period, tz
+    state.period_start, state.period_end = period_bounds(period, now, tz)
 
 
 def _record(state: _ConfigState, now: float) -> ConfigRecord:

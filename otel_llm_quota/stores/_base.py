@@ -121,7 +121,10 @@ class Delta:
 
 @dataclass(frozen=True, slots=True)
 class FlushBatch:
-    """The deltas of one flush. ``(writer, seq)`` is its idempotency key (see module doc)."""
+    """The deltas of one flush. ``(writer, seq)`` is its idempotency key (see module doc).
+
+    A batch holds at most one delta per configuration: the idempotency mark is kept per
+    (writer, config), so a store may apply or skip each delta on its own."""
 
     writer: str
     seq: int
