@@ -36,6 +36,7 @@ from otel_llm_quota._handlers import AnyAlertHandler
 from otel_llm_quota._manager import LLMProviderManager
 from otel_llm_quota._rules import ConfigRule
 from otel_llm_quota._validation import check_config_id, check_limit, check_positive_seconds
+from otel_llm_quota.stores import StoreError, open_store, redact_url
 
 __all__ = ["ConfigError", "QuotaSetup", "build_handler", "load_config", "read_config_file"]
 
@@ -52,7 +53,9 @@ BUILTIN_HANDLERS: Final[Mapping[str, str]] = {
 """Built-in handler type names and their class in ``otel_llm_quota.handlers``."""
 BUILTIN_HANDLERS_MODULE: Final = "otel_llm_quota.handlers"
 
-_SECTIONS: Final = frozenset({"manager", "monitor", "processor", "quotas", "rules", "handlers"})
+_SECTIONS: Final = frozenset(
+    {"manager", "monitor", "processor", "quotas", "rules", "handlers", "store"}
+)
 _MANAGER_KEYS: Final = frozenset(
     {"timezone", "cooldown_seconds", "handler_timeout_seconds", "send_resolved", "default_period"}
 )
@@ -291,12 +294,39 @@ def load_config(
         manager_kwargs.update(_section(data, "manager", _MANAGER_KEYS))
 
     collect.run("manager", manager_section)
+
+    def store_section() -> None:
+        raw = data.get("store")
+        where = "'store'"
+        if raw is None and environment:
+            raw = env_str(env.OTEL_LLM_QUOTA_STORE)
+            where = env.OTEL_LLM_QUOTA_STORE
+        if raw is None:
+            return
+        options: dict[str, Any] = {}
+        if isinstance(raw, Mapping):
+            options = dict(raw)
+            url = options.pop("url", None)
+            interval = options.pop("flush_interval_seconds", None)
+            if interval is not None:
+                manager_kwargs["flush_interval_seconds"] = interval
+        else:
+            url = raw
+        if not isinstance(url, str) or not url.strip():
+            raise ConfigError(f"{where} must be a store URL (or a mapping with 'url')")
+        try:
+            manager_kwargs["store"] = open_store(url, **options)
+        except (TypeError, ValueError, ImportError, StoreError) as exc:
+            raise ConfigError(f"{where} ({redact_url(url)}): {exc}") from exc
+
     if manager is None:
+        collect.run("store", store_section)
+        manager_kwargs.setdefault("store", False)  # what store_section did not take: none
         try:
             manager = LLMProviderManager(**manager_kwargs)
         except (TypeError, ValueError) as exc:
             collect.run("manager", _raiser(ConfigError(f"'manager': {exc}")))
-            manager = LLMProviderManager()
+            manager = LLMProviderManager(store=manager_kwargs["store"])
     setup = QuotaSetup(manager=manager)
 
     def monitor_section() -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import signal
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
 from datetime import tzinfo
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry.trace import SpanContext
 
@@ -51,6 +52,28 @@ def _flush_at_exit() -> None:
 atexit.register(_flush_at_exit)
 
 
+def _exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM a normal exit (``SystemExit(143)``), so the final flush runs at exit.
+
+    Python's default for SIGTERM ends the process without running ``atexit``: the usage not
+    flushed yet would be lost on every ``kill``/``docker stop``/pod eviction. Only the default
+    disposition is replaced, and only from the main thread: a handler the application (or its
+    server: gunicorn, uvicorn) installed is left alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+        signal.signal(signal.SIGTERM, _sigterm_to_exit)
+    except (ValueError, OSError, AttributeError):  # no signals here (embedded interpreters)
+        pass
+
+
+def _sigterm_to_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 class LLMProviderManager:
     """Quota state for many LLM configurations, with threshold alerts.
 
@@ -75,7 +98,8 @@ class LLMProviderManager:
         default_period: period of configs created by usage before a limit is set
             (default ``"month"``).
         store: where state is kept and shared: a URL (``OTEL_LLM_QUOTA_STORE``; see
-            ``otel_llm_quota.stores``) or a store object; default: this process only.
+            ``otel_llm_quota.stores``) or a store object; default: this process only
+            (``False``: this process only, whatever the environment says).
         flush_interval_seconds: seconds between two flushes to the store
             (``OTEL_LLM_QUOTA_FLUSH_INTERVAL_SECONDS``, default 1).
         store_timeout_seconds: how long the constructor waits for the store's state (totals,
@@ -92,7 +116,7 @@ class LLMProviderManager:
         handler_timeout_seconds: float | None = None,
         send_resolved: bool | None = None,
         default_period: str | None = DEFAULT_PERIOD,
-        store: str | QuotaStore | None = None,
+        store: str | QuotaStore | Literal[False] | None = None,
         flush_interval_seconds: float | None = None,
         store_timeout_seconds: float = _DEFAULT_STORE_TIMEOUT_SECONDS,
     ) -> None:
@@ -147,7 +171,7 @@ class LLMProviderManager:
         self._fleet: FleetAlerts | None = None
         if store is None:
             store = env_str(env.OTEL_LLM_QUOTA_STORE)
-        if store is not None:
+        if store is not None and store is not False:
             self._attach_store(store, flush_interval_seconds, store_timeout_seconds, timeout)
         reinit_after_fork(self._at_fork_reinit)
 
@@ -178,6 +202,8 @@ class LLMProviderManager:
                 store.url,
             )
         _STORES_TO_FLUSH.add(self)
+        if env_bool(env.OTEL_LLM_QUOTA_FLUSH_ON_SIGTERM, True):
+            _exit_cleanly_on_sigterm()
 
     def _on_synced(self, synced: list[Any]) -> None:
         fleet = self._fleet

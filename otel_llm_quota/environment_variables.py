@@ -234,3 +234,12 @@ OTEL_LLM_QUOTA_STORE_KEY_PREFIX: Final = "OTEL_LLM_QUOTA_STORE_KEY_PREFIX"
 
 Prefix of every Redis key, so several applications can share one Redis. Default: ``llm_quota:``.
 """
+
+OTEL_LLM_QUOTA_FLUSH_ON_SIGTERM: Final = "OTEL_LLM_QUOTA_FLUSH_ON_SIGTERM"
+"""
+.. envvar:: OTEL_LLM_QUOTA_FLUSH_ON_SIGTERM
+
+With a store: ``true`` turns SIGTERM into a normal exit (``SystemExit(143)``) when the
+application has no SIGTERM handler of its own, so the final flush runs (Python's default ends
+the process without it). ``false`` leaves SIGTERM alone. Default: ``true``.
+"""
