@@ -8,6 +8,11 @@ thresholds and alert states).
 
 Counters (``llm.quota.tokens``, ``llm.quota.requests``) report lifetime totals, which the ledger
 keeps across period resets, so they never go backwards when a period starts again from zero.
+
+With a shared store the two kinds differ on purpose: the quota-state gauges (``usage``,
+``limit``, ``remaining``, ``utilization``, ``time_until_reset``) are fleet-wide values, the same
+in every replica (aggregate them with ``max``), while ``llm.quota.tokens`` and
+``llm.quota.requests`` count this process's own contributions (summing replicas is right).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from otel_llm_quota.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from otel_llm_quota._manager import LLMProviderManager
+    from otel_llm_quota.stores._flusher import StoreSync
 
 __all__ = ["DEFAULT_MAX_CONFIGS", "QuotaMetrics", "instrument_metrics", "quota_metric_views"]
 
@@ -136,6 +142,25 @@ class QuotaMetrics:
             callbacks=[self._observe_handler_failures],
             unit="{failure}",
             description="Alert-handler calls that raised or timed out, by handler.",
+        )
+
+        meter.create_observable_gauge(
+            n.METRIC_STORE_PENDING,
+            callbacks=[self._observe_store_pending],
+            unit="{config}",
+            description="Configs with usage or settings not yet flushed to the store.",
+        )
+        meter.create_observable_counter(
+            n.METRIC_STORE_ERRORS,
+            callbacks=[self._observe_store_errors],
+            unit="{error}",
+            description="Failed store operations, by operation.",
+        )
+        meter.create_observable_gauge(
+            n.METRIC_STORE_FLUSH_DURATION,
+            callbacks=[self._observe_store_flush_duration],
+            unit="s",
+            description="Duration of the last successful flush and refresh with the store.",
         )
 
     def _at_fork_reinit(self) -> None:
@@ -273,6 +298,27 @@ class QuotaMetrics:
                     )
                 )
         return out
+
+    def _store_sync(self) -> StoreSync | None:
+        manager = self._manager()
+        return None if manager is None else manager.store_sync
+
+    def _observe_store_pending(self, options: CallbackOptions) -> Iterable[Observation]:
+        sync = self._store_sync()
+        return [] if sync is None else [Observation(sync.pending_configs)]
+
+    def _observe_store_errors(self, options: CallbackOptions) -> Iterable[Observation]:
+        sync = self._store_sync()
+        if sync is None:
+            return []
+        errors = dict(sync.errors)
+        return [Observation(count, {n.ATTR_STORE_OPERATION: op}) for op, count in errors.items()]
+
+    def _observe_store_flush_duration(self, options: CallbackOptions) -> Iterable[Observation]:
+        sync = self._store_sync()
+        if sync is None or sync.last_flush_seconds is None:
+            return []
+        return [Observation(sync.last_flush_seconds)]
 
 
 def instrument_metrics(

@@ -20,6 +20,7 @@ __all__ = [
     "ATTR_PERIOD_END",
     "ATTR_PROVIDER",
     "ATTR_REQUEST_OUTCOME",
+    "ATTR_STORE_OPERATION",
     "ATTR_THRESHOLD",
     "ATTR_TOKEN_TYPE",
     "ATTR_USAGE",
@@ -31,6 +32,9 @@ __all__ = [
     "METRIC_LIMIT",
     "METRIC_REMAINING",
     "METRIC_REQUESTS",
+    "METRIC_STORE_ERRORS",
+    "METRIC_STORE_FLUSH_DURATION",
+    "METRIC_STORE_PENDING",
     "METRIC_TIME_UNTIL_RESET",
     "METRIC_TOKENS",
     "METRIC_USAGE",
@@ -55,6 +59,7 @@ ATTR_USAGE: Final = "llm.quota.usage"
 ATTR_LIMIT: Final = "llm.quota.limit"
 ATTR_UTILIZATION: Final = "llm.quota.utilization"
 ATTR_PERIOD_END: Final = "llm.quota.period.end"
+ATTR_STORE_OPERATION: Final = "llm.quota.store.operation"
 
 # -- metrics ---------------------------------------------------------------------------------------
 METRIC_USAGE: Final = "llm.quota.usage"
@@ -66,6 +71,9 @@ METRIC_REQUESTS: Final = "llm.quota.requests"
 METRIC_TIME_UNTIL_RESET: Final = "llm.quota.time_until_reset"
 METRIC_ALERTS: Final = "llm.quota.alerts"
 METRIC_HANDLER_FAILURES: Final = "llm.quota.handler.failures"
+METRIC_STORE_PENDING: Final = "llm.quota.store.pending"
+METRIC_STORE_ERRORS: Final = "llm.quota.store.errors"
+METRIC_STORE_FLUSH_DURATION: Final = "llm.quota.store.flush.duration"
 
 # -- events ----------------------------------------------------------------------------------------
 EVENT_THRESHOLD: Final = "llm.quota.threshold"

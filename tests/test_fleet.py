@@ -322,3 +322,52 @@ async def test_a_claim_whose_winner_died_is_delivered_by_another(
     assert sync.alert is not None
     assert json.loads(sync.alert.data)["p"] == []  # B confirmed the delivery
     assert await b.check_quotas() == []
+
+
+async def test_metrics_gauges_are_fleet_wide_counters_are_own(fleet: Fleet) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from otel_llm_quota import instrument_metrics
+
+    inner = MemoryStore()
+    faulty = FaultyStore(inner)
+    a, b = fleet(faulty), fleet(inner)
+    readers = [InMemoryMetricReader(), InMemoryMetricReader()]
+    providers = [MeterProvider(metric_readers=[r]) for r in readers]
+    instruments = [
+        instrument_metrics(m, meter_provider=p) for m, p in zip((a, b), providers, strict=True)
+    ]
+    try:
+        await a.set_quota_limit("x", 1000)
+        a.record_usage("x", input_tokens=300)
+        b.record_usage("x", input_tokens=100)
+        await sync_all(a, b)
+        faulty.down = True
+        a.record_usage("x", input_tokens=5)
+        assert not await a.aflush(timeout_seconds=2)
+        seen = [_by_name(r) for r in readers]
+        for s in seen:  # the quota state: the fleet's (a's unflushed 5 included for a)
+            assert s["llm.quota.limit"] == [1000]
+        assert seen[0]["llm.quota.usage"] == [405]
+        assert seen[1]["llm.quota.usage"] == [400]
+        assert sum(seen[0]["llm.quota.tokens"]) == 305  # this process's own share
+        assert sum(seen[1]["llm.quota.tokens"]) == 100
+        assert seen[0]["llm.quota.store.pending"] == [1]
+        assert sum(seen[0]["llm.quota.store.errors"]) >= 1
+        assert len(seen[1]["llm.quota.store.flush.duration"]) == 1
+    finally:
+        for qm in instruments:
+            qm.shutdown()
+        for p in providers:
+            p.shutdown()
+
+
+def _by_name(reader: object) -> dict[str, list[float]]:
+    data = reader.get_metrics_data()  # type: ignore[attr-defined]
+    out: dict[str, list[float]] = {}
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                out[metric.name] = [p.value for p in metric.data.data_points]
+    return out
