@@ -300,10 +300,14 @@ class RedisServer:
 
     def client(self, **kwargs: Any) -> redis.Redis:
         """A synchronous redis-py client straight to the server (not through any proxy), with
-        the server's credentials; ``decode_responses=True`` unless told otherwise."""
+        the server's credentials; ``decode_responses=True`` and no retries unless told otherwise
+        (redis-py retries 10 times with backoff by default when built from host/port)."""
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         kwargs.setdefault("decode_responses", True)
+        kwargs.setdefault("retry", Retry(NoBackoff(), 0))
         kwargs.setdefault("socket_timeout", 5.0)
         return redis.Redis(
             host=self.host,
@@ -551,19 +555,19 @@ class ReplyDroppingProxy:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        pumps = {
+            asyncio.ensure_future(self._pump(reader, up_writer, replies=False)),
+            asyncio.ensure_future(self._pump(up_reader, writer, replies=True)),
+        }
         try:
-            to_server = asyncio.ensure_future(self._pump(reader, up_writer, replies=False))
-            to_client = asyncio.ensure_future(self._pump(up_reader, writer, replies=True))
-            try:
-                await asyncio.wait({to_server, to_client}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                to_server.cancel()
-                to_client.cancel()
-                await asyncio.gather(to_server, to_client, return_exceptions=True)
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in (writer, up_writer):
                 self._writers.discard(w)
                 w.transport.abort()
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
             self._tasks.discard(task)
 
     async def _pump(
@@ -597,10 +601,9 @@ class ReplyDroppingProxy:
             self._server.close()
         for writer in list(self._writers):
             writer.transport.abort()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # The aborted transports end every pump, so each handler finishes on its own (cancelling
+        # a handler task would make asyncio's stream callback log the CancelledError).
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
