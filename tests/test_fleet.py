@@ -371,3 +371,20 @@ def _by_name(reader: object) -> dict[str, list[float]]:
             for metric in sm.metrics:
                 out[metric.name] = [p.value for p in metric.data.data_points]
     return out
+
+
+async def test_a_window_rolled_by_a_read_is_still_flushed(fleet: Fleet, clock: FakeClock) -> None:
+    """The old window's unflushed usage reaches the store even when no usage comes after the
+    boundary (the roll happened in a read or a monitor pass, not in record_usage)."""
+    store = MemoryStore()
+    a = fleet(store)
+    await a.set_quota_limit("x", 1000, period="hour")
+    await sync_all(a)
+    start = await window_start(a, "x")
+    a.record_usage("x", input_tokens=42)
+    clock.advance(3600)
+    assert (await a.get_quota_usage("x")).total_tokens == 0  # type: ignore[union-attr]
+    await sync_all(a)
+    [old] = await store.read([("x", start)])
+    assert old.window_counts[2] == 42
+    assert old.lifetime[2] == 42
