@@ -95,7 +95,6 @@ class _ConfigState:
         "period_start",
         "provider",
         "record_dirty",
-        "requeue",
         "sent",
         "stored",
         "successes",
@@ -164,8 +163,6 @@ class _ConfigState:
         self.stored = False
         self.synced_at: float | None = None
         self.alert_version = 0
-        self.requeue: Callable[[_ConfigState], None] | None = None
-        """The ledger's way to queue this state for the flusher (set when a store tracks it)."""
         # Notifications this fleet claimed and has not confirmed delivered (see _claims).
         self.alert_pending: list[dict[str, Any]] | None = None
 
@@ -202,11 +199,6 @@ class _ConfigState:
                 if closing is None:
                     closing = self.closing = {}
                 closing[old] = add_counts(closing.get(old, ZERO), unflushed)
-                if not self.dirty and self.requeue is not None:
-                    # Whoever rolled the window (a read, the monitor, a metric collection),
-                    # the old window's usage must reach the store.
-                    self.dirty = True
-                    self.requeue(self)
             self.flushed = ZERO
             self.others = ZERO
         self.closed_successes += self.successes
@@ -401,7 +393,6 @@ class QuotaLedger:
                 if self._tracking:
                     state.flushed = ZERO
                     state.dirty = False
-                    state.requeue = self._requeue
             elif now >= state.period_end:
                 state.roll(now)
             if provider is not None:
@@ -530,12 +521,7 @@ class QuotaLedger:
         # Under the lock: from now on the state's usage is flushed to the store.
         if state.flushed is None:
             state.flushed = ZERO
-        state.requeue = self._requeue
         state.dirty = True
-        self._dirty.append(state)
-
-    def _requeue(self, state: _ConfigState) -> None:
-        # Under the lock (called by _ConfigState.restart).
         self._dirty.append(state)
 
     # -- reads -----------------------------------------------------------------------------------
@@ -797,7 +783,6 @@ class QuotaLedger:
         )
         state.flushed = ZERO
         state.dirty = False
-        state.requeue = self._requeue
         state.epoch = sync.epoch
         return state
 
