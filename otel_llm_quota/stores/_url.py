@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from otel_llm_quota.stores._base import QuotaStore
 from otel_llm_quota.stores._memory import MemoryStore
@@ -15,18 +15,21 @@ _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+cluster", "rediss+
 
 def redact_url(url: str) -> str:
     """``url`` with its password (and any query string, which may hold key paths) replaced by
-    ``***``: the only form of a store URL that appears in logs, reprs and errors."""
+    ``***``: the only form of a store URL that appears in logs, reprs and errors. Something
+    that is not a URL at all is not echoed (it may be a secret pasted in the wrong place)."""
+    if not isinstance(url, str) or "://" not in url:
+        return "<not a URL>"
     try:
         parts = urlsplit(url)
     except ValueError:
-        return "<invalid store URL>"
+        return "<invalid URL>"
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, host = netloc.rpartition("@")
         user = userinfo.split(":", 1)[0]
         netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
-    query = "***" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    query = "?***" if parts.query else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}"
 
 
 def open_store(url: str, **options: Any) -> QuotaStore:
