@@ -8,8 +8,8 @@ import logging
 from collections.abc import Callable
 
 import pytest
-
 from _redis import RedisServer, ReplyDroppingProxy
+
 from otel_llm_quota import LLMProviderManager
 
 pytestmark = pytest.mark.integration
