@@ -8,7 +8,7 @@ import logging
 import signal
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import tzinfo
 from types import TracebackType
 from typing import Any, Literal
@@ -182,8 +182,14 @@ class LLMProviderManager:
         wait_seconds: float,
         handler_timeout: float,
     ) -> None:
+        reopen: Callable[[], QuotaStore] | None = None
         if isinstance(store, str):
-            store = open_store(store)  # ValueError/StoreError/ImportError: the caller's to see
+            url = store
+            store = open_store(url)  # ValueError/StoreError/ImportError: the caller's to see
+
+            def reopen() -> QuotaStore:
+                return open_store(url)
+
         elif not isinstance(store, QuotaStore):
             raise TypeError(f"store must be a URL or a QuotaStore, not {type(store).__name__}")
         interval = (
@@ -191,7 +197,13 @@ class LLMProviderManager:
             if flush_interval is None
             else check_positive_seconds("flush_interval_seconds", flush_interval)
         )
-        sync = StoreSync(self._ledger, store, flush_interval=interval, on_synced=self._on_synced)
+        sync = StoreSync(
+            self._ledger,
+            store,
+            flush_interval=interval,
+            on_synced=self._on_synced,
+            reopen=reopen,
+        )
         self._sync = sync
         self._fleet = FleetAlerts(self._ledger, sync, lease_seconds=max(120.0, 3 * handler_timeout))
         self._monitor.fleet = self._fleet

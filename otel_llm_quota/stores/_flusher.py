@@ -67,11 +67,13 @@ class StoreSync:
         *,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL_SECONDS,
         on_synced: Callable[[list[tuple[_ConfigState, AlertRecord | None]]], None] | None = None,
+        reopen: Callable[[], QuotaStore] | None = None,
     ) -> None:
         self.ledger = ledger
         self.store = store
         self.flush_interval = flush_interval
         self._on_synced = on_synced
+        self._reopen = reopen
         self.writer = uuid.uuid4().hex
         self._seq = 0
         self._outstanding: tuple[FlushBatch, list[ConfigRecord]] | None = None
@@ -85,6 +87,7 @@ class StoreSync:
         self._waiters: list[concurrent.futures.Future[bool]] = []
         self._waiters_lock = threading.Lock()
         self._failing = False
+        self._was_started = False
         self.errors: Counter[str] = Counter()
         """Failed store operations by name (``apply``, ``read``, ``put_config``, ...)."""
         self.last_success: float | None = None
@@ -107,6 +110,7 @@ class StoreSync:
         """Start the thread and wait up to ``wait_seconds`` for the first sync (the store's
         totals, limits and alert state). Returns True if it succeeded in time."""
         if self._thread is None:
+            self._was_started = True
             self._started.clear()
             self._thread = threading.Thread(
                 target=self._main, name="otel-llm-quota-flusher", daemon=True
@@ -156,6 +160,17 @@ class StoreSync:
         self._started = threading.Event()
         self._first_sync = threading.Event()
         self.ledger.after_fork_in_child()
+        was_running = self._was_started
+        self._was_started = False
+        if self._reopen is not None:
+            # Connections and file handles must not be shared with the parent.
+            try:
+                self.store = self._reopen()
+            except Exception:
+                _logger.exception("otel-llm-quota: re-opening %s after fork failed", self.store.url)
+                return
+        if was_running:
+            self.start(0.0)  # the child flushes its own usage from now on
 
     # -- running work on the flusher's loop --------------------------------------------------------
 
