@@ -23,6 +23,7 @@ handlers are called later, outside the lock.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 
@@ -30,6 +31,8 @@ from otel_llm_quota._ledger import QuotaLedger, _ConfigState, _dt, _utc
 from otel_llm_quota._models import Alert, AlertReason, AlertState
 
 __all__ = ["EvaluationResult", "evaluate", "evaluate_ledger"]
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +208,9 @@ def evaluate_ledger(
     exact, and a racing ``record_usage`` that crosses a threshold wakes the monitor again). Each
     of the others is evaluated in its own short critical section, so the hot path never waits
     for a whole pass.
+
+    One config's failure never affects the others: it is logged, that config's notifications of
+    this pass are not sent, and it is looked at again at the next pass; the others' are.
     """
     alerts: list[Alert] = []
     next_due = math.inf
@@ -216,9 +222,18 @@ def evaluate_ledger(
         ):
             continue
         examined += 1
-        with lock:
-            alerts.extend(evaluate(state, now, cooldown, send_resolved))
-            due = _next_due(state, cooldown)
+        try:
+            with lock:
+                found = evaluate(state, now, cooldown, send_resolved)
+                due = _next_due(state, cooldown)
+        except Exception:  # a bug or bad data in one config must not cost the others alerts
+            _logger.exception(
+                "otel-llm-quota: evaluating the alerts of config %r failed; its notifications "
+                "of this pass are lost, the other configs are unaffected",
+                state.config_id,
+            )
+            continue
+        alerts.extend(found)
         if due < next_due:
             next_due = due
     return EvaluationResult(alerts=alerts, next_due=next_due, examined=examined)
