@@ -28,6 +28,10 @@ _logger = logging.getLogger(__name__)
 _DEFAULT_COOLDOWN_SECONDS = 3600.0
 _DEFAULT_HANDLER_TIMEOUT_SECONDS = 10.0
 _DEFAULT_MONITOR_INTERVAL_SECONDS = 60.0
+MIN_MONITOR_INTERVAL_SECONDS = 0.1
+"""The shortest monitor interval: below it a monitor would spin a core for nothing."""
+MAX_COOLDOWN_SECONDS = 10 * 365 * 86400.0
+"""The longest cooldown (ten years): repeat times beyond it would leave the calendar."""
 
 
 class LLMProviderManager:
@@ -46,7 +50,7 @@ class LLMProviderManager:
         timezone: IANA name or tzinfo in which periods start
             (``OTEL_LLM_QUOTA_TIMEZONE``, default UTC).
         cooldown_seconds: repeat interval of a firing alert
-            (``OTEL_LLM_QUOTA_ALERT_COOLDOWN_SECONDS``, default 3600).
+            (``OTEL_LLM_QUOTA_ALERT_COOLDOWN_SECONDS``, default 3600, at most ten years).
         handler_timeout_seconds: time limit of one handler call
             (``OTEL_LLM_QUOTA_HANDLER_TIMEOUT_SECONDS``, default 10).
         send_resolved: tell handlers when alerts end (``OTEL_LLM_QUOTA_SEND_RESOLVED``, default
@@ -83,9 +87,15 @@ class LLMProviderManager:
                 clock=clock, timezone=timezone, default_period=default_period
             )
         cooldown = (
-            env_seconds(env.OTEL_LLM_QUOTA_ALERT_COOLDOWN_SECONDS, _DEFAULT_COOLDOWN_SECONDS)
+            env_seconds(
+                env.OTEL_LLM_QUOTA_ALERT_COOLDOWN_SECONDS,
+                _DEFAULT_COOLDOWN_SECONDS,
+                maximum=MAX_COOLDOWN_SECONDS,
+            )
             if cooldown_seconds is None
-            else check_positive_seconds("cooldown_seconds", cooldown_seconds)
+            else check_positive_seconds(
+                "cooldown_seconds", cooldown_seconds, maximum=MAX_COOLDOWN_SECONDS
+            )
         )
         timeout = (
             env_seconds(
@@ -327,8 +337,8 @@ class LLMProviderManager:
     async def start_monitoring(self, interval: float | None = None) -> None:
         """Start the monitor on the running event loop. Starting twice is harmless.
 
-        ``interval`` (seconds, default ``OTEL_LLM_QUOTA_MONITOR_INTERVAL_SECONDS`` or 60) is the
-        longest time between two passes; crossings wake the monitor at once.
+        ``interval`` (seconds, at least 0.1; default ``OTEL_LLM_QUOTA_MONITOR_INTERVAL_SECONDS``
+        or 60) is the longest time between two passes; crossings wake the monitor at once.
         """
         self._check_open()
         seconds = self._interval(interval)
@@ -423,9 +433,11 @@ class LLMProviderManager:
     def _interval(interval: float | None) -> float:
         if interval is None:
             return env_seconds(
-                env.OTEL_LLM_QUOTA_MONITOR_INTERVAL_SECONDS, _DEFAULT_MONITOR_INTERVAL_SECONDS
+                env.OTEL_LLM_QUOTA_MONITOR_INTERVAL_SECONDS,
+                _DEFAULT_MONITOR_INTERVAL_SECONDS,
+                minimum=MIN_MONITOR_INTERVAL_SECONDS,
             )
-        return check_positive_seconds("interval", interval)
+        return check_positive_seconds("interval", interval, minimum=MIN_MONITOR_INTERVAL_SECONDS)
 
     def __repr__(self) -> str:
         return (

@@ -244,6 +244,49 @@ async def test_bad_settings_are_refused() -> None:
     await manager.aclose()
 
 
+def test_a_huge_cooldown_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(ValueError, match="cooldown_seconds"):
+        LLMProviderManager(cooldown_seconds=1e12)
+    assert LLMProviderManager(cooldown_seconds=10 * 365 * 86400).cooldown_seconds > 0
+    monkeypatch.setenv("OTEL_LLM_QUOTA_ALERT_COOLDOWN_SECONDS", "1e12")
+    with caplog.at_level(logging.WARNING):
+        assert LLMProviderManager().cooldown_seconds == 3600.0
+    assert "OTEL_LLM_QUOTA_ALERT_COOLDOWN_SECONDS" in caplog.text
+
+
+async def test_the_longest_cooldown_still_notifies(clock: FakeClock) -> None:
+    recorder = RecordingAlertHandler()
+    async with LLMProviderManager(clock=clock, cooldown_seconds=10 * 365 * 86400) as manager:
+        manager.add_alert_handler(recorder)
+        await manager.set_quota_limit("c", 100, period=None)
+        manager.record_usage("c", input_tokens=100)
+        await manager.check_quotas()
+    assert len(recorder.alerts) == 1
+
+
+async def test_a_tiny_monitor_interval_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = LLMProviderManager()
+    with pytest.raises(ValueError, match="interval"):
+        await manager.start_monitoring(interval=1e-9)
+    with pytest.raises(ValueError, match="interval"):
+        manager.start_monitoring_thread(interval=0.05)
+    assert not manager.monitoring
+    monkeypatch.setenv("OTEL_LLM_QUOTA_MONITOR_INTERVAL_SECONDS", "1e-9")
+    with caplog.at_level(logging.WARNING):
+        await manager.start_monitoring()
+    assert manager.monitoring
+    assert manager._monitor.interval == 60.0
+    assert "OTEL_LLM_QUOTA_MONITOR_INTERVAL_SECONDS" in caplog.text
+    await manager.aclose()
+    async with LLMProviderManager() as floor:
+        await floor.start_monitoring(interval=0.1)  # the floor itself is fine
+        assert floor.monitoring
+
+
 async def test_settings_come_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
