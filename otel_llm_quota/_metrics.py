@@ -137,6 +137,12 @@ class QuotaMetrics:
             unit="{failure}",
             description="Alert-handler calls that raised or timed out, by handler.",
         )
+        meter.create_observable_counter(
+            n.METRIC_HANDLER_DROPPED,
+            callbacks=[self._observe_handler_dropped],
+            unit="{notification}",
+            description="Notifications a handler never received: its queue was full, by handler.",
+        )
 
     def _at_fork_reinit(self) -> None:
         # In a forked child: a collecting thread of the parent may have held the lock.
@@ -273,6 +279,17 @@ class QuotaMetrics:
                     )
                 )
         return out
+
+    def _observe_handler_dropped(self, options: CallbackOptions) -> Iterable[Observation]:
+        manager = self._manager()
+        if manager is None:
+            return []
+        dropped = manager.handler_dropped
+        return [
+            Observation(dropped[name], {n.ATTR_HANDLER_NAME: name})
+            for name in sorted(dropped)
+            if dropped[name]
+        ]
 
 
 def instrument_metrics(

@@ -27,6 +27,7 @@ __all__ = [
     "EVENT_THRESHOLD",
     "METER_NAME",
     "METRIC_ALERTS",
+    "METRIC_HANDLER_DROPPED",
     "METRIC_HANDLER_FAILURES",
     "METRIC_LIMIT",
     "METRIC_REMAINING",
@@ -66,6 +67,7 @@ METRIC_REQUESTS: Final = "llm.quota.requests"
 METRIC_TIME_UNTIL_RESET: Final = "llm.quota.time_until_reset"
 METRIC_ALERTS: Final = "llm.quota.alerts"
 METRIC_HANDLER_FAILURES: Final = "llm.quota.handler.failures"
+METRIC_HANDLER_DROPPED: Final = "llm.quota.handler.dropped"
 
 # -- events ----------------------------------------------------------------------------------------
 EVENT_THRESHOLD: Final = "llm.quota.threshold"

@@ -25,6 +25,16 @@ Seconds one alert-handler call may take before it is abandoned and counted as fa
 Default: ``10``.
 """
 
+OTEL_LLM_QUOTA_SHUTDOWN_TIMEOUT_SECONDS: Final = "OTEL_LLM_QUOTA_SHUTDOWN_TIMEOUT_SECONDS"
+"""
+.. envvar:: OTEL_LLM_QUOTA_SHUTDOWN_TIMEOUT_SECONDS
+
+Seconds that stopping the monitor and closing the manager (``stop_monitoring``, ``aclose``,
+``close``, at interpreter exit too) may take in all: the final pass's deliveries and the
+handlers' ``aclose()``. What is still running then is abandoned (handler threads are daemons).
+Default: ``30``.
+"""
+
 OTEL_LLM_QUOTA_MONITOR_INTERVAL_SECONDS: Final = "OTEL_LLM_QUOTA_MONITOR_INTERVAL_SECONDS"
 """
 .. envvar:: OTEL_LLM_QUOTA_MONITOR_INTERVAL_SECONDS
