@@ -434,8 +434,8 @@ class _TaskLane(_Lane):
                     self.consumer = None
                 for queued in self.queue:
                     queued.report(PENDING)
-            if delivery is not None:
-                self.dispatcher._count_dropped(self.name, 1)
+            if delivery is not None and delivery.alert is not None:
+                self.dispatcher._count_interrupted(self.name, delivery.alert)
                 delivery.report(DROPPED)
             raise
 
@@ -595,6 +595,19 @@ class HandlerDispatcher:
             "alert handler %s timed out after %.3gs (config %s, threshold %g%%, %s)",
             name,
             self.timeout_seconds,
+            alert.config_id,
+            alert.threshold_percent,
+            alert.state.value,
+        )
+
+    def _count_interrupted(self, name: str, alert: Alert) -> None:
+        """A call cut short because its consumer's event loop stopped: counted as dropped."""
+        with self._lock:
+            self.dropped[name] += 1
+        _logger.warning(
+            "alert handler %s: delivery interrupted because its event loop stopped "
+            "(config %s, threshold %g%%, %s); counted as dropped",
+            name,
             alert.config_id,
             alert.threshold_percent,
             alert.state.value,

@@ -375,6 +375,36 @@ def test_close_does_not_wait_for_a_handler_that_blocks_the_monitor_loop() -> Non
         unblock.set()
 
 
+async def test_the_shutdown_deadline_cuts_a_hanging_async_handler_short_and_counts_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    entered, cancelled = asyncio.Event(), asyncio.Event()
+
+    class Hangs:
+        name = "hangs"
+
+        async def handle_alert(self, alert: Alert) -> None:
+            entered.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    manager = LLMProviderManager(handler_timeout_seconds=600, shutdown_timeout_seconds=0.2)
+    manager.add_alert_handler(Hangs())
+    await manager.set_quota_limit("c", 100)
+    await manager.start_monitoring(interval=3600)
+    manager.record_usage("c", input_tokens=100)
+    await asyncio.wait_for(entered.wait(), 30)
+    with caplog.at_level(logging.WARNING, logger="otel_llm_quota"):
+        await manager.aclose()  # does not wait the 600 s handler timeout
+    assert cancelled.is_set()
+    assert not manager.monitoring
+    assert manager.handler_dropped == {"hangs": 1}
+    assert "delivery interrupted" in caplog.text
+
+
 async def test_handlers_close_concurrently() -> None:
     everyone = asyncio.Event()
     entered: list[int] = []
