@@ -424,6 +424,7 @@ class LLMProviderManager:
             return
         self._closed = True
         deadline = time.monotonic() + self._shutdown_timeout
+        self._thread_interval = None  # a forked child must not restart a closed manager's thread
         if self._thread.running:
             # Off the loop: joining the thread may take a while. The thread closes the
             # handlers on its own loop, where their connections live.
