@@ -23,6 +23,7 @@ handlers are called later, outside the lock.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,8 @@ from otel_llm_quota._ledger import QuotaLedger, _ConfigState, _dt, _utc
 from otel_llm_quota._models import Alert, AlertReason, AlertState
 
 __all__ = ["EvaluationResult", "evaluate", "evaluate_ledger"]
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +216,9 @@ def evaluate_ledger(
     exact, and a racing ``record_usage`` that crosses a threshold wakes the monitor again). Each
     of the others is evaluated in its own short critical section, so the hot path never waits
     for a whole pass.
+
+    One config's failure never affects the others: it is logged, that config's notifications of
+    this pass are not sent, and it is looked at again at the next pass; the others' are.
     """
     alerts: list[Alert] = []
     changes: list[tuple[_ConfigState, str, list[Alert]]] = []
@@ -225,16 +231,22 @@ def evaluate_ledger(
         ):
             continue
         examined += 1
-        with lock:
-            if encoder is None:
-                alerts.extend(evaluate(state, now, cooldown, send_resolved))
-            else:
-                before = encoder(state)
+        try:
+            with lock:
+                before = None if encoder is None else encoder(state)
                 found = evaluate(state, now, cooldown, send_resolved)
-                if found or encoder(state) != before:
+                due = _next_due(state, cooldown)
+                if encoder is not None and (found or encoder(state) != before):
+                    assert before is not None
                     changes.append((state, before, found))
-                alerts.extend(found)
-            due = _next_due(state, cooldown)
+        except Exception:  # a bug or bad data in one config must not cost the others alerts
+            _logger.exception(
+                "otel-llm-quota: evaluating the alerts of config %r failed; its notifications "
+                "of this pass are lost, the other configs are unaffected",
+                state.config_id,
+            )
+            continue
+        alerts.extend(found)
         if due < next_due:
             next_due = due
     return EvaluationResult(alerts=alerts, next_due=next_due, examined=examined, changes=changes)

@@ -15,8 +15,11 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
 
-def env_seconds(name: str, default: float) -> float:
-    """A positive, finite number of seconds from ``name``; warn and use ``default`` if malformed."""
+def env_seconds(
+    name: str, default: float, *, minimum: float = 0.0, maximum: float = math.inf
+) -> float:
+    """A positive, finite number of seconds from ``name``, within ``[minimum, maximum]``; warn and
+    use ``default`` if malformed or out of range."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -26,6 +29,11 @@ def env_seconds(name: str, default: float) -> float:
         value = math.nan
     if not math.isfinite(value) or value <= 0:
         _logger.warning("%s=%r is not a positive number of seconds; using %s", name, raw, default)
+        return default
+    if not minimum <= value <= maximum:
+        _logger.warning(
+            "%s=%r is outside [%g, %g] seconds; using %s", name, raw, minimum, maximum, default
+        )
         return default
     return value
 

@@ -7,6 +7,7 @@ import atexit
 import logging
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import tzinfo
@@ -19,7 +20,7 @@ from otel_llm_quota import environment_variables as env
 from otel_llm_quota._claims import FleetAlerts
 from otel_llm_quota._env import env_bool, env_seconds, env_str
 from otel_llm_quota._fork import reinit_after_fork
-from otel_llm_quota._handlers import AnyAlertHandler, HandlerDispatcher
+from otel_llm_quota._handlers import DEFAULT_QUEUE_SIZE, AnyAlertHandler, HandlerDispatcher
 from otel_llm_quota._ledger import DEFAULT_PERIOD, DEFAULT_THRESHOLD_PERCENT, Clock, QuotaLedger
 from otel_llm_quota._models import Alert, QuotaInfo, SpanRef
 from otel_llm_quota._monitor import Monitor, MonitorThread
@@ -74,6 +75,13 @@ def _sigterm_to_exit(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+_DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 30.0
+MIN_MONITOR_INTERVAL_SECONDS = 0.1
+"""The shortest monitor interval: below it a monitor would spin a core for nothing."""
+MAX_COOLDOWN_SECONDS = 10 * 365 * 86400.0
+"""The longest cooldown (ten years): repeat times beyond it would leave the calendar."""
+
+
 class LLMProviderManager:
     """Quota state for many LLM configurations, with threshold alerts.
 
@@ -90,7 +98,7 @@ class LLMProviderManager:
         timezone: IANA name or tzinfo in which periods start
             (``OTEL_LLM_QUOTA_TIMEZONE``, default UTC).
         cooldown_seconds: repeat interval of a firing alert
-            (``OTEL_LLM_QUOTA_ALERT_COOLDOWN_SECONDS``, default 3600).
+            (``OTEL_LLM_QUOTA_ALERT_COOLDOWN_SECONDS``, default 3600, at most ten years).
         handler_timeout_seconds: time limit of one handler call
             (``OTEL_LLM_QUOTA_HANDLER_TIMEOUT_SECONDS``, default 10).
         send_resolved: tell handlers when alerts end (``OTEL_LLM_QUOTA_SEND_RESOLVED``, default
@@ -105,6 +113,11 @@ class LLMProviderManager:
         store_timeout_seconds: how long the constructor waits for the store's state (totals,
             limits, alerts) before going on with what it has (default 5). A store that cannot
             be reached then is retried in the background; counting goes on meanwhile.
+        shutdown_timeout_seconds: how long stopping the monitor and closing may take in all
+            (``OTEL_LLM_QUOTA_SHUTDOWN_TIMEOUT_SECONDS``, default 30): the final pass, its
+            deliveries and the handlers' ``aclose()``; whatever still runs then is abandoned.
+        handler_queue_size: notifications each handler's queue holds before the oldest is
+            dropped (default 1000; counted in ``handler_dropped``).
     """
 
     def __init__(
@@ -119,6 +132,8 @@ class LLMProviderManager:
         store: str | QuotaStore | Literal[False] | None = None,
         flush_interval_seconds: float | None = None,
         store_timeout_seconds: float = _DEFAULT_STORE_TIMEOUT_SECONDS,
+        shutdown_timeout_seconds: float | None = None,
+        handler_queue_size: int = DEFAULT_QUEUE_SIZE,
     ) -> None:
         if timezone is None:
             timezone = env_str(env.OTEL_LLM_QUOTA_TIMEZONE)
@@ -138,9 +153,15 @@ class LLMProviderManager:
                 clock=clock, timezone=timezone, default_period=default_period
             )
         cooldown = (
-            env_seconds(env.OTEL_LLM_QUOTA_ALERT_COOLDOWN_SECONDS, _DEFAULT_COOLDOWN_SECONDS)
+            env_seconds(
+                env.OTEL_LLM_QUOTA_ALERT_COOLDOWN_SECONDS,
+                _DEFAULT_COOLDOWN_SECONDS,
+                maximum=MAX_COOLDOWN_SECONDS,
+            )
             if cooldown_seconds is None
-            else check_positive_seconds("cooldown_seconds", cooldown_seconds)
+            else check_positive_seconds(
+                "cooldown_seconds", cooldown_seconds, maximum=MAX_COOLDOWN_SECONDS
+            )
         )
         timeout = (
             env_seconds(
@@ -149,6 +170,15 @@ class LLMProviderManager:
             if handler_timeout_seconds is None
             else check_positive_seconds("handler_timeout_seconds", handler_timeout_seconds)
         )
+        self._shutdown_timeout = (
+            env_seconds(
+                env.OTEL_LLM_QUOTA_SHUTDOWN_TIMEOUT_SECONDS, _DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
+            )
+            if shutdown_timeout_seconds is None
+            else check_positive_seconds("shutdown_timeout_seconds", shutdown_timeout_seconds)
+        )
+        if check_count("handler_queue_size", handler_queue_size) == 0:
+            raise ValueError("handler_queue_size must be > 0, got 0")
         resolved = (
             env_bool(env.OTEL_LLM_QUOTA_SEND_RESOLVED, True)
             if send_resolved is None
@@ -156,7 +186,7 @@ class LLMProviderManager:
         )
         self._handlers_lock = threading.Lock()
         self._handlers: tuple[AnyAlertHandler, ...] = ()
-        self._dispatcher = HandlerDispatcher(timeout)
+        self._dispatcher = HandlerDispatcher(timeout, handler_queue_size)
         self._monitor = Monitor(
             self._ledger,
             self._dispatcher,
@@ -282,6 +312,11 @@ class LLMProviderManager:
         return self._dispatcher.timeout_seconds
 
     @property
+    def shutdown_timeout_seconds(self) -> float:
+        """Seconds that stopping the monitor and closing may take in all."""
+        return self._shutdown_timeout
+
+    @property
     def send_resolved(self) -> bool:
         """Whether handlers are told when alerts end."""
         return self._monitor.send_resolved
@@ -297,6 +332,11 @@ class LLMProviderManager:
         return dict(self._dispatcher.timeouts)
 
     @property
+    def handler_dropped(self) -> Mapping[str, int]:
+        """Notifications dropped per handler name because its queue was full (never delivered)."""
+        return dict(self._dispatcher.dropped)
+
+    @property
     def alerts_sent(self) -> Mapping[tuple[str, float, str], int]:
         """Notifications dispatched per (config id, threshold, ``firing``/``resolved``)."""
         return dict(self._dispatcher.delivered)
@@ -306,8 +346,9 @@ class LLMProviderManager:
     def add_alert_handler(self, handler: AnyAlertHandler) -> None:
         """Register a handler: ``f(config_id, quota)`` or an object with ``handle_alert(alert)``.
 
-        Either may be sync (run on a worker thread) or async. Adding the same handler twice
-        registers it once.
+        Either may be sync (called on its own worker thread) or async (a task on the monitor's
+        loop). Each handler receives the notifications in order from its own bounded queue.
+        Adding the same handler twice registers it once.
         """
         if not callable(getattr(handler, "handle_alert", None)) and not callable(handler):
             raise TypeError(
@@ -322,6 +363,7 @@ class LLMProviderManager:
         """Unregister a handler; unknown handlers are ignored."""
         with self._handlers_lock:
             self._handlers = tuple(h for h in self._handlers if h != handler)
+        self._dispatcher.forget(handler)
 
     # -- limits ----------------------------------------------------------------------------------
 
@@ -477,8 +519,8 @@ class LLMProviderManager:
     async def start_monitoring(self, interval: float | None = None) -> None:
         """Start the monitor on the running event loop. Starting twice is harmless.
 
-        ``interval`` (seconds, default ``OTEL_LLM_QUOTA_MONITOR_INTERVAL_SECONDS`` or 60) is the
-        longest time between two passes; crossings wake the monitor at once.
+        ``interval`` (seconds, at least 0.1; default ``OTEL_LLM_QUOTA_MONITOR_INTERVAL_SECONDS``
+        or 60) is the longest time between two passes; crossings wake the monitor at once.
         """
         self._check_open()
         seconds = self._interval(interval)
@@ -490,12 +532,12 @@ class LLMProviderManager:
         """Stop the monitor, on this loop or in its thread, after a final pass. Idempotent.
 
         The final pass delivers what crossed a threshold since the last one; the pass then in
-        progress finishes its deliveries first.
+        progress finishes its deliveries first; all within ``shutdown_timeout_seconds``.
         """
         if self._thread.running:
-            await asyncio.to_thread(self.stop_monitoring_thread)
+            await asyncio.to_thread(self.stop_monitoring_thread, self._shutdown_timeout)
         else:
-            await self._monitor.stop()
+            await self._monitor.stop(self._shutdown_timeout)
 
     def start_monitoring_thread(self, interval: float | None = None) -> None:
         """Run the monitor in a daemon thread with its own event loop (apps without asyncio)."""
@@ -507,29 +549,41 @@ class LLMProviderManager:
         self._thread_interval = seconds
 
     def stop_monitoring_thread(self, timeout_seconds: float | None = None) -> bool:
-        """Stop the monitor thread; True if it ended within ``timeout_seconds``."""
+        """Stop the monitor thread; True if it ended within ``timeout_seconds`` (default
+        ``shutdown_timeout_seconds``)."""
         self._thread_interval = None
-        return self._thread.stop(timeout_seconds)
+        return self._thread.stop(
+            self._shutdown_timeout if timeout_seconds is None else timeout_seconds
+        )
 
     async def check_quotas(self) -> list[Alert]:
-        """Run one monitor pass now, deliver its notifications, and return them."""
+        """Run one monitor pass now, deliver its notifications, and return them.
+
+        When it returns, every handler has been called for those alerts (or the call failed or
+        timed out); a handler still busy with a call that exceeded its timeout gets them later.
+        """
         return await self._monitor.check()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
         """Stop the monitor (loop or thread) after a final pass that delivers what is pending,
-        then close the handlers that hold connections (``aclose()``). Idempotent."""
+        then close the handlers that hold connections (``aclose()``, all at once). Idempotent.
+
+        Takes at most ``shutdown_timeout_seconds`` in all.
+        """
         if self._closed:
             return
         self._closed = True
+        deadline = time.monotonic() + self._shutdown_timeout
+        self._thread_interval = None  # a forked child must not restart a closed manager's thread
         if self._thread.running:
-            # Off the loop: joining the thread may take a handler timeout. The thread closes
-            # the handlers on its own loop, where their connections live.
-            await asyncio.to_thread(self.stop_monitoring_thread)
+            # Off the loop: joining the thread may take a while. The thread closes the
+            # handlers on its own loop, where their connections live.
+            await asyncio.to_thread(self._thread.stop, self._shutdown_timeout)
         else:
-            await self._monitor.stop()
-            await self._close_handlers()
+            await self._monitor.stop(self._shutdown_timeout)
+            await self._close_handlers(_remaining(deadline))
         if self._sync is not None:
             await asyncio.to_thread(self._stop_store)
 
@@ -540,29 +594,55 @@ class LLMProviderManager:
             sync.stop(_FINAL_FLUSH_SECONDS)
             _STORES_TO_FLUSH.discard(self)
 
-    async def _close_handlers(self) -> None:
-        await self._dispatcher.aclose_handlers(self._handlers)
+    async def _close_handlers(self, timeout_seconds: float) -> None:
+        await self._dispatcher.close()  # the worker threads and consumer tasks end
+        await self._dispatcher.aclose_handlers(
+            self._handlers, min(self._dispatcher.timeout_seconds, timeout_seconds)
+        )
 
     def close(self) -> None:
-        """Synchronous close for apps that used ``start_monitoring_thread``.
+        """Synchronous close for apps that used ``start_monitoring_thread`` (and at exit).
 
-        The handlers' ``aclose()`` runs on the monitor thread's loop before it ends.
+        The handlers' ``aclose()`` runs on the monitor thread's loop before it ends. Takes at
+        most ``shutdown_timeout_seconds`` (a little more for the thread to end): whatever is
+        still running then is abandoned, so interpreter exit never hangs on a handler.
         """
         if self._closed:
             return
         if self._monitor.running and not self._thread.running:
             raise RuntimeError("the monitor runs on an event loop: use 'await manager.aclose()'")
         self._closed = True
+        self._thread_interval = None
         if self._thread.running:
-            self.stop_monitoring_thread()  # closes the handlers on the thread's loop
-        elif any(callable(getattr(h, "aclose", None)) for h in self._handlers):
+            self._thread.stop(self._shutdown_timeout)  # closes the handlers on its loop
+            return
+        self._dispatcher.stop()  # the handlers' worker threads end
+        if any(callable(getattr(h, "aclose", None)) for h in self._handlers):
             try:
                 asyncio.get_running_loop()
             except RuntimeError:  # no loop in this thread: close the handlers on a fresh one
-                asyncio.run(self._close_handlers())
+                self._close_handlers_in_thread()
             else:
                 _logger.debug("close() inside an event loop: handlers not closed; use aclose()")
         self._stop_store()
+
+    def _close_handlers_in_thread(self) -> None:
+        """Run the handlers' ``aclose()`` on a fresh loop in a daemon thread, within the deadline
+        (an ``aclose()`` that blocks its loop cannot be cancelled; it can be left behind)."""
+        timeout = self._shutdown_timeout
+        closer = threading.Thread(
+            target=asyncio.run,
+            args=(self._close_handlers(timeout),),
+            name="otel-llm-quota-close",
+            daemon=True,
+        )
+        closer.start()
+        closer.join(timeout + 1.0)
+        if closer.is_alive():
+            _logger.warning(
+                "otel-llm-quota: closing the alert handlers did not end within %.3gs; left behind",
+                timeout,
+            )
 
     async def __aenter__(self) -> LLMProviderManager:
         return self
@@ -583,12 +663,19 @@ class LLMProviderManager:
     def _interval(interval: float | None) -> float:
         if interval is None:
             return env_seconds(
-                env.OTEL_LLM_QUOTA_MONITOR_INTERVAL_SECONDS, _DEFAULT_MONITOR_INTERVAL_SECONDS
+                env.OTEL_LLM_QUOTA_MONITOR_INTERVAL_SECONDS,
+                _DEFAULT_MONITOR_INTERVAL_SECONDS,
+                minimum=MIN_MONITOR_INTERVAL_SECONDS,
             )
-        return check_positive_seconds("interval", interval)
+        return check_positive_seconds("interval", interval, minimum=MIN_MONITOR_INTERVAL_SECONDS)
 
     def __repr__(self) -> str:
         return (
             f"LLMProviderManager(configs={len(self._ledger)}, handlers={len(self._handlers)}, "
             f"monitoring={self.monitoring})"
         )
+
+
+def _remaining(deadline: float) -> float:
+    """Seconds left until the monotonic ``deadline`` (never negative)."""
+    return max(deadline - time.monotonic(), 0.0)

@@ -143,6 +143,12 @@ class QuotaMetrics:
             unit="{failure}",
             description="Alert-handler calls that raised or timed out, by handler.",
         )
+        meter.create_observable_counter(
+            n.METRIC_HANDLER_DROPPED,
+            callbacks=[self._observe_handler_dropped],
+            unit="{notification}",
+            description="Notifications a handler never received: its queue was full, by handler.",
+        )
 
         meter.create_observable_gauge(
             n.METRIC_STORE_PENDING,
@@ -319,6 +325,17 @@ class QuotaMetrics:
         if sync is None or sync.last_flush_seconds is None:
             return []
         return [Observation(sync.last_flush_seconds)]
+
+    def _observe_handler_dropped(self, options: CallbackOptions) -> Iterable[Observation]:
+        manager = self._manager()
+        if manager is None:
+            return []
+        dropped = manager.handler_dropped
+        return [
+            Observation(dropped[name], {n.ATTR_HANDLER_NAME: name})
+            for name in sorted(dropped)
+            if dropped[name]
+        ]
 
 
 def instrument_metrics(

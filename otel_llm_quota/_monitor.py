@@ -8,6 +8,10 @@ alert is not late by a whole interval.
 
 For applications without an event loop, ``MonitorThread`` runs the same monitor in a daemon thread
 with its own loop.
+
+The monitor outlives any failure of one pass (logged, retried next interval); handlers run in
+their own queues (``_handlers``), so nothing they raise reaches it. Should the monitor end anyway,
+``running`` turns False and the failure is logged. Stopping is bounded by one deadline.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import contextlib
 import logging
 import math
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from otel_llm_quota._alerting import evaluate_ledger
@@ -58,8 +63,14 @@ class Monitor:
 
     @property
     def running(self) -> bool:
-        """True while the monitor task is alive."""
-        return self._task is not None and not self._task.done()
+        """True while the monitor task is alive (its loop not closed)."""
+        task = self._task
+        return task is not None and not task.done() and not task.get_loop().is_closed()
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The monitor task, if started."""
+        return self._task
 
     async def check(self) -> list[Alert]:
         """Run one pass now and deliver its notifications; return them.
@@ -111,6 +122,20 @@ class Monitor:
         self._event = asyncio.Event()
         self._ledger.set_wakeup(self._wake_threadsafe)
         self._task = loop.create_task(self._run(), name="otel-llm-quota-monitor")
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """Log a monitor that ended other than by ``stop()`` (``running`` is False from now)."""
+        if task.cancelled():
+            if not self._stopping:  # e.g. its loop shut down without stop_monitoring()
+                _logger.info("otel-llm-quota monitor was cancelled: no more alerts are sent")
+            return
+        error = task.exception()
+        if error is not None:
+            _logger.error(
+                "otel-llm-quota monitor died: no more alerts are sent",
+                exc_info=(type(error), error, error.__traceback__),
+            )
 
     def _wake_threadsafe(self) -> None:
         loop, event = self._loop, self._event
@@ -129,9 +154,9 @@ class Monitor:
             stopping = self._stopping
             try:
                 await self._pass()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the monitor must outlive any bug in one pass
+            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                raise  # this task is cancelled, or the app is told to stop: not ours to swallow
+            except BaseException:  # the monitor must outlive any bug in one pass
                 _logger.exception("otel-llm-quota monitor pass failed; retrying next interval")
                 self._next_due = math.inf
             if stopping:
@@ -155,30 +180,35 @@ class Monitor:
         self._event = None
         self._stopping = False
 
-    async def stop(self) -> None:
-        """Stop the monitor gracefully. Idempotent; call it on the loop the monitor runs on.
+    async def stop(self, timeout_seconds: float) -> None:
+        """Stop the monitor gracefully within ``timeout_seconds``. Idempotent; call it on the loop
+        the monitor runs on.
 
         A pass in progress finishes delivering its notifications, then one final pass delivers
-        whatever crossed a threshold since (a flush). Handler calls are bounded by their
-        timeout; should the passes still not end within three handler timeouts, the task is
-        cancelled.
+        whatever crossed a threshold since (a flush). Should that not end in time, the task is
+        cancelled (the notifications already queued stay in their handlers' queues).
         """
         task = self._task
         if task is None:
+            return
+        if task.get_loop().is_closed():  # its loop ended without stopping it: nothing runs
+            self.reinit_after_fork()
+            self._ledger.set_wakeup(None)
             return
         if task.get_loop() is not asyncio.get_running_loop():
             raise RuntimeError("the monitor runs on another event loop; stop it there")
         self._stopping = True
         if self._event is not None:
             self._event.set()
-        grace = 3 * self._dispatcher.timeout_seconds + 1.0
         try:
-            await asyncio.wait_for(asyncio.shield(task), grace)
+            await asyncio.wait_for(asyncio.shield(task), max(timeout_seconds, 0.0))
         except asyncio.TimeoutError:
-            _logger.warning("otel-llm-quota monitor did not stop within %.3gs; cancelled", grace)
+            _logger.warning(
+                "otel-llm-quota monitor did not stop within %.3gs; cancelled", timeout_seconds
+            )
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        except Exception:  # already logged by _run; nothing else to do at shutdown
+        except Exception:  # already logged by _ended; nothing else to do at shutdown
             pass
         self._ledger.set_wakeup(None)
         self._task = None
@@ -188,10 +218,14 @@ class Monitor:
 
 
 class MonitorThread:
-    """Runs a ``Monitor`` on a private event loop in a named daemon thread."""
+    """Runs a ``Monitor`` on a private event loop in a named daemon thread.
+
+    ``on_exit(timeout_seconds)`` runs on that loop when the monitor ends (handlers' ``aclose()``
+    close their connections on the loop they were used on).
+    """
 
     def __init__(
-        self, monitor: Monitor, on_exit: Callable[[], Awaitable[None]] | None = None
+        self, monitor: Monitor, on_exit: Callable[[float], Awaitable[None]] | None = None
     ) -> None:
         self._monitor = monitor
         self._on_exit = on_exit
@@ -199,22 +233,29 @@ class MonitorThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
+        self._deadline = math.inf
 
     @property
     def running(self) -> bool:
-        """True while the thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
+        """True while the thread and its monitor are alive."""
+        return self._thread is not None and self._thread.is_alive() and self._monitor.running
 
     def start(self, interval: float) -> None:
         """Start the thread and return once its monitor runs. A second start is harmless."""
         if self.running:
             return
+        if self._thread is not None and self._thread.is_alive():  # its monitor died: let it end
+            self.stop(0.0)
         self._started.clear()
+        self._deadline = math.inf
         self._thread = threading.Thread(
             target=self._main, args=(interval,), name="otel-llm-quota-monitor", daemon=True
         )
         self._thread.start()
         self._started.wait()
+
+    def _remaining(self) -> float:
+        return max(self._deadline - time.monotonic(), 0.0)
 
     def _main(self, interval: float) -> None:
         async def run() -> None:
@@ -222,32 +263,47 @@ class MonitorThread:
             self._stop = asyncio.Event()
             self._monitor.start(interval)
             self._started.set()
+            monitor = self._monitor.task
+            assert monitor is not None
+            stopping = asyncio.ensure_future(self._stop.wait())
             try:
-                await self._stop.wait()
+                # The monitor logs its own death (Monitor._ended); the thread then ends too.
+                await asyncio.wait({stopping, monitor}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                await self._monitor.stop()
+                stopping.cancel()
+                await self._monitor.stop(self._remaining())
                 if self._on_exit is not None:
                     # Resources bound to this thread's loop (HTTP clients) close on it.
                     try:
-                        await self._on_exit()
+                        await self._on_exit(self._remaining())
                     except Exception:
                         _logger.exception("otel-llm-quota monitor thread: cleanup failed")
 
         try:
             asyncio.run(run())
+        except BaseException:  # a dying daemon thread must say why (else it dies silently)
+            _logger.exception("otel-llm-quota monitor thread died: no more alerts are sent")
         finally:
             self._started.set()
 
     def stop(self, timeout_seconds: float | None = None) -> bool:
-        """Ask the thread to stop and wait for it. Returns True if it ended within the timeout."""
+        """Ask the thread to stop and wait for it, at most ``timeout_seconds`` (the monitor's final
+        pass and the handlers' ``aclose()`` share that deadline). True if it ended in time."""
         thread, loop, stop = self._thread, self._loop, self._stop
         if thread is None:
             return True
+        if timeout_seconds is not None:
+            self._deadline = time.monotonic() + timeout_seconds
         if loop is not None and stop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout_seconds)
+        # A little beyond the deadline: the thread's own steps end at the deadline itself.
+        thread.join(None if timeout_seconds is None else timeout_seconds + 1.0)
         if thread.is_alive():
+            _logger.warning(
+                "otel-llm-quota monitor thread did not stop within %.3gs; left behind (a daemon)",
+                timeout_seconds,
+            )
             return False
         self._thread = None
         self._loop = None

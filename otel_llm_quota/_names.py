@@ -28,6 +28,7 @@ __all__ = [
     "EVENT_THRESHOLD",
     "METER_NAME",
     "METRIC_ALERTS",
+    "METRIC_HANDLER_DROPPED",
     "METRIC_HANDLER_FAILURES",
     "METRIC_LIMIT",
     "METRIC_REMAINING",
@@ -74,6 +75,7 @@ METRIC_HANDLER_FAILURES: Final = "llm.quota.handler.failures"
 METRIC_STORE_PENDING: Final = "llm.quota.store.pending"
 METRIC_STORE_ERRORS: Final = "llm.quota.store.errors"
 METRIC_STORE_FLUSH_DURATION: Final = "llm.quota.store.flush.duration"
+METRIC_HANDLER_DROPPED: Final = "llm.quota.handler.dropped"
 
 # -- events ----------------------------------------------------------------------------------------
 EVENT_THRESHOLD: Final = "llm.quota.threshold"

@@ -85,11 +85,20 @@ def check_optional_str(name: str, value: object) -> str | None:
     return value
 
 
-def check_positive_seconds(name: str, value: object) -> float:
-    """Return ``value`` as a positive, finite float number of seconds."""
+def check_positive_seconds(
+    name: str, value: object, *, minimum: float = 0.0, maximum: float = math.inf
+) -> float:
+    """Return ``value`` as a positive, finite float number of seconds.
+
+    ``minimum`` (exclusive when 0, else inclusive) and ``maximum`` (inclusive) bound it further.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
     seconds = float(value)
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    if seconds < minimum:
+        raise ValueError(f"{name} must be at least {minimum:g} seconds, got {value!r}")
+    if seconds > maximum:
+        raise ValueError(f"{name} must be at most {maximum:g} seconds, got {value!r}")
     return seconds

@@ -13,7 +13,8 @@ OTEL_LLM_QUOTA_ALERT_COOLDOWN_SECONDS: Final = "OTEL_LLM_QUOTA_ALERT_COOLDOWN_SE
 """
 .. envvar:: OTEL_LLM_QUOTA_ALERT_COOLDOWN_SECONDS
 
-Seconds before an alert that is still firing is notified again. Default: ``3600``.
+Seconds before an alert that is still firing is notified again, at most ``315360000`` (ten
+years). Default: ``3600``.
 """
 
 OTEL_LLM_QUOTA_HANDLER_TIMEOUT_SECONDS: Final = "OTEL_LLM_QUOTA_HANDLER_TIMEOUT_SECONDS"
@@ -24,12 +25,22 @@ Seconds one alert-handler call may take before it is abandoned and counted as fa
 Default: ``10``.
 """
 
+OTEL_LLM_QUOTA_SHUTDOWN_TIMEOUT_SECONDS: Final = "OTEL_LLM_QUOTA_SHUTDOWN_TIMEOUT_SECONDS"
+"""
+.. envvar:: OTEL_LLM_QUOTA_SHUTDOWN_TIMEOUT_SECONDS
+
+Seconds that stopping the monitor and closing the manager (``stop_monitoring``, ``aclose``,
+``close``, at interpreter exit too) may take in all: the final pass's deliveries and the
+handlers' ``aclose()``. What is still running then is abandoned (handler threads are daemons).
+Default: ``30``.
+"""
+
 OTEL_LLM_QUOTA_MONITOR_INTERVAL_SECONDS: Final = "OTEL_LLM_QUOTA_MONITOR_INTERVAL_SECONDS"
 """
 .. envvar:: OTEL_LLM_QUOTA_MONITOR_INTERVAL_SECONDS
 
 Seconds between two monitor passes when ``start_monitoring`` is given no interval. The monitor
-also wakes at once when usage crosses a threshold. Default: ``60``.
+also wakes at once when usage crosses a threshold. At least ``0.1``. Default: ``60``.
 """
 
 OTEL_LLM_QUOTA_TIMEZONE: Final = "OTEL_LLM_QUOTA_TIMEZONE"

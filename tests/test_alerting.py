@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta, timezone
 
-from otel_llm_quota import AlertReason, AlertState, LLMProviderManager, SpanRef
+import pytest
+
+from otel_llm_quota import AlertReason, AlertState, LLMProviderManager, SpanRef, _alerting
 from otel_llm_quota.testing import FakeClock, RecordingAlertHandler
 
 HOUR = timedelta(hours=1)
@@ -233,3 +236,26 @@ async def test_many_configs_are_independent(manager: LLMProviderManager) -> None
         manager.record_usage(f"c{i}", input_tokens=80 if i % 2 else 10)
     alerts = await manager.check_quotas()
     assert sorted(a.config_id for a in alerts) == sorted(f"c{i}" for i in range(1, 50, 2))
+
+
+async def test_one_configs_failure_does_not_cost_the_others_their_alerts(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = _alerting.evaluate
+
+    def evaluate(state, now, cooldown, send_resolved):  # type: ignore[no-untyped-def]
+        if state.config_id == "c01":
+            raise OverflowError("bad data in one config")
+        return real(state, now, cooldown, send_resolved)
+
+    monkeypatch.setattr(_alerting, "evaluate", evaluate)
+    recorder = RecordingAlertHandler()
+    async with LLMProviderManager(clock=clock) as manager:
+        manager.add_alert_handler(recorder)
+        for name in ("c00", "c01", "c02"):
+            await manager.set_quota_limit(name, 100)
+            manager.record_usage(name, input_tokens=100)
+        with caplog.at_level(logging.ERROR, logger="otel_llm_quota"):
+            await manager.check_quotas()
+    assert [a.config_id for a in recorder.alerts] == ["c00", "c02"]
+    assert "'c01'" in caplog.text

@@ -50,3 +50,31 @@ def test_forked_child_records_and_alerts_even_if_the_lock_was_held_at_fork() -> 
         assert info.total_tokens == 0
     finally:
         manager.close()
+
+
+def test_a_forked_child_gets_its_own_handler_workers() -> None:
+    # The parent's handler worker thread (and the lock it may hold) do not exist in the child.
+    read_fd, write_fd = os.pipe()
+    manager = LLMProviderManager()
+    handler = PipeHandler(write_fd)
+    manager.add_alert_handler(handler)
+    manager.set_quota_limit_sync("parent", 100)
+    manager.set_quota_limit_sync("child", 100)
+    manager.start_monitoring_thread(interval=3600)
+    try:
+        manager.record_usage("parent", input_tokens=100)
+        assert handler.delivered.wait(10)  # the parent's worker thread for this handler runs
+        handler.delivered.clear()
+
+        def child() -> int:
+            manager.record_usage("child", input_tokens=100)
+            return 0 if handler.delivered.wait(10) else 2
+
+        pid, code = fork_while_locked(manager._dispatcher._lock, child)
+        os.close(write_fd)
+        with os.fdopen(read_fd) as pipe:
+            lines = pipe.read().splitlines()
+        assert code == 0
+        assert lines == [f"parent:80:{os.getpid()}", f"child:80:{pid}"]
+    finally:
+        manager.close()
