@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import email
+import email.policy
+import io
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from test_processor import GENAI, Harness
 
-from otel_llm_quota import ConfigRule, LLMProviderManager, quota_config
-from otel_llm_quota.testing import FakeClock
+from otel_llm_quota import Alert, ConfigRule, LLMProviderManager, quota_config
+from otel_llm_quota.handlers import LoggingAlertHandler
+from otel_llm_quota.handlers._email import build_message
+from otel_llm_quota.testing import FakeClock, RecordingAlertHandler
 
 LONG = "p" * 257
 TOKENS = {"gen_ai.usage.input_tokens": 11, "gen_ai.usage.output_tokens": 7}
@@ -105,3 +112,52 @@ def test_the_api_refuses_ids_with_control_characters(
         with pytest.raises(ValueError, match="must not contain control characters"):
             call()
     assert sync_manager.ledger.get_all() == []
+
+
+# -- ids from spans are escaped where they are written -------------------------------------------
+
+FORGED = "tenant\nERROR forged line\r\nBcc: evil@example.com\x00"
+
+
+async def alert_for(manager: LLMProviderManager, recorder: RecordingAlertHandler) -> Alert:
+    """A real firing alert, then given an id with control characters (as a span could carry)."""
+    await manager.set_quota_limit("tenant", 100, thresholds=(50,))
+    manager.record_usage("tenant", input_tokens=60)
+    await manager.check_quotas()
+    (alert,) = recorder.alerts
+    return dataclasses.replace(
+        alert, config_id=FORGED, quota=dataclasses.replace(alert.quota, config_id=FORGED)
+    )
+
+
+async def test_the_logging_handler_writes_one_line_for_an_id_with_newlines(
+    manager: LLMProviderManager, recorder: RecordingAlertHandler
+) -> None:
+    alert = await alert_for(manager, recorder)
+    stream = io.StringIO()
+    logger = logging.getLogger("test.quota.forged")
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    try:
+        LoggingAlertHandler(logger).handle_alert(alert)
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue() == (
+        "LLM quota tenant\\nERROR forged line\\r\\nBcc: evil@example.com\\x00 crossed 50% "
+        "(60.0% used)\n"
+    )
+
+
+async def test_the_mail_subject_escapes_an_id_with_newlines(
+    manager: LLMProviderManager, recorder: RecordingAlertHandler
+) -> None:
+    alert = await alert_for(manager, recorder)
+    msg = build_message(alert, sender="q@example.com", recipients=["ops@example.com"])
+    assert msg["Subject"] == (
+        "[LLM quota] FIRING: LLM quota tenant\\nERROR forged line\\r\\nBcc: "
+        "evil@example.com\\x00 crossed 50% (60.0% used)"
+    )
+    sent = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
+    assert sorted(sent.keys()) == sorted(msg.keys())  # no header forged into the wire form
+    assert "Bcc" not in sent
+    assert sent["Subject"] == msg["Subject"]
