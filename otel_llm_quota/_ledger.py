@@ -315,8 +315,9 @@ class QuotaLedger:
         """Create or update a configuration's limit, thresholds and period.
 
         All arguments are checked before anything changes, so a bad call leaves the ledger as it
-        was; ``quota_limit`` is an int in [1, ``MAX_TOKENS``] (2**53). Changing the period keeps the counts of the current period and re-anchors the window
-        on the new period's current boundary (nothing counted is lost). Returns the new snapshot.
+        was; ``quota_limit`` is an int in [1, ``MAX_TOKENS``] (2**53). Changing the period keeps
+        the counts of the current period and re-anchors the window on the new period's current
+        boundary (nothing counted is lost). Returns the new snapshot.
         """
         config_id = check_config_id(config_id)
         limit = check_limit(quota_limit)
