@@ -150,17 +150,23 @@ class HandlerDispatcher:
                     alert.threshold_percent,
                     alert.state.value,
                 )
-            except asyncio.TimeoutError:
+            except asyncio.TimeoutError as exc:
+                # wait_for's timeout chains a CancelledError; a handler's own TimeoutError does not
+                own = not isinstance(exc.__cause__, asyncio.CancelledError)
                 with self._stats_lock:
                     self.failures[name] += 1
-                    self.timeouts[name] += 1
+                    if not own:
+                        self.timeouts[name] += 1
                 _logger.warning(
-                    "alert handler %s timed out after %.3gs (config %s, threshold %g%%, %s)",
+                    "alert handler %s %s (config %s, threshold %g%%, %s)",
                     name,
-                    self.timeout_seconds,
+                    "raised TimeoutError"
+                    if own
+                    else f"timed out after {self.timeout_seconds:.3g}s",
                     alert.config_id,
                     alert.threshold_percent,
                     alert.state.value,
+                    exc_info=own,
                 )
             except asyncio.CancelledError:
                 raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -151,3 +152,27 @@ def test_thresholds_that_are_not_a_sequence_say_so(manager: LLMProviderManager, 
 def test_a_huge_threshold_is_out_of_range(manager: LLMProviderManager) -> None:
     with pytest.raises(ValueError, match=r"must be in \(0, 100\], got a 1025-bit number"):
         manager.set_quota_limit_sync("a", 100, thresholds=[2**1024])
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_handler_raising_timeout_error_is_a_failure_not_a_timeout(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    def sync_handler(config_id: str, quota: Any) -> None:
+        raise TimeoutError("upstream said 504")
+
+    async def async_handler(config_id: str, quota: Any) -> None:
+        raise TimeoutError("upstream said 504")
+
+    handler = sync_handler if kind == "sync" else async_handler
+    async with LLMProviderManager(clock=clock, handler_timeout_seconds=30) as manager:
+        manager.add_alert_handler(handler)
+        await manager.set_quota_limit("c", 10)
+        manager.record_usage("c", input_tokens=10)
+        with caplog.at_level(logging.WARNING, logger="otel_llm_quota"):
+            await manager.check_quotas()
+        assert list(manager.handler_failures.values()) == [1]
+        assert manager.handler_timeouts == {}
+    assert "raised TimeoutError" in caplog.text
+    assert "upstream said 504" in caplog.text
+    assert "timed out after" not in caplog.text
