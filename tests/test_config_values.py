@@ -23,6 +23,7 @@ from otel_llm_quota import (
 from otel_llm_quota.handlers import (
     AlertmanagerAlertHandler,
     EmailAlertHandler,
+    LoggingAlertHandler,
     SlackAlertHandler,
     WebhookAlertHandler,
 )
@@ -348,3 +349,27 @@ def test_a_yaml_syntax_error_does_not_quote_the_line(tmp_path: Path) -> None:
         load_config(path)
     assert TOKEN not in str(caught.value)
     assert HMAC not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"logger": 12345}, TypeError, "logger must be a logging.Logger or a name, not int"),
+        ({"firing_level": 30.0}, TypeError, "firing_level must be a logging level"),
+        ({"critical_level": "LOUD"}, ValueError, "critical_level must be a logging level"),
+        ({"name": 3}, TypeError, "name must be a str, not int"),
+    ],
+)
+def test_logging_handler_arguments_are_checked(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        LoggingAlertHandler(**kwargs)
+
+
+def test_logging_handler_levels_may_be_named_in_a_file(closing: list[LLMProviderManager]) -> None:
+    setup = load_config({"handlers": [{"type": "logging", "firing_level": "info"}]})
+    closing.append(setup.manager)
+    (handler,) = setup.manager.alert_handlers
+    assert isinstance(handler, LoggingAlertHandler)
+    assert handler.firing_level == logging.INFO
