@@ -184,7 +184,13 @@ def _parse_yaml(text: str, where: str) -> Any:
 
 
 def _check_depth(data: object, where: str) -> None:
-    """Refuse a document nested deeper than ``MAX_CONFIG_DEPTH`` (iteratively: no recursion)."""
+    """Refuse a document nested deeper than ``MAX_CONFIG_DEPTH`` (iteratively: no recursion).
+
+    YAML aliases can share a node between many parents (or make a cycle): each container is
+    walked again only when reached deeper than before, so the walk stays linear in the number of
+    distinct containers, and a cycle ends as too deep.
+    """
+    deepest: dict[int, int] = {}
     stack: list[tuple[object, int]] = [(data, 1)]
     while stack:
         node, depth = stack.pop()
@@ -196,6 +202,9 @@ def _check_depth(data: object, where: str) -> None:
             continue
         if depth > MAX_CONFIG_DEPTH:
             raise ConfigError(f"nested deeper than {MAX_CONFIG_DEPTH} levels", source=where)
+        if deepest.get(id(node), 0) >= depth:
+            continue
+        deepest[id(node)] = depth
         stack.extend((child, depth + 1) for child in children)
 
 

@@ -373,3 +373,19 @@ def test_logging_handler_levels_may_be_named_in_a_file(closing: list[LLMProvider
     (handler,) = setup.manager.alert_handlers
     assert isinstance(handler, LoggingAlertHandler)
     assert handler.firing_level == logging.INFO
+
+
+def test_yaml_aliases_are_walked_once_and_a_cycle_is_too_deep(tmp_path: Path) -> None:
+    laughs = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for level in "bcdefghi":
+        previous = chr(ord(level) - 1)
+        laughs.append(f"{level}: &{level} [{', '.join(['*' + previous] * 9)}]")
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join(laughs) + "\n")  # 9**9 leaves if walked naively
+    with pytest.raises(ConfigError, match="unknown top-level keys"):
+        load_config(path)
+    cycle = tmp_path / "cycle.yaml"
+    cycle.write_text("quotas: &q [*q]\n")
+    with pytest.raises(ConfigError, match="nested deeper than 32 levels") as caught:
+        load_config(cycle)
+    assert caught.value.source == str(cycle)
