@@ -286,16 +286,27 @@ def _keys(mapping: Mapping[Any, Any] | set[Any]) -> list[str]:
     return sorted(str(key) for key in mapping)
 
 
-def _strings(value: object, out: set[str], depth: int = 0) -> set[str]:
-    """Every str inside ``value`` (mapping values, list items), for ``_masked``."""
-    if isinstance(value, str):
-        out.add(value)
-    elif depth < MAX_CONFIG_DEPTH and isinstance(value, Mapping):
-        for item in value.values():
-            _strings(item, out, depth + 1)
-    elif depth < MAX_CONFIG_DEPTH and isinstance(value, (list, tuple, set, frozenset)):
-        for item in value:
-            _strings(item, out, depth + 1)
+def _strings(value: object, out: set[str]) -> set[str]:
+    """Every str inside ``value`` (mapping values, list items), for ``_masked``.
+
+    Iterative, and each container once (YAML aliases share nodes, and may make cycles).
+    """
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            out.add(node)
+            continue
+        if isinstance(node, Mapping):
+            children: Iterable[object] = node.values()
+        elif isinstance(node, (list, tuple, set, frozenset)):
+            children = node
+        else:
+            continue
+        if id(node) not in seen:
+            seen.add(id(node))
+            stack.extend(children)
     return out
 
 

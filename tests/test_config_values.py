@@ -296,7 +296,7 @@ def test_config_errors_carry_their_location_once(
 SECRET_URL = f"https://hooks.example.com/services/{TOKEN}"
 
 
-def _raise_with(url: str, secret: str) -> None:
+def _raise_with(url: str, secret: str, **extra: Any) -> None:
     raise ValueError(f"cannot use {url!r} with secret {secret} (url={url})")
 
 
@@ -389,3 +389,18 @@ def test_yaml_aliases_are_walked_once_and_a_cycle_is_too_deep(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="nested deeper than 32 levels") as caught:
         load_config(cycle)
     assert caught.value.source == str(cycle)
+
+
+def test_masking_an_error_walks_shared_and_cyclic_values_once(
+    closing: list[LLMProviderManager],
+) -> None:
+    shared: list[Any] = [HMAC] * 9
+    for _ in range(9):
+        shared = [shared] * 9  # 9**10 strings if walked naively
+    cyclic: list[Any] = [TOKEN]
+    cyclic.append(cyclic)
+    spec = {"type": f"{__name__}:_raise_with", "url": SECRET_URL, "secret": HMAC, "x": shared}
+    setup = load_config({"handlers": [spec, {**spec, "x": cyclic}]}, strict=False)
+    closing.append(setup.manager)
+    assert len(setup.errors) == 2
+    assert all(HMAC not in e and TOKEN not in e for e in setup.errors)
