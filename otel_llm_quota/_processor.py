@@ -193,14 +193,17 @@ class QuotaSpanProcessor(SpanProcessor):
     # -- SpanProcessor ---------------------------------------------------------------------------
 
     def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
-        """Stamp the id of the enclosing ``quota_config`` block on the span, if there is one."""
+        """Stamp the id of the enclosing ``quota_config`` block on the span, if there is one
+        (and the span has no usable ``llm.quota.config_id`` of its own)."""
         if not ContextUse.used:
             return
         try:
             config_id = otel_context.get_value(QUOTA_CONFIG_CONTEXT_KEY, parent_context)
             if type(config_id) is str:
                 attrs = span.attributes
-                if attrs is None or QUOTA_CONFIG_ID_ATTRIBUTE not in attrs:
+                current = None if attrs is None else attrs.get(QUOTA_CONFIG_ID_ATTRIBUTE)
+                # Absent, or unusable (blank, too long, not a str): the block's id is next in order.
+                if type(current) is not str or not _usable_id(current):
                     span.set_attribute(QUOTA_CONFIG_ID_ATTRIBUTE, config_id)
         except Exception:  # never break the app's span
             self._fail("on_start")

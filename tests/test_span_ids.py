@@ -161,3 +161,22 @@ async def test_the_mail_subject_escapes_an_id_with_newlines(
     assert sorted(sent.keys()) == sorted(msg.keys())  # no header forged into the wire form
     assert "Bcc" not in sent
     assert sent["Subject"] == msg["Subject"]
+
+
+@pytest.mark.parametrize("bad", ["  ", "x" * 257, 5])
+def test_an_unusable_attribute_set_at_start_falls_back_to_the_quota_config_block(
+    sync_manager: LLMProviderManager, bad: Any
+) -> None:
+    harness = Harness(sync_manager)
+    with quota_config("from-block"):
+        harness.span({**GENAI, "llm.quota.config_id": bad})
+    assert counted(harness) == {"from-block": 18}
+
+
+def test_a_usable_attribute_still_wins_over_the_quota_config_block(
+    sync_manager: LLMProviderManager,
+) -> None:
+    harness = Harness(sync_manager)
+    with quota_config("from-block"):
+        harness.span({**GENAI, "llm.quota.config_id": "from-attribute"})
+    assert counted(harness) == {"from-attribute": 18}
