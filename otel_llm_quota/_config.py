@@ -25,7 +25,8 @@ import importlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -35,7 +36,13 @@ from otel_llm_quota._env import env_str
 from otel_llm_quota._handlers import AnyAlertHandler
 from otel_llm_quota._manager import LLMProviderManager
 from otel_llm_quota._rules import ConfigRule
-from otel_llm_quota._validation import check_config_id, check_limit, check_positive_seconds
+from otel_llm_quota._validation import (
+    MAX_CONFIG_ID_LENGTH,
+    check_bool,
+    check_config_id,
+    check_limit,
+    check_positive_seconds,
+)
 from otel_llm_quota.stores import StoreError, open_store, redact_url
 
 __all__ = ["ConfigError", "QuotaSetup", "build_handler", "load_config", "read_config_file"]
@@ -75,7 +82,30 @@ _QUOTA_KEYS: Final = frozenset(
 
 
 class ConfigError(ValueError):
-    """A configuration file or variable that cannot be used; the message says where and why."""
+    """A configuration file or variable that cannot be used; the message says where and why.
+
+    ``str(error)`` is ``"<source>: <key>: <reason>"``: ``source`` is the file (or environment
+    variable) the problem is in, ``key`` the section or entry in it, each when known. Messages
+    name keys and types but never show configuration values, which may hold tokens and secrets
+    (they are logged at ERROR by lenient loading).
+    """
+
+    def __init__(self, reason: str, *, source: str | None = None, key: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.source = source
+        self.key = key
+
+    def locate(self, source: str | None, key: str | None) -> ConfigError:
+        """Fill in ``source`` and ``key`` where they are not known yet; returns ``self``."""
+        if self.source is None:
+            self.source = source
+        if self.key is None:
+            self.key = key
+        return self
+
+    def __str__(self) -> str:
+        return ": ".join(part for part in (self.source, self.key, self.reason) if part)
 
 
 @dataclass
@@ -92,45 +122,120 @@ class QuotaSetup:
     """Problems that were logged and skipped (non-strict loading only)."""
 
 
+MAX_CONFIG_DEPTH: Final = 32
+"""The deepest nesting a configuration file may have (the format needs 4 levels)."""
+
+
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse a JSON or YAML (``.yaml``/``.yml``, needs the ``yaml`` extra) file into a mapping."""
+    """Parse a UTF-8 JSON or YAML (``.yaml``/``.yml``, needs the ``yaml`` extra) file.
+
+    Every problem (unreadable, not UTF-8, not valid JSON/YAML, nested deeper than
+    ``MAX_CONFIG_DEPTH``, not a mapping) is a ``ConfigError`` whose ``source`` is the file.
+    Parser messages are reduced to the position: YAML's quote the offending line, which may hold
+    a token.
+    """
     file = Path(path)
+    where = str(file)
     try:
-        text = file.read_text(encoding="utf-8")
+        raw = file.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {str(file)!r}: {exc}") from exc
-    if file.suffix.lower() in {".yaml", ".yml"}:
-        try:
-            import yaml  # optional dependency, imported only for YAML files
-        except ImportError as exc:
-            raise ConfigError(
-                f"{str(file)!r} is YAML: install PyYAML (pip install 'otel-llm-quota[yaml]')"
-            ) from exc
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{str(file)!r} is not valid YAML: {exc}") from exc
-    else:
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise ConfigError(f"{str(file)!r} is not valid JSON: {exc}") from exc
+        raise ConfigError(f"cannot read config file: {exc.strerror or exc}", source=where) from None
+    try:
+        text = raw.decode("utf-8-sig")  # a UTF-8 byte-order mark is tolerated
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"not UTF-8 text (byte {exc.start}); save the file as UTF-8", source=where
+        ) from None
+    try:
+        if file.suffix.lower() in {".yaml", ".yml"}:
+            data = _parse_yaml(text, where)
+        else:
+            try:
+                data = json.loads(text)
+            except ValueError as exc:
+                position = (
+                    f"line {exc.lineno}, column {exc.colno}"
+                    if isinstance(exc, json.JSONDecodeError)
+                    else "?"
+                )
+                msg = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+                raise ConfigError(f"not valid JSON: {msg} at {position}", source=where) from None
+        _check_depth(data, where)
+    except RecursionError:
+        raise ConfigError(f"nested deeper than {MAX_CONFIG_DEPTH} levels", source=where) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{str(file)!r} must hold a mapping at the top level")
+        raise ConfigError("must hold a mapping at the top level", source=where)
     return data
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        import yaml  # optional dependency, imported only for YAML files
+    except ImportError:
+        raise ConfigError(
+            "a YAML file: install PyYAML (pip install 'otel-llm-quota[yaml]')", source=where
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        mark = getattr(exc, "problem_mark", None)
+        position = "" if mark is None else f" at line {mark.line + 1}, column {mark.column + 1}"
+        raise ConfigError(f"not valid YAML: {problem}{position}", source=where) from None
+
+
+def _check_depth(data: object, where: str) -> None:
+    """Refuse a document nested deeper than ``MAX_CONFIG_DEPTH`` (iteratively: no recursion).
+
+    YAML aliases can share a node between many parents (or make a cycle): each container is
+    walked again only when reached deeper than before, so the walk stays linear in the number of
+    distinct containers, and a cycle ends as too deep.
+    """
+    deepest: dict[int, int] = {}
+    stack: list[tuple[object, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Iterable[object] = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"nested deeper than {MAX_CONFIG_DEPTH} levels", source=where)
+        if deepest.get(id(node), 0) >= depth:
+            continue
+        deepest[id(node)] = depth
+        stack.extend((child, depth + 1) for child in children)
+
+
+_IMPORT_STRING: Final = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_IDENTIFIER: Final = re.compile(r"[A-Za-z_][\w.]{0,63}")
+
+
+def _shown_type(type_name: str) -> str:
+    """The handler type as it may appear in a message: a built-in name, an import string
+
+    (or any short dotted identifier). Anything else (a webhook URL put in the ``handlers``
+    list by mistake, a token) is not shown.
+    """
+    if _IDENTIFIER.fullmatch(type_name) or _IMPORT_STRING.fullmatch(type_name):
+        return repr(type_name)
+    return f"<a str of {len(type_name)} characters>"
 
 
 def _resolve_factory(type_name: str) -> Callable[..., Any]:
     if type_name in BUILTIN_HANDLERS:
         module_name, attr = BUILTIN_HANDLERS_MODULE, BUILTIN_HANDLERS[type_name]
-    elif ":" in type_name:
+    elif _IMPORT_STRING.fullmatch(type_name):
         module_name, _, attr = type_name.partition(":")
     else:
         known = ", ".join(sorted(BUILTIN_HANDLERS))
         raise ConfigError(
-            f"unknown handler type {type_name!r}: use one of {known} or 'package.module:factory'"
+            f"unknown handler type {_shown_type(type_name)}: use one of {known} or "
+            "'package.module:factory'"
         )
     try:
         module = importlib.import_module(module_name)
@@ -153,21 +258,77 @@ def _resolve_factory(type_name: str) -> Callable[..., Any]:
 
 
 def build_handler(spec: Mapping[str, Any] | str) -> AnyAlertHandler:
-    """Create an alert handler from ``{"type": ..., **kwargs}`` (or a bare type string)."""
+    """Create an alert handler from ``{"type": ..., **kwargs}`` (or a bare type string).
+
+    Errors name the entry's keys, never its values (URLs, tokens, HMAC secrets): the message of
+    an exception raised by the factory is shown with every string value of the entry masked.
+    """
     if isinstance(spec, str):
         spec = {"type": spec}
     if not isinstance(spec, Mapping):
-        raise ConfigError(f"a handler entry must be a mapping with a 'type', not {spec!r}")
+        raise ConfigError(
+            f"a handler entry must be a mapping with a 'type', not {type(spec).__name__}"
+        )
     kwargs = {str(k): v for k, v in spec.items()}
     type_name = kwargs.pop("type", None)
     if not isinstance(type_name, str) or not type_name:
-        raise ConfigError(f"a handler entry needs a 'type': {dict(spec)!r}")
+        raise ConfigError(f"a handler entry needs a 'type' (it has keys {_keys(spec)})")
     factory = _resolve_factory(type_name)
     try:
         handler = factory(**kwargs)
     except Exception as exc:
-        raise ConfigError(f"handler type {type_name!r} could not be created: {exc}") from exc
+        raise ConfigError(
+            f"handler type {_shown_type(type_name)} could not be created: "
+            f"{_masked(str(exc), kwargs)}"
+        ) from None  # the original exception (and its traceback) may quote the values
     return handler  # type: ignore[no-any-return]  # the manager checks the handler's shape
+
+
+def _keys(mapping: Mapping[Any, Any] | set[Any]) -> list[str]:
+    """The keys, sorted as strings (a YAML file may have keys of any type)."""
+    return sorted(str(key) for key in mapping)
+
+
+def _strings(value: object, out: set[str]) -> set[str]:
+    """Every str inside ``value`` (mapping values, list items), for ``_masked``.
+
+    Iterative, and each container once (YAML aliases share nodes, and may make cycles).
+    """
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            out.add(node)
+            continue
+        if isinstance(node, Mapping):
+            children: Iterable[object] = node.values()
+        elif isinstance(node, (list, tuple, set, frozenset)):
+            children = node
+        else:
+            continue
+        if id(node) not in seen:
+            seen.add(id(node))
+            stack.extend(children)
+    return out
+
+
+def _masked(message: str, entry: object) -> str:
+    """``message`` with each string value of ``entry`` replaced by ``***``.
+
+    Quoted occurrences (``'value'``, ``"value"``, in repr form too) of any value, and bare ones
+    of values of 6 characters or more (shorter ones would mask unrelated words), plus the
+    redacted form of URLs the handlers registered as secret.
+    """
+    for value in sorted(_strings(entry, set()), key=len, reverse=True):
+        if not value:
+            continue
+        shown = repr(value)
+        for quoted in (shown, f"'{value}'", f'"{value}"'):
+            message = message.replace(quoted, "'***'")
+        if len(value) >= 6:
+            message = message.replace(value, "***").replace(shown[1:-1], "***")
+    return message
 
 
 def _section(config: Mapping[str, Any], name: str, keys: frozenset[str]) -> dict[str, Any]:
@@ -175,10 +336,10 @@ def _section(config: Mapping[str, Any], name: str, keys: frozenset[str]) -> dict
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ConfigError(f"'{name}' must be a mapping")
+        raise ConfigError(f"'{name}' must be a mapping, not {type(value).__name__}")
     unknown = set(value) - keys
     if unknown:
-        raise ConfigError(f"unknown keys in '{name}': {sorted(unknown)}")
+        raise ConfigError(f"unknown keys in '{name}': {_keys(unknown)}")
     return dict(value)
 
 
@@ -187,18 +348,18 @@ def _list(config: Mapping[str, Any], name: str) -> list[Any]:
     if value is None:
         return []
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ConfigError(f"'{name}' must be a list")
+        raise ConfigError(f"'{name}' must be a list, not {type(value).__name__}")
     return list(value)
 
 
 def _apply_quota(manager: LLMProviderManager, quota: Any) -> None:
     if not isinstance(quota, Mapping):
-        raise ConfigError(f"a quota must be a mapping, not {quota!r}")
+        raise ConfigError(f"a quota must be a mapping, not {type(quota).__name__}")
     unknown = set(quota) - _QUOTA_KEYS
     if unknown:
-        raise ConfigError(f"unknown quota keys: {sorted(unknown)}")
+        raise ConfigError(f"unknown quota keys: {_keys(unknown)}")
     if "config_id" not in quota or "limit" not in quota:
-        raise ConfigError(f"a quota needs 'config_id' and 'limit': {dict(quota)!r}")
+        raise ConfigError(f"a quota needs 'config_id' and 'limit' (it has keys {_keys(quota)})")
     kwargs: dict[str, Any] = {}
     for key in ("period", "timezone", "provider"):
         if key in quota:
@@ -213,48 +374,80 @@ def _apply_quota(manager: LLMProviderManager, quota: Any) -> None:
             **kwargs,
         )
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"quota {quota.get('config_id')!r}: {exc}") from exc
+        raise ConfigError(_masked(str(exc), quota)) from None
+
+
+def parse_limit(item: str) -> tuple[str, int]:
+    """One ``config_id=limit`` item of ``OTEL_LLM_QUOTA_LIMITS``; ConfigError if malformed."""
+    config_id, sep, limit = item.strip().rpartition("=")
+    if not sep:
+        raise ConfigError("not config_id=limit")
+    try:
+        number = int(limit.strip())
+    except ValueError:
+        raise ConfigError("the limit is not an int") from None
+    try:
+        return check_config_id(config_id.strip()), check_limit(number)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(_masked(str(exc), config_id.strip())) from None
 
 
 def parse_limits(raw: str) -> list[tuple[str, int]]:
-    """``"openai-prod=100000, anthropic-dev=5e4"`` is refused; ``"a=100,b=200"`` gives pairs."""
+    """``"a=100,b=200"`` gives pairs; ``"a=5e4"`` is refused (ConfigError naming the item)."""
     pairs: list[tuple[str, int]] = []
-    for item in raw.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        config_id, sep, limit = item.rpartition("=")
-        if not sep:
-            raise ConfigError(f"{env.OTEL_LLM_QUOTA_LIMITS}: {item!r} is not config_id=limit")
+    for number, item in enumerate(_items(raw), 1):
         try:
-            pairs.append((check_config_id(config_id.strip()), check_limit(int(limit.strip()))))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{env.OTEL_LLM_QUOTA_LIMITS}: {item!r}: {exc}") from exc
+            pairs.append(parse_limit(item))
+        except ConfigError as exc:
+            raise exc.locate(env.OTEL_LLM_QUOTA_LIMITS, f"item {number}") from None
     return pairs
+
+
+def _items(raw: str) -> list[str]:
+    return [item.strip() for item in raw.split(",") if item.strip()]
 
 
 def _parse_thresholds(raw: str) -> list[float]:
     try:
-        return [float(x) for x in raw.split(",") if x.strip()]
-    except ValueError as exc:
-        raise ConfigError(f"{env.OTEL_LLM_QUOTA_THRESHOLDS}={raw!r}: {exc}") from exc
+        return [float(x) for x in _items(raw)]
+    except ValueError:
+        raise ConfigError(
+            "not a comma-separated list of numbers", source=env.OTEL_LLM_QUOTA_THRESHOLDS
+        ) from None
 
 
 class _Collector:
-    """Runs configuration steps; strict mode raises the first error, else logs and goes on."""
+    """Runs configuration steps; strict mode raises the first error, else logs and goes on.
+
+    A step's error is located once, here (``ConfigError.locate``): the innermost step knows the
+    key best, so an error is never prefixed twice. An exception that is not a ConfigError (a bug,
+    or a value no check foresaw) becomes one naming only its type, so lenient loading always
+    applies the rest of the configuration.
+    """
 
     def __init__(self, strict: bool) -> None:
         self.strict = strict
         self.errors: list[str] = []
+        self.source: str | None = None
 
-    def run(self, what: str, step: Callable[[], None]) -> None:
+    def run(self, key: str | None, step: Callable[[], None], *, source: str | None = None) -> None:
+        outer = self.source
+        where = self.source = source if source is not None else outer  # for nested steps
         try:
             step()
         except ConfigError as exc:
-            if self.strict:
-                raise
-            self.errors.append(f"{what}: {exc}")
-            _logger.error("otel-llm-quota: %s: %s (skipped)", what, exc)
+            error = exc.locate(where, key)
+        except Exception as exc:  # never let one unforeseen value stop the whole configuration
+            error = ConfigError(f"unexpected {type(exc).__name__}", source=where, key=key)
+        else:
+            return
+        finally:
+            if source is not None:
+                self.source = outer
+        if self.strict:
+            raise error from None
+        self.errors.append(str(error))
+        _logger.error("otel-llm-quota: %s (skipped)", error)
 
 
 def load_config(
@@ -269,7 +462,9 @@ def load_config(
     ``config`` is a mapping or the path of a JSON/YAML file; with ``environment`` (default) the
     ``OTEL_LLM_QUOTA_*`` variables are read too (a file named by ``OTEL_LLM_QUOTA_CONFIG_FILE``
     when ``config`` is None). ``strict`` raises ``ConfigError`` on the first problem; otherwise
-    each bad section or entry is logged, skipped and listed in ``QuotaSetup.errors``.
+    each bad section or entry is logged, skipped and listed in ``QuotaSetup.errors``, and the
+    rest (including the environment's settings when the file cannot be read) still applies.
+    Every error names its file or variable and the key, never the values.
     """
     collect = _Collector(strict)
     data: dict[str, Any] = {}
@@ -281,28 +476,32 @@ def load_config(
             source = env_str(env.OTEL_LLM_QUOTA_CONFIG_FILE)
         if source is None:
             return
-        data = dict(source) if isinstance(source, Mapping) else read_config_file(source)
-        unknown = set(data) - _SECTIONS
+        if isinstance(source, Mapping):
+            parsed = dict(source)
+        else:
+            collect.source = str(source)
+            parsed = read_config_file(source)
+        unknown = set(parsed) - _SECTIONS
         if unknown:
-            raise ConfigError(f"unknown top-level keys: {sorted(unknown)}")
+            raise ConfigError(f"unknown top-level keys: {_keys(unknown)}")
+        data = parsed
 
-    collect.run("config file", read)
+    collect.run(None, read)
 
     manager_kwargs: dict[str, Any] = {}
 
     def manager_section() -> None:
-        manager_kwargs.update(_section(data, "manager", _MANAGER_KEYS))
+        section = _section(data, "manager", _MANAGER_KEYS)
+        if "send_resolved" in section:
+            section["send_resolved"] = _bool(section["send_resolved"], "send_resolved")
+        manager_kwargs.update(section)
 
     collect.run("manager", manager_section)
 
     def store_section() -> None:
         raw = data.get("store")
-        where = "'store'"
-        if raw is None and environment:
-            raw = env_str(env.OTEL_LLM_QUOTA_STORE)
-            where = env.OTEL_LLM_QUOTA_STORE
-        if raw is None:
-            return
+        if raw is None or (environment and env_str(env.OTEL_LLM_QUOTA_STORE) is not None):
+            return  # the environment variable wins over the file
         options: dict[str, Any] = {}
         if isinstance(raw, Mapping):
             options = dict(raw)
@@ -312,36 +511,49 @@ def load_config(
                 manager_kwargs["flush_interval_seconds"] = interval
         else:
             url = raw
+        open_configured_store(url, options, "'url'" if isinstance(raw, Mapping) else None)
+
+    def env_store() -> None:
+        raw = env_str(env.OTEL_LLM_QUOTA_STORE)
+        if raw is not None:
+            open_configured_store(raw, {}, None)
+
+    def open_configured_store(url: object, options: dict[str, Any], key: str | None) -> None:
         if not isinstance(url, str) or not url.strip():
-            raise ConfigError(f"{where} must be a store URL (or a mapping with 'url')")
+            raise ConfigError(
+                f"must be a store URL (or a mapping with 'url'), not {type(url).__name__}",
+                key=key,
+            )
         try:
             manager_kwargs["store"] = open_store(url, **options)
         except (TypeError, ValueError, ImportError, StoreError) as exc:
-            raise ConfigError(f"{where} ({redact_url(url)}): {exc}") from exc
+            # The stores name themselves by their redacted URL; a raw one never shows.
+            reason = str(exc).replace(url, redact_url(url))
+            raise ConfigError(_masked(reason, options), key=key) from None
 
     if manager is None:
         collect.run("store", store_section)
-        manager_kwargs.setdefault("store", False)  # what store_section did not take: none
+        if environment:
+            collect.run(None, env_store, source=env.OTEL_LLM_QUOTA_STORE)
+        manager_kwargs.setdefault("store", False)  # none taken (or none usable): this process only
         try:
             manager = LLMProviderManager(**manager_kwargs)
         except (TypeError, ValueError) as exc:
-            collect.run("manager", _raiser(ConfigError(f"'manager': {exc}")))
+            error = ConfigError(_masked(str(exc), manager_kwargs))
+            collect.run("manager", _raiser(error))
             manager = LLMProviderManager(store=manager_kwargs["store"])
     setup = QuotaSetup(manager=manager)
 
     def monitor_section() -> None:
         section = _section(data, "monitor", _MONITOR_KEYS)
-        enabled = section.get("enabled", True)
-        if not isinstance(enabled, bool):
-            raise ConfigError("'monitor.enabled' must be true or false")
-        setup.monitor = enabled
+        setup.monitor = _bool(section.get("enabled", True), "enabled")
         if "interval_seconds" in section:
             try:
                 setup.monitor_interval_seconds = check_positive_seconds(
                     "interval_seconds", section["interval_seconds"]
                 )
             except (TypeError, ValueError) as exc:
-                raise ConfigError(f"'monitor': {exc}") from exc
+                raise ConfigError(_masked(str(exc), section)) from None
 
     def processor_section() -> None:
         section = _section(data, "processor", _PROCESSOR_KEYS)
@@ -355,13 +567,15 @@ def load_config(
                     section["max_tracked_responses"] = int(capacity)
                 except ValueError:
                     raise ConfigError(
-                        f"{env.OTEL_LLM_QUOTA_MAX_TRACKED_RESPONSES}={capacity!r} is not an int"
+                        "not an int", source=env.OTEL_LLM_QUOTA_MAX_TRACKED_RESPONSES
                     ) from None
         if "default_config_id" in section:
             try:
                 check_config_id(section["default_config_id"])
             except (TypeError, ValueError) as exc:
-                raise ConfigError(f"'processor.default_config_id': {exc}") from exc
+                raise ConfigError(
+                    _masked(str(exc), section), key="processor.default_config_id"
+                ) from None
         capacity_value = section.get("max_tracked_responses", 1)
         if type(capacity_value) is not int or capacity_value < 1:
             raise ConfigError("'processor.max_tracked_responses' must be a positive int")
@@ -371,9 +585,10 @@ def load_config(
     collect.run("processor", processor_section)
 
     def quotas() -> None:
-        for quota in _list(data, "quotas"):
+        for index, quota in enumerate(_list(data, "quotas")):
             collect.run(
-                f"quota {_name(quota)}", functools.partial(_apply_quota, setup.manager, quota)
+                _entry_key("quotas", index, quota, "config_id"),
+                functools.partial(_apply_quota, setup.manager, quota),
             )
 
     def env_quotas() -> None:
@@ -387,22 +602,28 @@ def load_config(
             quota["thresholds"] = _parse_thresholds(thresholds_raw)
         if period is not None:
             quota["period"] = None if period.lower() == "none" else period
-        for config_id, limit in parse_limits(raw):
+
+        def apply(item: str) -> None:
+            config_id, limit = parse_limit(item)
             _apply_quota(setup.manager, {**quota, "config_id": config_id, "limit": limit})
+
+        for number, item in enumerate(_items(raw), 1):  # one bad item skips only itself
+            collect.run(f"item {number}", functools.partial(apply, item))
 
     collect.run("quotas", quotas)
     if environment:
-        collect.run(env.OTEL_LLM_QUOTA_LIMITS, env_quotas)
+        collect.run(None, env_quotas, source=env.OTEL_LLM_QUOTA_LIMITS)
 
     def rules() -> None:
         built: list[ConfigRule] = []
-        for rule in _list(data, "rules"):
+        for index, rule in enumerate(_list(data, "rules")):
+            key = _entry_key("rules", index, rule, "config_id")
             if not isinstance(rule, Mapping):
-                raise ConfigError(f"a rule must be a mapping, not {rule!r}")
+                raise ConfigError(f"a rule must be a mapping, not {type(rule).__name__}", key=key)
             try:
                 built.append(ConfigRule.from_dict(rule))
             except (TypeError, ValueError) as exc:
-                raise ConfigError(f"rule {rule.get('config_id')!r}: {exc}") from exc
+                raise ConfigError(_masked(str(exc), rule), key=key) from None
         if built:
             setup.processor_options["rules"] = built
 
@@ -413,30 +634,45 @@ def load_config(
         try:
             setup.manager.add_alert_handler(handler)
         except (TypeError, ValueError) as exc:  # e.g. a factory that built a non-handler
-            raise ConfigError(f"handler {_name(spec, 'type')}: {exc}") from exc
+            type_name = spec if isinstance(spec, str) else spec.get("type")
+            raise ConfigError(
+                f"handler type {_shown_type(str(type_name))}: {_masked(str(exc), spec)}"
+            ) from None
 
     def handlers() -> None:
-        for spec in _list(data, "handlers"):
-            collect.run(f"handler {_name(spec, 'type')}", functools.partial(add_handler, spec))
+        for index, spec in enumerate(_list(data, "handlers")):
+            collect.run(f"handlers[{index}]", functools.partial(add_handler, spec))
 
     def env_handlers() -> None:
         raw = env_str(env.OTEL_LLM_QUOTA_ALERT_HANDLERS)
-        for name in (raw or "").split(","):
-            type_name = name.strip()
-            if type_name:
-                collect.run(f"handler {type_name!r}", functools.partial(add_handler, type_name))
+        for number, type_name in enumerate(_items(raw or ""), 1):
+            collect.run(f"item {number}", functools.partial(add_handler, type_name))
 
     collect.run("handlers", handlers)
     if environment:
-        collect.run(env.OTEL_LLM_QUOTA_ALERT_HANDLERS, env_handlers)
+        collect.run(None, env_handlers, source=env.OTEL_LLM_QUOTA_ALERT_HANDLERS)
     setup.errors = collect.errors
     return setup
 
 
-def _name(entry: object, key: str = "config_id") -> str:
+def _bool(value: object, name: str) -> bool:
+    try:
+        return check_bool(name, value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(_masked(str(exc), value)) from None
+
+
+def _entry_key(section: str, index: int, entry: object, name_key: str) -> str:
+    """``quotas[0] ('openai')``: where an entry is, with its config id when it has a usable one.
+
+    (Handler entries are named by position only: their messages name the type.)
+    """
+    key = f"{section}[{index}]"
     if isinstance(entry, Mapping):
-        return repr(entry.get(key))
-    return repr(entry)
+        name = entry.get(name_key)
+        if isinstance(name, str) and name.isprintable() and len(name) <= MAX_CONFIG_ID_LENGTH:
+            return f"{key} ({name!r})"
+    return key
 
 
 def _raiser(exc: ConfigError) -> Callable[[], None]:

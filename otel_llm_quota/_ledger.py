@@ -24,6 +24,8 @@ from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota._models import AlertState, QuotaInfo, SpanRef
 from otel_llm_quota._periods import Period, period_bounds, resolve_timezone, validate_period
 from otel_llm_quota._validation import (
+    MAX_PERIOD_TOKENS,
+    MAX_TOKENS,
     check_config_id,
     check_count,
     check_limit,
@@ -54,6 +56,9 @@ lifetime_successful_requests, lifetime_failed_requests)``; ``period_end`` is POS
 for a quota that never resets)."""
 
 _INF: Final = math.inf
+_SATURATED: Final = MAX_PERIOD_TOKENS + 1
+"""``wake_at`` when no threshold is due: the hot path's one comparison also catches a total that
+reaches the cap, so saturating costs nothing per call."""
 _T = TypeVar("_T", bound=tuple[Any, ...])
 DEFAULT_THRESHOLD_PERCENT: Final = 80.0
 DEFAULT_PERIOD: Final[Period] = "month"
@@ -136,7 +141,7 @@ class _ConfigState:
         self.closed_output = 0
         self.closed_other = 0
         self.last_updated: float | None = None
-        self.wake_at: float = _INF
+        self.wake_at: float = _SATURATED
         self.trigger_span: SpanRef | None = None
         # Alert state, owned by _alerting: thresholds firing now -> first notification time, the
         # generation (period) they belong to, and the last notification time per threshold.
@@ -186,8 +191,10 @@ class _ConfigState:
     def restart(self, old: Window | None = None) -> None:
         """Zero the period counters (keeping lifetime totals) and re-arm the thresholds.
 
-        With a store, what this process counted in the old window and has not flushed yet is
-        kept aside (``closing``) for the flusher: it still belongs to the old window.
+        Lifetime totals saturate at ``MAX_PERIOD_TOKENS`` like the period's, so closed plus
+        current always fits an int64. With a store, what this process counted in the old window
+        and has not flushed yet is kept aside (``closing``) for the flusher: it still belongs to
+        the old window.
         """
         flushed = self.flushed
         if flushed is not None:  # tracked by a store
@@ -201,20 +208,30 @@ class _ConfigState:
                 closing[old] = add_counts(closing.get(old, ZERO), unflushed)
             self.flushed = ZERO
             self.others = ZERO
-        self.closed_successes += self.successes
-        self.closed_failures += self.failures
-        self.closed_input += self.input
-        self.closed_output += self.output
-        self.closed_other += self.other
+        cap = MAX_PERIOD_TOKENS
+        self.closed_successes = min(self.closed_successes + self.successes, cap)
+        self.closed_failures = min(self.closed_failures + self.failures, cap)
+        self.closed_input = min(self.closed_input + self.input, cap)
+        self.closed_output = min(self.closed_output + self.output, cap)
+        self.closed_other = min(self.closed_other + self.other, cap)
         self.successes = self.failures = self.input = self.output = self.other = self.total = 0
         self.generation += 1
         self.trigger_span = None
         self.arm()
 
+    def saturate(self) -> None:
+        """Cap the period's token counters at ``MAX_PERIOD_TOKENS`` (int64-safe for every store
+        and for OTLP); usage beyond the cap is not counted. Only this config is affected."""
+        cap = MAX_PERIOD_TOKENS
+        self.total = cap
+        self.input = min(self.input, cap)
+        self.output = min(self.output, cap)
+        self.other = min(self.other, cap)
+
     def arm(self) -> None:
         """Set ``wake_at``: the usage at which the monitor must look at this config again."""
         if not self.threshold_tokens:  # no limit yet: nothing to cross
-            self.wake_at = _INF
+            self.wake_at = _SATURATED
             return
         current = self.alert_generation == self.generation
         active = self.active if current else None
@@ -225,7 +242,7 @@ class _ConfigState:
             ):
                 self.wake_at = tokens
                 return
-        self.wake_at = _INF
+        self.wake_at = _SATURATED
 
     def snapshot(self) -> QuotaInfo:
         """A consistent QuotaInfo of this state (call under the lock): fleet-wide counts with a
@@ -374,8 +391,9 @@ class QuotaLedger:
         """Create or update a configuration's limit, thresholds and period.
 
         All arguments are checked before anything changes, so a bad call leaves the ledger as it
-        was. Changing the period keeps the counts of the current period and re-anchors the window
-        on the new period's current boundary (nothing counted is lost). Returns the new snapshot.
+        was; ``quota_limit`` is an int in [1, ``MAX_TOKENS``] (2**53). Changing the period keeps
+        the counts of the current period and re-anchors the window on the new period's current
+        boundary (nothing counted is lost). Returns the new snapshot.
         """
         config_id = check_config_id(config_id)
         limit = check_limit(quota_limit)
@@ -383,6 +401,8 @@ class QuotaLedger:
         period_name = validate_period(period)
         tz = resolve_timezone(timezone) if timezone is not None else self._tz
         provider = check_optional_str("provider", provider)
+        levels = _shared(levels)
+        tokens = _shared(threshold_tokens(limit, levels))  # before the lock: nothing half-set
         now = self._clock()
         with self._lock:
             state = self._states.get(config_id)
@@ -400,8 +420,8 @@ class QuotaLedger:
             if period_name != state.period or tz != state.tz:
                 _change_period(state, period_name, tz, now)
             state.limit = limit
-            state.thresholds = _shared(levels)
-            state.threshold_tokens = _shared(threshold_tokens(limit, levels))
+            state.thresholds = levels
+            state.threshold_tokens = tokens
             state.arm()
             if self._tracking:
                 state.record_dirty = True
@@ -433,25 +453,35 @@ class QuotaLedger:
         input + output): the excess is counted as tokens of unspecified type. Raises TypeError or
         ValueError on bad arguments, before anything is counted.
 
+        Each count is at most ``MAX_TOKENS`` (2**53); a period's total saturates at
+        ``MAX_PERIOD_TOKENS`` (2**62 - 1), beyond which usage is not counted. ``success`` must be
+        a bool and a new ``config_id`` printable (see ``check_config_id``).
+
         ``span`` is kept (as a ``SpanRef``) only when this usage crosses a threshold. An OTel
         ``SpanContext`` is accepted as is and converted only then, so the span processor does not
         build a ``SpanRef`` for every span.
         """
-        if type(input_tokens) is not int or input_tokens < 0:
+        if type(input_tokens) is not int or not 0 <= input_tokens <= MAX_TOKENS:
             input_tokens = check_count("input_tokens", input_tokens)
-        if type(output_tokens) is not int or output_tokens < 0:
+        if type(output_tokens) is not int or not 0 <= output_tokens <= MAX_TOKENS:
             output_tokens = check_count("output_tokens", output_tokens)
         other = 0
         if total_tokens is not None:
-            if type(total_tokens) is not int or total_tokens < 0:
+            if type(total_tokens) is not int or not 0 <= total_tokens <= MAX_TOKENS:
                 total_tokens = check_count("total_tokens", total_tokens)
             other = total_tokens - input_tokens - output_tokens
             if other < 0:
                 other = 0
-        if type(config_id) is not str:
-            check_config_id(config_id)
+        if type(config_id) is not str or config_id not in self._states:
+            check_config_id(config_id)  # only new ids: the span processor's may be unprintable
         if provider is not None and (type(provider) is not str or not provider):
             check_optional_str("provider", provider)
+        if success.__class__ is not bool:
+            raise TypeError(f"success must be a bool, not {type(success).__name__}")
+        if span is not None and type(span) is not SpanRef and not isinstance(span, SpanContext):
+            raise TypeError(
+                f"span must be a SpanRef, a SpanContext or None, not {type(span).__name__}"
+            )
         self.record_checked(config_id, provider, input_tokens, output_tokens, other, success, span)
 
     def record_checked(
@@ -466,9 +496,12 @@ class QuotaLedger:
     ) -> None:
         """``record_usage`` for callers that checked their values already (the span processor).
 
-        Positional, and nothing is re-checked: the counts must be ints >= 0, ``other_tokens``
-        the tokens beyond input + output, ``config_id`` a str and ``provider`` None or a
-        non-empty str. A new config id is still validated before it is created.
+        Positional, and nothing is re-checked: the counts must be ints in [0, ``MAX_TOKENS``],
+        ``other_tokens`` the tokens beyond input + output, ``config_id`` a str, ``provider`` None
+        or a non-empty str, ``success`` a bool and ``span`` a SpanRef, SpanContext or None. A new
+        config id is still validated (non-blank, at most 256 characters; control characters are
+        allowed, as spans carry them) before it is created: a ValueError then, with nothing
+        counted.
         """
         now = self._clock()
         # acquire/release rather than ``with``: on CPython 3.11 ``with lock`` costs about 80 ns more
@@ -498,7 +531,11 @@ class QuotaLedger:
                 state.provider = provider
             if total < state.wake_at:
                 return
-            state.wake_at = _INF
+            if total > MAX_PERIOD_TOKENS:
+                state.saturate()
+                if state.wake_at == _SATURATED:  # the cap, not a threshold
+                    return
+            state.wake_at = _SATURATED
             if span is None or type(span) is SpanRef:
                 state.trigger_span = span
             else:
@@ -509,7 +546,7 @@ class QuotaLedger:
 
     def _create(self, config_id: str, provider: str | None, now: float) -> _ConfigState:
         # Under the lock. Validation happens here, off the hot path: only new ids reach it.
-        check_config_id(config_id)
+        check_config_id(config_id, printable=False)
         state = self._states[config_id] = _ConfigState(
             config_id, provider, self._default_period, self._tz, now
         )
@@ -528,6 +565,8 @@ class QuotaLedger:
 
     def get(self, config_id: str) -> QuotaInfo | None:
         """A snapshot of ``config_id``, or None if it is unknown."""
+        if type(config_id) is not str:
+            check_config_id(config_id, printable=False)  # a TypeError that names the argument
         now = self._clock()
         with self._lock:
             state = self._states.get(config_id)
@@ -567,6 +606,8 @@ class QuotaLedger:
         Lifetime totals keep what was counted; a firing alert is resolved by the monitor's next
         pass. Returns how many configs were reset (0 for an unknown id).
         """
+        if config_id is not None and type(config_id) is not str:
+            check_config_id(config_id, printable=False)
         now = self._clock()
         with self._lock:
             if config_id is None:

@@ -24,7 +24,13 @@ from otel_llm_quota._handlers import DEFAULT_QUEUE_SIZE, AnyAlertHandler, Handle
 from otel_llm_quota._ledger import DEFAULT_PERIOD, DEFAULT_THRESHOLD_PERCENT, Clock, QuotaLedger
 from otel_llm_quota._models import Alert, QuotaInfo, SpanRef
 from otel_llm_quota._monitor import Monitor, MonitorThread
-from otel_llm_quota._validation import check_count, check_positive_seconds, check_thresholds
+from otel_llm_quota._periods import resolve_timezone
+from otel_llm_quota._validation import (
+    check_bool,
+    check_count,
+    check_positive_seconds,
+    check_thresholds,
+)
 from otel_llm_quota.stores import QuotaStore, open_store
 from otel_llm_quota.stores._flusher import DEFAULT_FLUSH_INTERVAL_SECONDS, StoreSync
 
@@ -102,7 +108,7 @@ class LLMProviderManager:
         handler_timeout_seconds: time limit of one handler call
             (``OTEL_LLM_QUOTA_HANDLER_TIMEOUT_SECONDS``, default 10).
         send_resolved: tell handlers when alerts end (``OTEL_LLM_QUOTA_SEND_RESOLVED``, default
-            true).
+            true); a bool, or one of true/false, 1/0, yes/no, on/off (anything else raises).
         default_period: period of configs created by usage before a limit is set
             (default ``"month"``).
         store: where state is kept and shared: a URL (``OTEL_LLM_QUOTA_STORE``; see
@@ -136,22 +142,18 @@ class LLMProviderManager:
         handler_queue_size: int = DEFAULT_QUEUE_SIZE,
     ) -> None:
         if timezone is None:
+            # Only the variable's value falls back (with a warning); a bad argument raises.
             timezone = env_str(env.OTEL_LLM_QUOTA_TIMEZONE)
             try:
-                self._ledger = QuotaLedger(
-                    clock=clock, timezone=timezone, default_period=default_period
-                )
+                resolve_timezone(timezone)
             except ValueError:
                 _logger.warning(
                     "%s=%r is not a known time zone; using UTC",
                     env.OTEL_LLM_QUOTA_TIMEZONE,
                     timezone,
                 )
-                self._ledger = QuotaLedger(clock=clock, default_period=default_period)
-        else:
-            self._ledger = QuotaLedger(
-                clock=clock, timezone=timezone, default_period=default_period
-            )
+                timezone = None
+        self._ledger = QuotaLedger(clock=clock, timezone=timezone, default_period=default_period)
         cooldown = (
             env_seconds(
                 env.OTEL_LLM_QUOTA_ALERT_COOLDOWN_SECONDS,
@@ -182,7 +184,7 @@ class LLMProviderManager:
         resolved = (
             env_bool(env.OTEL_LLM_QUOTA_SEND_RESOLVED, True)
             if send_resolved is None
-            else bool(send_resolved)
+            else check_bool("send_resolved", send_resolved)
         )
         self._handlers_lock = threading.Lock()
         self._handlers: tuple[AnyAlertHandler, ...] = ()

@@ -3,8 +3,9 @@
 A quota period is a window of wall-clock time in a given time zone: an hour, a day, an ISO week
 (starting Monday 00:00), a calendar month, or ``None`` for a quota that never resets. Boundaries are
 computed in the quota's time zone (so a "day" in ``Europe/Paris`` starts at local midnight, and DST
-changes make some days 23 or 25 hours long) and returned as POSIX timestamps so the hot path only
-ever compares two floats.
+changes make some days 23 or 25 hours long; where a change is not a whole hour, as in
+Australia/Lord_Howe, the hour around it is cut at the change, so windows never overlap) and
+returned as POSIX timestamps so the hot path only ever compares two floats.
 """
 
 from __future__ import annotations
@@ -61,6 +62,48 @@ def resolve_timezone(tz: str | tzinfo | None) -> tzinfo:
         raise ValueError(f"timezone {tz!r} is not a known IANA time zone") from exc
 
 
+def _offset(ts: float, tz: tzinfo) -> timedelta | None:
+    return datetime.fromtimestamp(ts, tz).utcoffset()
+
+
+def _transition(before: float, after: float, tz: tzinfo) -> float:
+    """The first whole second in ``(before, after]`` with the UTC offset in force at ``after``.
+
+    Offsets change on whole seconds, and ``before`` has another offset: a bisection of at most
+    12 steps over one hour.
+    """
+    target = _offset(after, tz)
+    lo, hi = math.floor(before), math.floor(after)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _offset(mid, tz) == target:
+            hi = mid
+        else:
+            lo = mid
+    return float(hi)
+
+
+def _hour_bounds(now: float, local: datetime, tz: tzinfo) -> tuple[float, float]:
+    """The local wall-clock hour containing ``now``, cut where the UTC offset changes.
+
+    The hour is floored with the offset in force now. Where a DST change is not a whole hour
+    (Australia/Lord_Howe moves by 30 minutes) that hour would overlap the previous one or skip
+    part of the next, so the window is cut at the change instead: hours around such a change
+    are shorter than 3600 s, and consecutive windows always meet exactly (``end`` of one is
+    ``start`` of the next), like days of 23 or 25 hours at a DST change.
+    """
+    into_hour = local.minute * 60 + local.second + local.microsecond / 1e6
+    start = now - into_hour
+    end = start + 3600.0
+    offset = local.utcoffset()
+    if _offset(start, tz) != offset:
+        start = _transition(start, now, tz)
+    last = end - 1.0  # offsets change on whole seconds: the window's last second
+    if last > now and _offset(last, tz) != offset:
+        end = _transition(now, last, tz)
+    return start, end
+
+
 def period_bounds(period: Period | None, now: float, tz: tzinfo) -> tuple[float, float]:
     """Return ``(start, end)`` POSIX timestamps of the period that contains ``now``.
 
@@ -71,12 +114,7 @@ def period_bounds(period: Period | None, now: float, tz: tzinfo) -> tuple[float,
         return now, _NEVER
     local = datetime.fromtimestamp(now, tz)
     if period == "hour":
-        # Floor the local wall time to its hour with the UTC offset in force now, then add an
-        # elapsed hour: always start <= now < end, even where a DST change moves the clock by
-        # half an hour (Australia/Lord_Howe) or a wall-clock hour repeats.
-        into_hour = local.minute * 60 + local.second + local.microsecond / 1e6
-        start = now - into_hour
-        return start, start + 3600.0
+        return _hour_bounds(now, local, tz)
     day_start = local.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
     if period == "day":
         start_naive = day_start

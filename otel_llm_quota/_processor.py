@@ -83,7 +83,9 @@ class ProcessorStats:
     """Attribute values ignored because of their type or range."""
     errors: int
     """Failures inside the processor: a resolver that raised (the span then falls back to its
-    provider) or a span that could not be recorded (e.g. a blank config id); logged at debug."""
+    provider) or a span that could not be recorded; logged at debug. (A blank config id
+    attribute or a provider name unusable as an id is not an error: the span falls back along
+    the resolution order.)"""
 
 
 class QuotaSpanProcessor(SpanProcessor):
@@ -95,7 +97,10 @@ class QuotaSpanProcessor(SpanProcessor):
     The configuration a span counts toward is, in order: the span attribute
     ``llm.quota.config_id``; the id of the innermost ``quota_config(...)`` block the span was
     started in; the first of ``rules`` matching the span's provider, model and resource
-    attributes; ``config_resolver(usage)``; the span's provider name; ``default_config_id``.
+    attributes; ``config_resolver(usage)``; the span's provider name; ``default_config_id``. A
+    candidate that cannot be an id (blank, or longer than 256 characters) is passed over. Ids
+    from spans may hold control characters: they are counted as they are, and handlers escape
+    them where they write them (log lines, mail headers).
 
     Args:
         manager: the ``LLMProviderManager`` (or a bare ``QuotaLedger``) to record into.
@@ -188,14 +193,17 @@ class QuotaSpanProcessor(SpanProcessor):
     # -- SpanProcessor ---------------------------------------------------------------------------
 
     def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
-        """Stamp the id of the enclosing ``quota_config`` block on the span, if there is one."""
+        """Stamp the id of the enclosing ``quota_config`` block on the span, if there is one
+        (and the span has no usable ``llm.quota.config_id`` of its own)."""
         if not ContextUse.used:
             return
         try:
             config_id = otel_context.get_value(QUOTA_CONFIG_CONTEXT_KEY, parent_context)
             if type(config_id) is str:
                 attrs = span.attributes
-                if attrs is None or QUOTA_CONFIG_ID_ATTRIBUTE not in attrs:
+                current = None if attrs is None else attrs.get(QUOTA_CONFIG_ID_ATTRIBUTE)
+                # Absent, or unusable (blank, too long, not a str): the block's id is next in order.
+                if type(current) is not str or not _usable_id(current):
                     span.set_attribute(QUOTA_CONFIG_ID_ATTRIBUTE, config_id)
         except Exception:  # never break the app's span
             self._fail("on_start")
@@ -318,7 +326,24 @@ class QuotaSpanProcessor(SpanProcessor):
                 other = total - input_tokens - output_tokens
                 if other < 0:
                     other = 0
-            self._record(config_id, provider, input_tokens, output_tokens, other, success, context)
+            try:
+                self._record(
+                    config_id, provider, input_tokens, output_tokens, other, success, context
+                )
+            except ValueError:  # a new id the ledger refused (blank, too long), nothing counted
+                config_id = self._fallback_id(
+                    span,
+                    attributes,
+                    config_id,
+                    provider,
+                    input_tokens,
+                    output_tokens,
+                    total,
+                    success,
+                )
+                self._record(
+                    config_id, provider, input_tokens, output_tokens, other, success, context
+                )
         except Exception:  # the processor must never break the app
             self._fail("on_end")
 
@@ -400,6 +425,36 @@ class QuotaSpanProcessor(SpanProcessor):
                     return chosen
         return provider if provider is not None else self._default_config_id
 
+    def _fallback_id(
+        self,
+        span: ReadableSpan,
+        attributes: Mapping[str, Any],
+        rejected: str,
+        provider: str | None,
+        input_tokens: int,
+        output_tokens: int,
+        total: int | None,
+        success: bool,
+    ) -> str:
+        """The next id along the resolution order after ``rejected``, which the ledger refused.
+
+        Only the span attribute (e.g. blank) and the provider name (blank or longer than 256
+        characters) can be refused: rules, the resolver's answers and ``default_config_id`` are
+        checked before. The rare path, so the hot path pays nothing for it.
+        """
+        chosen: str | None = None
+        if rejected == attributes.get(QUOTA_CONFIG_ID_ATTRIBUTE):
+            self._skip(QUOTA_CONFIG_ID_ATTRIBUTE, rejected)
+            if self._resolving:
+                chosen = self._resolve(
+                    span, attributes, provider, input_tokens, output_tokens, total, success
+                )
+            else:
+                chosen = provider
+        if chosen is None or chosen == rejected or not _usable_id(chosen):
+            chosen = self._default_config_id
+        return chosen
+
     def _call_resolver(
         self,
         span: ReadableSpan,
@@ -436,7 +491,7 @@ class QuotaSpanProcessor(SpanProcessor):
             return None
         if chosen is None:
             return None
-        if type(chosen) is not str or not 0 < len(chosen) <= MAX_CONFIG_ID_LENGTH:
+        if type(chosen) is not str or not _usable_id(chosen):
             self._skip("config_resolver", chosen)
             return None
         return chosen
@@ -509,6 +564,11 @@ class QuotaSpanProcessor(SpanProcessor):
 
     def __repr__(self) -> str:
         return f"QuotaSpanProcessor(rules={len(self._rules)}, stats={self.stats})"
+
+
+def _usable_id(config_id: str) -> bool:
+    """Whether the ledger takes ``config_id`` from a span (control characters are allowed)."""
+    return 0 < len(config_id) <= MAX_CONFIG_ID_LENGTH and not config_id.isspace()
 
 
 def _first_str(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:

@@ -159,7 +159,10 @@ def test_file_named_by_env_and_env_quotas(
         ({"quota": []}, "unknown top-level keys"),
         ({"manager": {"cooldown": 1}}, "unknown keys in 'manager'"),
         ({"quotas": [{"config_id": "a"}]}, "needs 'config_id' and 'limit'"),
-        ({"quotas": [{"config_id": "a", "limit": -1}]}, "quota 'a'"),
+        (
+            {"quotas": [{"config_id": "a", "limit": -1}]},
+            r"^quotas\[0\] \('a'\): quota_limit must be >= 0",
+        ),
         ({"quotas": [{"config_id": "a", "limit": 5, "thresholds": [150]}]}, r"\(0, 100\]"),
         ({"quotas": {"config_id": "a"}}, "'quotas' must be a list"),
         ({"rules": [{"config_id": "a", "match": {}}]}, "at least one key"),
@@ -169,7 +172,7 @@ def test_file_named_by_env_and_env_quotas(
         ({"handlers": [{"type": FACTORY, "tag": "x", "bad": object()}]}, None),
         ({"monitor": {"interval_seconds": 0}}, "positive"),
         ({"processor": {"max_tracked_responses": 0}}, "positive int"),
-        ({"manager": {"cooldown_seconds": -5}}, "'manager'"),
+        ({"manager": {"cooldown_seconds": -5}}, "^manager: cooldown_seconds"),
     ],
 )
 def test_strict_loading_names_the_problem(
@@ -221,7 +224,7 @@ def test_bad_files(tmp_path: Path) -> None:
     listing.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="mapping at the top level"):
         load_config(listing)
-    with pytest.raises(ConfigError, match="is not config_id=limit"):
+    with pytest.raises(ConfigError, match=r"^OTEL_LLM_QUOTA_LIMITS: item 2: not config_id=limit"):
         _config.parse_limits("a=1,b")
 
 

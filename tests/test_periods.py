@@ -88,15 +88,47 @@ def test_timezones() -> None:
         resolve_timezone(5)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("zone", ["Australia/Lord_Howe", "Europe/Paris", "Asia/Kolkata", "UTC"])
+@pytest.mark.parametrize(
+    "zone",
+    ["Australia/Lord_Howe", "Europe/Paris", "Asia/Kolkata", "America/Santiago", "UTC"],
+)
 def test_every_instant_lies_in_its_hour_and_day_across_dst(zone: str) -> None:
     tz = resolve_timezone(zone)
-    # A year, every 7 minutes: every DST change of these zones, and Lord Howe's half-hour ones.
+    # A year, every 7 minutes: every DST change of these zones, Lord Howe's half-hour ones and
+    # Santiago's at local midnight. Windows never overlap nor go backwards: each next window
+    # starts exactly where the previous one ended (7 minutes is shorter than any window).
     start_of_2026 = ts(2026, 1, 1)
+    previous: dict[str, tuple[float, float]] = {}
+    odd_hours: set[tuple[str, float]] = set()
     for step in range(0, 365 * 24 * 60, 7):
         now = start_of_2026 + step * 60 + 0.25
         for period in ("hour", "day"):
-            start, end = period_bounds(period, now, tz)  # type: ignore[arg-type]
-            assert start <= now < end, (period, datetime.fromtimestamp(now, tz))
-        hour_start, hour_end = period_bounds("hour", now, tz)
-        assert hour_end - hour_start == 3600.0
+            window = start, end = period_bounds(period, now, tz)  # type: ignore[arg-type]
+            where = (period, datetime.fromtimestamp(now, tz))
+            assert start <= now < end, where
+            last = previous.get(period)
+            if last is not None and window != last:
+                assert start == last[1], (*where, last, window)
+            previous[period] = window
+            if period == "hour" and end - start != 3600.0:
+                odd_hours.add((datetime.fromtimestamp(start, tz).isoformat(), end - start))
+    if zone == "Australia/Lord_Howe":
+        # Cut at the 30-minute changes: half an hour of 01:30-02:00 standard time after the
+        # clocks go back (April), and 02:30-03:00 summer time after they go forward (October).
+        assert odd_hours == {
+            ("2026-04-05T01:30:00+10:30", 1800.0),
+            ("2026-10-04T02:30:00+11:00", 1800.0),
+        }
+    else:
+        assert odd_hours == set()
+
+
+def test_lord_howe_hours_meet_at_the_dst_end() -> None:
+    tz = resolve_timezone("Australia/Lord_Howe")
+    change = ts(2026, 4, 4, 15)  # 02:00 summer time becomes 01:30 standard time
+    before = period_bounds("hour", change - 1, tz)
+    after = period_bounds("hour", change, tz)
+    following = period_bounds("hour", after[1], tz)
+    assert before == (change - 3600, change)
+    assert after == (change, change + 1800)
+    assert following == (change + 1800, change + 5400)

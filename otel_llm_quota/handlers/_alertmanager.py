@@ -9,7 +9,14 @@ from datetime import datetime, timedelta, timezone
 
 from otel_llm_quota import environment_variables as env
 from otel_llm_quota._models import Alert
-from otel_llm_quota.handlers._base import Secret, register_secret_url, setting
+from otel_llm_quota._validation import check_positive_seconds
+from otel_llm_quota.handlers._base import (
+    Secret,
+    check_str,
+    check_str_mapping,
+    register_secret_url,
+    setting,
+)
 from otel_llm_quota.handlers._http import (
     DEFAULT_ATTEMPTS,
     DEFAULT_BACKOFF_SECONDS,
@@ -65,14 +72,16 @@ class AlertmanagerAlertHandler:
         verify: object = True,
         name: str = "alertmanager",
     ) -> None:
-        base = setting(url, env.OTEL_LLM_QUOTA_ALERTMANAGER_URL)
+        base = setting(url, env.OTEL_LLM_QUOTA_ALERTMANAGER_URL, "url")
         if base is None:
             raise ValueError(
                 "AlertmanagerAlertHandler needs a url (argument or "
                 f"{env.OTEL_LLM_QUOTA_ALERTMANAGER_URL})"
             )
-        if alert_ttl_seconds is not None and not alert_ttl_seconds > 0:
-            raise ValueError(f"alert_ttl_seconds must be > 0, got {alert_ttl_seconds!r}")
+        if alert_ttl_seconds is not None:
+            alert_ttl_seconds = check_positive_seconds("alert_ttl_seconds", alert_ttl_seconds)
+        header_values = check_str_mapping("headers", headers)
+        label_values = check_str_mapping("labels", labels)
         timeout, attempts, backoff = check_retry_settings(
             timeout_seconds, max_attempts, backoff_seconds
         )
@@ -80,11 +89,11 @@ class AlertmanagerAlertHandler:
         if not endpoint.endswith(_API_PATH):
             endpoint += _API_PATH
         register_secret_url(endpoint)
-        self.name = name
-        self.labels = dict(labels or {})
-        self.generator_url = generator_url
+        self.name = check_str("name", name)
+        self.labels = label_values
+        self.generator_url = check_str("generator_url", generator_url, optional=True)
         self.alert_ttl_seconds = alert_ttl_seconds
-        self._headers = {k: Secret(v) for k, v in (headers or {}).items()}
+        self._headers = {k: Secret(v) for k, v in header_values.items()}
         self._poster = HttpPoster(
             endpoint,
             handler=name,

@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Final
+from collections.abc import Mapping
+from typing import Final, overload
 from urllib.parse import urlsplit
 
 from otel_llm_quota._env import env_str
 
-__all__ = ["AlertDeliveryError", "Secret", "redact_url", "register_secret_url", "setting"]
+__all__ = [
+    "AlertDeliveryError",
+    "Secret",
+    "check_str",
+    "check_str_mapping",
+    "redact_url",
+    "register_secret_url",
+    "setting",
+]
 
 _REDACTED: Final = "***"
 
@@ -46,12 +55,50 @@ class Secret:
         return repr(self)
 
 
-def setting(argument: str | None, env_var: str) -> str | None:
-    """The argument if given (and not blank), else the environment variable, else None."""
+def setting(argument: object, env_var: str, name: str) -> str | None:
+    """The argument if given (and not blank), else the environment variable, else None.
+
+    ``name`` is the argument's name, for the TypeError raised when it is not a str (a config
+    file's ``url: 12345``); the value itself is never shown, as it may hold a token.
+    """
     if argument is not None:
+        if not isinstance(argument, str):
+            raise TypeError(f"{name} must be a str, not {type(argument).__name__}")
         argument = argument.strip()
         return argument or None
     return env_str(env_var)
+
+
+def check_str_mapping(name: str, value: object) -> dict[str, str]:
+    """``value`` (None for empty) as a dict of str to str, else TypeError naming ``name``.
+
+    For headers and labels; the values are never shown (headers carry tokens).
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a mapping of names to values, not {type(value).__name__}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise TypeError(
+                f"{name}: names and values must be str, got {type(key).__name__}: "
+                f"{type(item).__name__}"
+            )
+    return dict(value)
+
+
+@overload
+def check_str(name: str, value: object) -> str: ...
+@overload
+def check_str(name: str, value: object, *, optional: bool) -> str | None: ...
+def check_str(name: str, value: object, *, optional: bool = False) -> str | None:
+    """``value`` if it is a str (or None when ``optional``), else TypeError naming ``name``."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        kind = "a str or None" if optional else "a str"
+        raise TypeError(f"{name} must be {kind}, not {type(value).__name__}")
+    return value
 
 
 def redact_url(url: str) -> str:

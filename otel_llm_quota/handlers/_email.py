@@ -14,7 +14,7 @@ from otel_llm_quota import environment_variables as env
 from otel_llm_quota._env import env_str
 from otel_llm_quota._models import Alert
 from otel_llm_quota._validation import check_positive_seconds
-from otel_llm_quota.handlers._base import AlertDeliveryError, Secret, setting
+from otel_llm_quota.handlers._base import AlertDeliveryError, Secret, check_str, setting
 from otel_llm_quota.handlers._payload import alert_details, summary
 
 __all__ = ["EmailAlertHandler", "build_message"]
@@ -144,25 +144,29 @@ class EmailAlertHandler:
         else:
             mode = _env_choice(env.OTEL_LLM_QUOTA_SMTP_SECURITY, _SECURITY, "starttls")
         self.security = mode
-        self.hostname = setting(hostname, env.OTEL_LLM_QUOTA_SMTP_HOST) or "localhost"
+        self.hostname = setting(hostname, env.OTEL_LLM_QUOTA_SMTP_HOST, "hostname") or "localhost"
         if port is None:
             port = _env_port(env.OTEL_LLM_QUOTA_SMTP_PORT, _DEFAULT_PORTS[mode])
         if type(port) is not int or not 0 < port < 65536:
             raise ValueError(f"port must be an int in [1, 65535], got {port!r}")
         self.port = port
-        self.username = setting(username, env.OTEL_LLM_QUOTA_SMTP_USERNAME)
-        secret = setting(password, env.OTEL_LLM_QUOTA_SMTP_PASSWORD)
+        self.username = setting(username, env.OTEL_LLM_QUOTA_SMTP_USERNAME, "username")
+        secret = setting(password, env.OTEL_LLM_QUOTA_SMTP_PASSWORD, "password")
         self._password = None if secret is None else Secret(secret)
-        from_address = setting(sender, env.OTEL_LLM_QUOTA_EMAIL_FROM)
+        from_address = setting(sender, env.OTEL_LLM_QUOTA_EMAIL_FROM, "sender")
         if from_address is None:
             raise ValueError(
                 f"EmailAlertHandler needs a sender (argument or {env.OTEL_LLM_QUOTA_EMAIL_FROM})"
             )
         self.sender = from_address
         if recipients is None:
-            recipients = setting(None, env.OTEL_LLM_QUOTA_EMAIL_TO) or ""
+            recipients = setting(None, env.OTEL_LLM_QUOTA_EMAIL_TO, "recipients") or ""
         if isinstance(recipients, str):
             recipients = recipients.split(",")
+        elif not isinstance(recipients, Iterable) or not all(
+            isinstance(r, str) for r in recipients
+        ):
+            raise TypeError("recipients must be a str or a list of str")
         self.recipients = [r.strip() for r in recipients if r.strip()]
         if not self.recipients:
             raise ValueError(
@@ -170,8 +174,8 @@ class EmailAlertHandler:
             )
         self.timeout_seconds = check_positive_seconds("timeout_seconds", timeout_seconds)
         self.tls_context = tls_context
-        self.subject_prefix = subject_prefix
-        self.name = name
+        self.subject_prefix = check_str("subject_prefix", subject_prefix)
+        self.name = check_str("name", name)
 
     async def handle_alert(self, alert: Alert) -> None:
         """Send ``alert``; raise ``AlertDeliveryError`` on any SMTP or connection failure."""

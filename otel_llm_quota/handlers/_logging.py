@@ -5,9 +5,23 @@ from __future__ import annotations
 import logging
 
 from otel_llm_quota._models import Alert
+from otel_llm_quota.handlers._base import check_str
 from otel_llm_quota.handlers._payload import alert_details, is_critical, summary
 
 __all__ = ["LoggingAlertHandler"]
+
+
+def _level(name: str, value: object) -> int:
+    """A logging level: an int, or a level name such as ``"WARNING"`` (from a config file)."""
+    if isinstance(value, str):
+        level = logging.getLevelName(value.strip().upper())
+        if not isinstance(level, int):
+            raise ValueError(f"{name} must be a logging level such as 'WARNING'")
+        return level
+    if type(value) is not int:
+        raise TypeError(f"{name} must be a logging level (int or name), not {type(value).__name__}")
+    return value
+
 
 _DEFAULT_LOGGER = "otel_llm_quota.alerts"
 
@@ -38,11 +52,15 @@ class LoggingAlertHandler:
     ) -> None:
         if logger is None or isinstance(logger, str):
             logger = logging.getLogger(logger or _DEFAULT_LOGGER)
+        elif not isinstance(logger, logging.Logger):
+            raise TypeError(
+                f"logger must be a logging.Logger or a name, not {type(logger).__name__}"
+            )
         self.logger = logger
-        self.firing_level = firing_level
-        self.critical_level = critical_level
-        self.resolved_level = resolved_level
-        self.name = name
+        self.firing_level = _level("firing_level", firing_level)
+        self.critical_level = _level("critical_level", critical_level)
+        self.resolved_level = _level("resolved_level", resolved_level)
+        self.name = check_str("name", name)
 
     def level_for(self, alert: Alert) -> int:
         """The level ``alert`` is logged at."""

@@ -11,6 +11,7 @@ from opentelemetry.util.types import AttributeValue
 
 from otel_llm_quota import _names as n
 from otel_llm_quota._models import Alert
+from otel_llm_quota.handlers._base import check_str
 from otel_llm_quota.handlers._payload import is_critical, rfc3339, summary
 from otel_llm_quota.version import __version__
 
@@ -44,8 +45,8 @@ class OTelLogEventHandler:
         name: str = "otel-log-event",
     ) -> None:
         self._logger = get_logger(n.METER_NAME, __version__, logger_provider=logger_provider)
-        self.event_name = event_name
-        self.name = name
+        self.event_name = check_str("event_name", event_name)
+        self.name = check_str("name", name)
 
     @staticmethod
     def severity(alert: Alert) -> tuple[SeverityNumber, str]:

@@ -23,6 +23,7 @@ __all__ = [
     "alert_labels",
     "format_percent",
     "is_critical",
+    "printable",
     "rfc3339",
     "severity",
     "summary",
@@ -64,17 +65,27 @@ def is_critical(alert: Alert) -> bool:
     return alert.threshold_percent >= 100 or (usage is not None and usage >= 100)
 
 
+def printable(text: str) -> str:
+    """``text`` with each unprintable character written as its Python escape (``\\n``, ``\\x00``).
+
+    Config ids that come from spans may hold newlines or NULs (the API refuses them): where an id
+    goes into a log line or a mail header it must not start a forged line or break the header.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def summary(alert: Alert) -> str:
-    """One line for subjects, headers and log messages."""
+    """One line for subjects, headers and log messages (the config id escaped: ``printable``)."""
+    config_id = printable(alert.config_id)
     quota = alert.quota
     usage = quota.usage_percent
     used = "" if usage is None else f" ({usage:.1f}% used)"
     if alert.is_firing:
-        return (
-            f"LLM quota {alert.config_id} crossed {format_percent(alert.threshold_percent)}%{used}"
-        )
+        return f"LLM quota {config_id} crossed {format_percent(alert.threshold_percent)}%{used}"
     levels = ", ".join(format_percent(t) + "%" for t in alert.thresholds)
-    return f"LLM quota {alert.config_id} back below {levels}{used}: {alert.reason.value}"
+    return f"LLM quota {config_id} back below {levels}{used}: {alert.reason.value}"
 
 
 def alert_details(alert: Alert) -> dict[str, Any]:
@@ -127,7 +138,8 @@ def _annotations(alert: Alert, threshold_percent: float) -> dict[str, str]:
     out = {
         "summary": summary(alert),
         "description": (
-            f"{alert.config_id}: {quota.total_tokens} of {limit} tokens used in this period; "
+            f"{printable(alert.config_id)}: {quota.total_tokens} of {limit} tokens used in this "
+            "period; "
             f"threshold {format_percent(threshold_percent)}%."
         ),
         "usage_tokens": str(quota.total_tokens),

@@ -7,7 +7,7 @@ from typing import Any
 
 from otel_llm_quota import environment_variables as env
 from otel_llm_quota._models import Alert
-from otel_llm_quota.handlers._base import register_secret_url, setting
+from otel_llm_quota.handlers._base import check_str, register_secret_url, setting
 from otel_llm_quota.handlers._http import (
     DEFAULT_ATTEMPTS,
     DEFAULT_BACKOFF_SECONDS,
@@ -99,7 +99,7 @@ class SlackAlertHandler:
         verify: object = True,
         name: str = "slack",
     ) -> None:
-        url = setting(webhook_url, env.OTEL_LLM_QUOTA_SLACK_WEBHOOK_URL)
+        url = setting(webhook_url, env.OTEL_LLM_QUOTA_SLACK_WEBHOOK_URL, "webhook_url")
         if url is None:
             raise ValueError(
                 "SlackAlertHandler needs a webhook_url (argument or "
@@ -109,9 +109,9 @@ class SlackAlertHandler:
             timeout_seconds, max_attempts, backoff_seconds
         )
         register_secret_url(url)
-        self.name = name
-        self.channel = channel
-        self.username = username
+        self.name = check_str("name", name)
+        self.channel = check_str("channel", channel, optional=True)
+        self.username = check_str("username", username, optional=True)
         self._poster = HttpPoster(
             url,
             handler=name,

@@ -9,7 +9,13 @@ from collections.abc import Mapping
 
 from otel_llm_quota import environment_variables as env
 from otel_llm_quota._models import Alert
-from otel_llm_quota.handlers._base import Secret, register_secret_url, setting
+from otel_llm_quota.handlers._base import (
+    Secret,
+    check_str,
+    check_str_mapping,
+    register_secret_url,
+    setting,
+)
 from otel_llm_quota.handlers._http import (
     DEFAULT_ATTEMPTS,
     DEFAULT_BACKOFF_SECONDS,
@@ -70,21 +76,23 @@ class WebhookAlertHandler:
         verify: object = True,
         name: str = "webhook",
     ) -> None:
-        resolved_url = setting(url, env.OTEL_LLM_QUOTA_WEBHOOK_URL)
+        resolved_url = setting(url, env.OTEL_LLM_QUOTA_WEBHOOK_URL, "url")
         if resolved_url is None:
             raise ValueError(
                 f"WebhookAlertHandler needs a url (argument or {env.OTEL_LLM_QUOTA_WEBHOOK_URL})"
             )
-        key = setting(secret, env.OTEL_LLM_QUOTA_WEBHOOK_SECRET)
+        key = setting(secret, env.OTEL_LLM_QUOTA_WEBHOOK_SECRET, "secret")
         timeout, attempts, backoff = check_retry_settings(
             timeout_seconds, max_attempts, backoff_seconds
         )
+        header_values = check_str_mapping("headers", headers)
+        label_values = check_str_mapping("labels", labels)
         register_secret_url(resolved_url)
-        self.name = name
-        self.receiver = receiver
-        self.labels = dict(labels or {})
+        self.name = check_str("name", name)
+        self.receiver = check_str("receiver", receiver)
+        self.labels = label_values
         self._secret = None if key is None else Secret(key)
-        self._headers = {k: Secret(v) for k, v in (headers or {}).items()}
+        self._headers = {k: Secret(v) for k, v in header_values.items()}
         self._poster = HttpPoster(
             resolved_url,
             handler=name,

@@ -3,6 +3,7 @@ STARTTLS and implicit TLS, with certificates made at test time (trustme)."""
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import logging
@@ -16,6 +17,7 @@ import pytest
 
 from otel_llm_quota import LLMProviderManager
 from otel_llm_quota.handlers import EmailAlertHandler
+from otel_llm_quota.testing import RecordingAlertHandler
 
 from .conftest import free_port, require_module
 
@@ -254,3 +256,33 @@ async def test_starttls_required_but_refused_by_server_fails(
 
     assert manager.handler_failures == {"email": 1}
     assert inbox.messages == []
+
+
+async def test_an_id_with_control_characters_is_escaped_and_the_mail_is_sent(
+    manager: LLMProviderManager, inbox: Inbox, plain_smtp: int
+) -> None:
+    # Ids from spans may hold newlines (the API refuses them): the alert mail must still go out.
+    recorder = RecordingAlertHandler()
+    manager.add_alert_handler(recorder)
+    await fire(manager)
+    (alert,) = recorder.alerts
+    forged = "tenant\r\nBcc: evil@example.com\x00"
+    alert = dataclasses.replace(
+        alert, config_id=forged, quota=dataclasses.replace(alert.quota, config_id=forged)
+    )
+    handler = EmailAlertHandler(
+        hostname="127.0.0.1",
+        port=plain_smtp,
+        security="none",
+        sender="quota@example.com",
+        recipients=["ops@example.com"],
+    )
+    await handler.handle_alert(alert)
+
+    (msg,) = inbox.messages
+    assert inbox.envelopes[0][1] == ["ops@example.com"]
+    assert "Bcc" not in msg
+    assert msg["Subject"] == (
+        "[LLM quota] FIRING: LLM quota tenant\\r\\nBcc: evil@example.com\\x00 crossed 90% "
+        "(95.0% used)"
+    )
