@@ -64,7 +64,15 @@ _SECTIONS: Final = frozenset(
     {"manager", "monitor", "processor", "quotas", "rules", "handlers", "store"}
 )
 _MANAGER_KEYS: Final = frozenset(
-    {"timezone", "cooldown_seconds", "handler_timeout_seconds", "send_resolved", "default_period"}
+    {
+        "timezone",
+        "cooldown_seconds",
+        "handler_timeout_seconds",
+        "send_resolved",
+        "default_period",
+        "shutdown_timeout_seconds",
+        "handler_queue_size",
+    }
 )
 _MONITOR_KEYS: Final = frozenset({"enabled", "interval_seconds"})
 _PROCESSOR_KEYS: Final = frozenset({"default_config_id", "max_tracked_responses"})

@@ -70,3 +70,12 @@ async def test_config_file_store_key_and_errors(
         assert (await setup.manager.get_quota_usage("x")).total_tokens == 1  # type: ignore[union-attr]
     finally:
         await setup.manager.aclose()
+
+
+async def test_the_manager_section_takes_the_shutdown_and_queue_settings() -> None:
+    setup = load_config({"manager": {"shutdown_timeout_seconds": 7, "handler_queue_size": 5}})
+    try:
+        assert setup.manager._shutdown_timeout == 7
+        assert setup.manager._dispatcher.queue_size == 5
+    finally:
+        await setup.manager.aclose()
