@@ -7,6 +7,8 @@ set -euo pipefail
 wanted=(
   "prometheus:prometheus"
   "prometheus-alertmanager:prometheus-alertmanager"
+  "redis-server:redis-server"
+  "redis-tools:redis-cli"
 )
 
 missing=()

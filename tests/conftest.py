@@ -1,11 +1,19 @@
-"""Shared fixtures: a fake clock and a manager bound to it (no global providers are touched)."""
+"""Shared fixtures: a fake clock and a manager bound to it (no global providers are touched),
+and real Redis servers on 127.0.0.1 for the store tests (helpers in tests/_redis.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timezone
 
 import pytest
+from _redis import (
+    RedisClusterServers,
+    RedisServer,
+    ReplyDroppingProxy,
+    redis_servers,
+    require_redis,
+)
 
 from otel_llm_quota import LLMProviderManager
 from otel_llm_quota.testing import FakeClock, RecordingAlertHandler
@@ -28,3 +36,59 @@ async def manager(
     async with LLMProviderManager(clock=clock, cooldown_seconds=3600) as mgr:
         mgr.add_alert_handler(recorder)
         yield mgr
+
+
+# Redis: one server and one 3-master cluster for the whole session, emptied before each test that
+# asks for their URL; a factory for servers a test may stop, kill or restart. Missing redis-server,
+# redis-cli or redis-py fails the test under CI=true and skips it elsewhere.
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A session-wide ``redis-server`` (no persistence). Do not stop or kill it: use
+    ``redis_server_factory`` for that."""
+    require_redis()
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """``redis://127.0.0.1:PORT/0`` of the session server, after ``FLUSHALL``."""
+    if not redis_server.running:  # a test broke the shared server: give the next one a new one
+        redis_server.restart(empty=True)
+    redis_server.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_server_factory() -> Iterator[Callable[..., RedisServer]]:
+    """``factory(persist=False, password=None, username=None, unix_socket=False)`` starts a
+    fresh server of the test's own; all are killed and removed at teardown."""
+    require_redis()
+    with redis_servers() as factory:
+        yield factory
+
+
+@pytest.fixture
+def reply_dropping_proxy(redis_url: str, redis_server: RedisServer) -> Iterator[ReplyDroppingProxy]:
+    """A ``ReplyDroppingProxy`` (mode ``forward``) in front of the emptied session server; its
+    ``url()`` is the address to give the client under test."""
+    with ReplyDroppingProxy((redis_server.host, redis_server.port)) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A session-wide Redis Cluster of 3 masters (no replicas), ``cluster_state:ok``."""
+    require_redis()
+    with RedisClusterServers() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
+    """``redis+cluster://127.0.0.1:PORT`` of the session cluster, after FLUSHALL on every
+    master."""
+    redis_cluster.flushall()
+    return redis_cluster.url
