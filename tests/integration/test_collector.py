@@ -280,6 +280,7 @@ async def test_quota_metrics_reach_prometheus_through_the_collector(
             "LLMQuotaHigh",
             "LLMQuotaWillRunOutBeforeReset",
             "LLMQuotaAlertHandlerFailing",
+            "LLMQuotaStoreFailing",
         }
     )
     health = {t["labels"]["job"]: t["health"] for t in targets["activeTargets"]}
@@ -297,7 +298,7 @@ async def healthy_rule_groups(client: httpx.AsyncClient, prometheus: str) -> lis
         rules = [rule for group in groups for rule in group["rules"]]
         for rule in rules:
             assert rule["health"] in {"ok", "unknown"}, rule
-        if len(rules) == 7 and all(rule["health"] == "ok" for rule in rules):
+        if len(rules) == 8 and all(rule["health"] == "ok" for rule in rules):
             return groups
         return None
 
