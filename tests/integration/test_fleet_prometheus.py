@@ -4,7 +4,8 @@ quota store (Redis, or one SQLite file), each serves its own metrics
 rules loaded. The quota-state gauges are fleet-wide (every instance reports the fleet's value:
 aggregate with ``max``), the token counters are each process's own (``sum`` is the fleet's), the
 rules' quota alerts fire once per config, not once per instance, and every query of the shipped
-dashboard shows one line per config for the fleet.
+dashboard shows one line per config for the fleet. A replica cut off from the store alerts
+alone (LLMQuotaStoreFailing is per instance).
 
 The rules and dashboard are written for the Collector's names; scraping apps directly, the one
 rename of collector-config/README.md adapts them (utilization_ratio -> utilization), as here.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,7 @@ from .conftest import require_binary, require_module
 
 if TYPE_CHECKING:
     import httpx
+    from _redis import ReplyDroppingProxy
 
 pytestmark = pytest.mark.integration
 
@@ -86,19 +89,28 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def workers(store_url: str) -> Iterator[list[Worker]]:
     """Two processes on one store, with their monitors running (the app's own alerts)."""
+    with started_workers(store_url, store_url) as started:
+        yield started
+
+
+@contextmanager
+def started_workers(*stores: str) -> Iterator[list[Worker]]:
+    """One worker process per store URL (all reaching one store), closed at the end."""
     require_module("opentelemetry.exporter.prometheus", "install the 'prometheus' extra")
     started: list[Worker] = []
     try:
-        for _ in range(2):
-            started.append(Worker(store_url, "--monitor", "0.2"))
+        for store in stores:
+            started.append(Worker(store, "--monitor", "0.2"))
         yield started
     finally:
         for worker in started:
             worker.close()
 
 
-@pytest.fixture
-async def fleet(tmp_path: Path, workers: list[Worker]) -> AsyncIterator[Fleet]:
+@asynccontextmanager
+async def scraped(tmp_path: Path, workers: list[Worker]) -> AsyncIterator[Fleet]:
+    """The workers' metrics served, and a real Prometheus scraping them as one job with the
+    adapted rules."""
     require_module("httpx")
     binary = require_binary("prometheus")
     instances = [f"127.0.0.1:{w.ask('serve-prometheus', 'serving').split()[1]}" for w in workers]
@@ -109,6 +121,12 @@ async def fleet(tmp_path: Path, workers: list[Worker]) -> AsyncIterator[Fleet]:
     workdir.mkdir()
     async with running_prometheus(binary, config, workdir) as url:
         yield Fleet(workers, instances, url)
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, workers: list[Worker]) -> AsyncIterator[Fleet]:
+    async with scraped(tmp_path, workers) as running:
+        yield running
 
 
 async def values_by_instance(
@@ -245,3 +263,56 @@ async def check_dashboard(client: httpx.AsyncClient, fleet: Fleet) -> None:
                 assert [float(s["value"][1]) for s in result] == [PANEL_VALUES[key]], what
                 checked.add(key)
     assert checked == set(PANEL_VALUES)
+
+
+async def test_a_replica_cut_off_from_the_store_alerts_alone(
+    tmp_path: Path, redis_url: str, reply_dropping_proxy: ReplyDroppingProxy
+) -> None:
+    """LLMQuotaStoreFailing is per instance: only the replica that cannot reach Redis (through
+    a proxy that starts refusing connections) alerts, from its first failure on; its unflushed
+    usage shows as llm_quota_store_pending and reaches the fleet once the store answers again."""
+    import httpx
+
+    with started_workers(reply_dropping_proxy.url(), redis_url) as workers:
+        async with scraped(tmp_path, workers) as fleet, httpx.AsyncClient(timeout=5) as client:
+            cut_off, healthy = fleet.instances
+            a = workers[0]
+            prom = fleet.prometheus
+            a.ask("limit chat 1000 80", "ok")
+            a.ask("record chat 1 100", "recorded")
+            assert a.ask("flush", "flushed") == "flushed True"
+            await wait_for_values(
+                client, prom, "count by (llm_quota_config_id) (llm_quota_usage == 100)", {"chat": 2}
+            )
+
+            reply_dropping_proxy.set_mode("refuse")
+            a.ask("record chat 2 100", "recorded")
+            assert a.ask("flush", "flushed") == "flushed False"
+
+            async def firing() -> list[dict[str, Any]] | None:
+                promql = 'ALERTS{alertname="LLMQuotaStoreFailing", alertstate="firing"}'
+                return await prometheus_query(client, prom, promql) or None
+
+            alerts = await poll(firing, deadline_seconds=30, what="LLMQuotaStoreFailing firing")
+            assert [x["metric"]["instance"] for x in alerts] == [cut_off], alerts
+            assert alerts[0]["metric"]["job"] == JOB
+            assert await values_by_instance(client, prom, "llm_quota_store_pending") == {
+                cut_off: 1,
+                healthy: 0,
+            }
+            # The healthy replica has not seen the cut-off one's last 200 tokens.
+            assert await values_by_instance(
+                client, prom, f'llm_quota_usage{{instance="{healthy}"}}'
+            ) == {healthy: 100}
+
+            reply_dropping_proxy.set_mode("forward")
+            assert a.ask("flush", "flushed") == "flushed True"
+            await wait_for_values(
+                client, prom, "min by (llm_quota_config_id) (llm_quota_usage)", {"chat": 300}
+            )
+
+            async def flushed() -> bool | None:
+                pending = await values_by_instance(client, prom, "llm_quota_store_pending")
+                return True if pending == {cut_off: 0, healthy: 0} else None
+
+            await poll(flushed, deadline_seconds=30, what="nothing pending on either instance")
