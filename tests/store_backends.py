@@ -21,8 +21,19 @@ def _sqlite(request: pytest.FixtureRequest, tmp: Path) -> QuotaStore:
     return open_store(f"sqlite:///{tmp}/quota.db")
 
 
+def _redis(request: pytest.FixtureRequest, tmp: Path) -> QuotaStore:
+    return open_store(request.getfixturevalue("redis_url"))
+
+
+def _redis_cluster(request: pytest.FixtureRequest, tmp: Path) -> QuotaStore:
+    return open_store(request.getfixturevalue("redis_cluster_url"))
+
+
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "redis": _redis,
+    "redis-cluster": _redis_cluster,
 }
-"""name -> factory; Redis and Redis Cluster are added where their fixtures live."""
+"""name -> factory. The Redis ones use the session server and cluster of tests/conftest.py
+(emptied for each test; missing redis-server or redis-py skips, or fails under CI=true)."""

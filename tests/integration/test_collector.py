@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from otel_llm_quota import LLMProviderManager, instrument_metrics
-from otel_llm_quota.testing import RecordingAlertHandler
+from otel_llm_quota.testing import FakeClock, RecordingAlertHandler
 
 from ._peers import (
     poll,
@@ -69,6 +69,21 @@ class BrokenHandler:
 
     async def handle_alert(self, alert: Alert) -> None:
         raise RuntimeError("the pager is down")
+
+
+@pytest.fixture
+async def manager(
+    clock: FakeClock, recorder: RecordingAlertHandler, tmp_path: Path
+) -> AsyncIterator[LLMProviderManager]:
+    """The app keeps its quota state in a store, a fleet of one (the rules and dashboard are
+    written for fleets and hold for one process), so the store's own metrics reach Prometheus
+    through the collector too."""
+    store = f"sqlite:///{tmp_path}/quota.db"
+    async with LLMProviderManager(
+        clock=clock, cooldown_seconds=3600, store=store, flush_interval_seconds=0.2
+    ) as mgr:
+        mgr.add_alert_handler(recorder)
+        yield mgr
 
 
 def distinct_free_ports(count: int) -> list[int]:
@@ -280,6 +295,7 @@ async def test_quota_metrics_reach_prometheus_through_the_collector(
             "LLMQuotaHigh",
             "LLMQuotaWillRunOutBeforeReset",
             "LLMQuotaAlertHandlerFailing",
+            "LLMQuotaStoreFailing",
         }
     )
     health = {t["labels"]["job"]: t["health"] for t in targets["activeTargets"]}
@@ -297,7 +313,7 @@ async def healthy_rule_groups(client: httpx.AsyncClient, prometheus: str) -> lis
         rules = [rule for group in groups for rule in group["rules"]]
         for rule in rules:
             assert rule["health"] in {"ok", "unknown"}, rule
-        if len(rules) == 7 and all(rule["health"] == "ok" for rule in rules):
+        if len(rules) == 8 and all(rule["health"] == "ok" for rule in rules):
             return groups
         return None
 
@@ -307,8 +323,15 @@ async def healthy_rule_groups(client: httpx.AsyncClient, prometheus: str) -> lis
 DASHBOARD = CONFIG_DIR / "grafana-dashboard.json"
 # Grafana's built-in variables, as Grafana would set them for a short time range.
 BUILTINS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
-# Panels that are rightly empty here: no rule has been pending for its `for:` yet.
-MAY_BE_EMPTY = {"Firing quota alerts (Prometheus)"}
+# Panels that are rightly empty here: no rule has been pending for its `for:` yet; the store
+# never failed.
+MAY_BE_EMPTY = {"Firing quota alerts (Prometheus)", "Quota store errors (per instance)"}
+# Panels about one process (no config id): they show each instance.
+PER_INSTANCE_PANELS = {
+    "Alert handler failures",
+    "Quota store sync (per instance)",
+    "Quota store errors (per instance)",
+}
 # The configs a per-config panel shows after use_quotas(): only openai-prod used tokens between
 # two scrapes (a positive rate) and crossed a threshold.
 PANEL_CONFIGS = {
@@ -347,16 +370,23 @@ def test_dashboard_is_a_grafana_dashboard_with_datasource_and_config_variables()
         "Token rate by type",
         "Requests by outcome",
         "Quota alerts sent",
-        "Alert handler failures",
+        *PER_INSTANCE_PANELS,
     } <= titles
     for panel in panels:
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
             assert target["datasource"] == panel["datasource"]
-            if panel["title"] != "Alert handler failures" and "ALERTS" not in target["expr"]:
-                # Per-config panels follow the config_id variable.
+            if panel["title"] in PER_INSTANCE_PANELS:
+                assert "by (job, instance" in target["expr"], panel["title"]
+            elif "ALERTS" not in target["expr"]:
+                # Per-config panels follow the config_id variable, one line per app and config
+                # for a whole fleet (quota state is fleet-wide: never per instance or summed).
                 assert 'llm_quota_config_id=~"$config_id"' in target["expr"], panel["title"]
+                assert "instance" not in target["expr"], panel["title"]
+                assert target["expr"].startswith(
+                    ("max by (job, ", "min by (job, ", "sum by (job, ")
+                )
 
 
 async def test_every_dashboard_query_returns_series_from_the_collector(

@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _fleet import Worker, read_alerts
 
 from otel_llm_quota.stores import open_store
+
+from ._fleet import Worker, read_alerts
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,9 @@ Commands (one per line on stdin; each answered by one line on stdout):
     status CONFIG                          -> "status TOTAL LIMIT STATE LIFETIME_INPUT"
     wait-firing CONFIG                     -> "firing" once the status shows the alert firing
                                               (flushing meanwhile)
+    serve-prometheus                       -> "serving PORT": the process's metrics at
+                                              http://127.0.0.1:PORT/metrics
+                                              (start_prometheus_server, a free port)
     exit                                   -> closes the manager (final flush) and exits 0
 
 Every alert the process's handler receives is appended as one JSON line to --alerts (O_APPEND:
@@ -140,6 +143,11 @@ def main() -> None:
                 if quota is not None and quota.alert_state is AlertState.FIRING:
                     break
             print("firing", file=out, flush=True)
+        elif cmd == "serve-prometheus":
+            from otel_llm_quota import start_prometheus_server
+
+            endpoint = start_prometheus_server(manager, port=0, host="127.0.0.1")
+            print(f"serving {endpoint.port}", file=out, flush=True)
         elif cmd == "exit":
             manager.close()
             print("bye", file=out, flush=True)

@@ -1,0 +1,633 @@
+"""``RedisStore``: the store contract on Redis or Redis Cluster (redis-py's asyncio API).
+
+Needs only Redis 7.0 (or Valkey): hashes, sets, strings with an expiry and Lua scripts run
+with ``EVALSHA`` (loaded again with ``SCRIPT LOAD`` after a ``NOSCRIPT``: a restarted server or
+a ``SCRIPT FLUSH``). No ``HEXPIRE``, no functions.
+
+Key layout (``P`` is the key prefix, ``llm_quota:`` by default, so several applications can
+share one Redis; ``T`` is the hex BLAKE2b digest (128 bits) of the UTF-8 config id)::
+
+    P{T}:cfg              hash   id (the real config id), provider, record (JSON), epoch
+    P{T}:w:<start>:<ep>   hash   s f i o x: one period window; EXPIRE ttl at each write
+    P{T}:life             hash   s f i o x: lifetime counters
+    P{T}:alert            hash   v (version), data (the alert state machine's JSON)
+    P{T}:wr:<writer>      string the last seq applied for that writer (the idempotency mark),
+                                 with a 7-day expiry
+    P{T}:windows          set    names of the window keys (for delete)
+    P{T}:writers          set    names of the writer-mark keys (for delete)
+    Pconfigs              set    every config id (its own slot)
+    Pinstance             string the store's instance id (``SET NX``)
+
+Every key of one configuration carries the hash tag ``{T}``, so in a cluster they live in one
+slot and one Lua script can change them atomically. The tag is a digest rather than the config
+id itself because an id may contain ``{`` and ``}``, which would end the tag early and split a
+config's keys over slots; the real id is kept in the ``cfg`` hash and in ``Pconfigs``. For the
+same reason the key prefix may not contain braces.
+
+A flush is one script call per delta, sent in non-transactional pipelines of ``chunk_size``
+calls (in a cluster redis-py splits a pipeline by node). Each script compares the writer's mark
+with the batch's seq, adds the counts only when the seq is newer, and returns the fleet state,
+so a batch retried after a timeout counts once. The store itself never retries: the flusher
+does, with the same idempotency key; socket timeouts (2 s by default) make a dead server fail
+fast. Every redis-py error becomes ``StoreError``, whose message names the redacted URL and the
+operation, never a password or a TLS key path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+
+from otel_llm_quota.stores._base import (
+    ZERO,
+    AlertRecord,
+    ConfigRecord,
+    ConfigSync,
+    Counts,
+    FlushBatch,
+    StoreError,
+)
+from otel_llm_quota.stores._url import redact_url
+
+__all__ = ["DEFAULT_KEY_PREFIX", "RedisStore"]
+
+DEFAULT_KEY_PREFIX: Final = "llm_quota:"
+_DEFAULT_SOCKET_TIMEOUT_SECONDS: Final = 2.0
+_DEFAULT_CHUNK_SIZE: Final = 500
+_MARK_TTL_SECONDS: Final = 7 * 24 * 3600
+"""How long a writer's idempotency mark outlives its last batch (a retry comes much sooner)."""
+
+_CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
+
+# Lua, kept to Redis 7.0 commands. Counts are passed and returned as strings: Lua numbers are
+# doubles, and HINCRBY/HMGET on strings keep 64-bit integers exact. ``false`` (a missing field)
+# becomes a nil reply, so the reply arrays keep their length.
+
+_FIELDS_LUA = "local F = {'s', 'f', 'i', 'o', 'x'}\n"
+
+# KEYS: cfg life alert windows writers window mark
+# ARGV: config_id seq mark_ttl window_ttl('' = none) provider('' = none, else '+name')
+#       base start s f i o x
+_APPLY_LUA = (
+    _FIELDS_LUA
+    + """
+redis.call('HSETNX', KEYS[1], 'id', ARGV[1])
+local mark = redis.call('GET', KEYS[7])
+if (not mark) or tonumber(mark) < tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[7], ARGV[2], 'EX', ARGV[3])
+  if redis.call('SADD', KEYS[5], KEYS[7]) == 1 then
+    for _, k in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+      if redis.call('EXISTS', k) == 0 then redis.call('SREM', KEYS[5], k) end
+    end
+  end
+  local wrote = false
+  for n = 1, 5 do
+    local v = ARGV[7 + n]
+    if v ~= '0' then
+      redis.call('HINCRBY', KEYS[6], F[n], v)
+      redis.call('HINCRBY', KEYS[2], F[n], v)
+      wrote = true
+    end
+  end
+  if wrote then
+    if ARGV[4] ~= '' then redis.call('EXPIRE', KEYS[6], ARGV[4]) end
+    if redis.call('SADD', KEYS[4], KEYS[6]) == 1 then
+      for _, k in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+        if redis.call('EXISTS', k) == 0 then redis.call('SREM', KEYS[4], k) end
+      end
+    end
+  end
+end
+if ARGV[5] ~= '' then redis.call('HSETNX', KEYS[1], 'provider', string.sub(ARGV[5], 2)) end
+local cfg = redis.call('HMGET', KEYS[1], 'epoch', 'provider', 'record')
+local win = redis.call('HMGET', ARGV[6] .. 'w:' .. ARGV[7] .. ':' .. (cfg[1] or '0'),
+  '{FIELDS}')
+local life = redis.call('HMGET', KEYS[2], '{FIELDS}')
+local alert = redis.call('HMGET', KEYS[3], 'v', 'data')
+return {1, cfg[1], cfg[2], cfg[3], win[1], win[2], win[3], win[4], win[5],
+  life[1], life[2], life[3], life[4], life[5], alert[1], alert[2]}
+"""
+)
+
+# KEYS: cfg life alert   ARGV: base start. Only reads.
+_READ_LUA = (
+    _FIELDS_LUA
+    + """
+local cfg = redis.call('HMGET', KEYS[1], 'epoch', 'provider', 'record', 'id')
+if not cfg[4] then return {0} end
+local win = redis.call('HMGET', ARGV[1] .. 'w:' .. ARGV[2] .. ':' .. (cfg[1] or '0'),
+  '{FIELDS}')
+local life = redis.call('HMGET', KEYS[2], '{FIELDS}')
+local alert = redis.call('HMGET', KEYS[3], 'v', 'data')
+return {1, cfg[1], cfg[2], cfg[3], win[1], win[2], win[3], win[4], win[5],
+  life[1], life[2], life[3], life[4], life[5], alert[1], alert[2]}
+"""
+)
+
+# KEYS: cfg alert   ARGV: config_id expected_version data
+_CAS_LUA = """
+local v = tonumber(redis.call('HGET', KEYS[2], 'v') or '0')
+if v ~= tonumber(ARGV[2]) then
+  return {0, tostring(v), redis.call('HGET', KEYS[2], 'data')}
+end
+redis.call('HSET', KEYS[2], 'v', tostring(v + 1), 'data', ARGV[3])
+redis.call('HSETNX', KEYS[1], 'id', ARGV[1])
+return {1, tostring(v + 1), ARGV[3]}
+"""
+
+# KEYS: cfg   ARGV: config_id
+_RESET_LUA = """
+redis.call('HSETNX', KEYS[1], 'id', ARGV[1])
+return redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+"""
+
+# KEYS: cfg life alert windows writers. DEL in slices: unpack() has a stack limit.
+_DELETE_LUA = """
+local existed = redis.call('EXISTS', KEYS[1])
+for s = 4, 5 do
+  local members = redis.call('SMEMBERS', KEYS[s])
+  for i = 1, #members, 1000 do
+    redis.call('DEL', unpack(members, i, math.min(i + 999, #members)))
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+return existed
+"""
+
+_FIELDS_ARGS = "', '".join("sfiox")
+
+
+class _Script:
+    """A Lua script run with EVALSHA; its text is loaded with SCRIPT LOAD after a NOSCRIPT
+    (SCRIPT LOAD reaches every primary of a cluster)."""
+
+    __slots__ = ("sha", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text.replace("{FIELDS}", _FIELDS_ARGS)
+        self.sha = hashlib.sha1(self.text.encode()).hexdigest()
+
+
+_APPLY = _Script(_APPLY_LUA)
+_READ = _Script(_READ_LUA)
+_CAS = _Script(_CAS_LUA)
+_RESET = _Script(_RESET_LUA)
+_DELETE = _Script(_DELETE_LUA)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _counts(reply: Sequence[Any], at: int) -> Counts:
+    values = reply[at : at + 5]
+    return (
+        int(values[0] or 0),
+        int(values[1] or 0),
+        int(values[2] or 0),
+        int(values[3] or 0),
+        int(values[4] or 0),
+    )
+
+
+def _record_json(record: ConfigRecord) -> str:
+    return json.dumps(
+        {
+            "config_id": record.config_id,
+            "provider": record.provider,
+            "limit": record.limit,
+            "thresholds": list(record.thresholds),
+            "period": record.period,
+            "timezone": record.timezone,
+            "updated_at": record.updated_at,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _record_from_json(text: str) -> ConfigRecord:
+    data = json.loads(text)
+    return ConfigRecord(
+        config_id=str(data["config_id"]),
+        provider=None if data["provider"] is None else str(data["provider"]),
+        limit=None if data["limit"] is None else int(data["limit"]),
+        thresholds=tuple(float(t) for t in data["thresholds"]),
+        period=None if data["period"] is None else str(data["period"]),
+        timezone=str(data["timezone"]),
+        updated_at=float(data["updated_at"]),
+    )
+
+
+class RedisStore:
+    """A store on Redis or Redis Cluster (see module doc); shared by every process that uses
+    the same server and key prefix.
+
+    Give either a URL (``redis://[user:pass@]host:6379/0``, ``rediss://`` for TLS,
+    ``unix:///path/redis.sock``, ``redis+cluster://host:port``, ``rediss+cluster://``) or a
+    ready ``redis.asyncio.Redis`` / ``redis.asyncio.cluster.RedisCluster`` as ``client`` (used
+    as it is, timeouts and retries included, and closed by ``aclose`` only if
+    ``close_client=True``).
+
+    ``socket_timeout`` and ``socket_connect_timeout`` (seconds) bound every command and
+    connection; ``ssl_ca_certs``, ``ssl_certfile`` and ``ssl_keyfile`` configure TLS. Each of
+    these may also be a query parameter of the URL, as redis-py reads them; the URL's value
+    wins. Other keyword arguments go to the redis-py client. The store makes no retries
+    (redis-py's are turned off): a failed command raises ``StoreError`` at once.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Redis | RedisCluster | None = None,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        socket_timeout: float = _DEFAULT_SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout: float = _DEFAULT_SOCKET_TIMEOUT_SECONDS,
+        ssl_ca_certs: str | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        chunk_size: int = _DEFAULT_CHUNK_SIZE,
+        close_client: bool | None = None,
+        **client_options: Any,
+    ) -> None:
+        if "{" in key_prefix or "}" in key_prefix:
+            raise ValueError(
+                f"key_prefix {key_prefix!r} must not contain '{{' or '}}' (they would change "
+                "the Redis Cluster hash tag of every key)"
+            )
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
+        self._prefix = key_prefix
+        self._chunk = chunk_size
+        self._secrets: list[str] = [s for s in (ssl_ca_certs, ssl_certfile, ssl_keyfile) if s]
+        self._client: Redis | RedisCluster
+        if client is not None:
+            if url is not None:
+                raise ValueError("give RedisStore a url or a client, not both")
+            if not isinstance(client, (Redis, RedisCluster)):
+                raise TypeError(
+                    "client must be a redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster,"
+                    f" not {type(client).__name__}"
+                )
+            self._client = client
+            self._url = _client_url(client)
+            self._owns_client = bool(close_client)
+            self._cluster = isinstance(client, RedisCluster)
+        else:
+            if not isinstance(url, str) or not url.strip():
+                raise ValueError("RedisStore needs a url such as 'redis://localhost:6379/0'")
+            self._url = redact_url(url)
+            self._owns_client = True if close_client is None else close_client
+            self._secrets += _url_secrets(url)
+            options: dict[str, Any] = {
+                "socket_timeout": socket_timeout,
+                "socket_connect_timeout": socket_connect_timeout,
+                "retry": Retry(NoBackoff(), 0),
+            }
+            for name, value in (
+                ("ssl_ca_certs", ssl_ca_certs),
+                ("ssl_certfile", ssl_certfile),
+                ("ssl_keyfile", ssl_keyfile),
+            ):
+                if value is not None:
+                    options[name] = value
+            options.update(client_options)
+            scheme = url.split(":", 1)[0].lower()
+            try:
+                if scheme in _CLUSTER_SCHEMES:
+                    self._cluster = True
+                    plain = _CLUSTER_SCHEMES[scheme] + url[len(scheme) :]
+                    self._client = RedisCluster.from_url(plain, **options)
+                else:
+                    self._cluster = False
+                    self._client = Redis.from_url(url, **options)
+            except (ValueError, TypeError, *_ERRORS) as exc:
+                raise ValueError(f"bad Redis store URL {self._url!r}: {self._scrub(exc)}") from None
+        self._index = f"{self._prefix}configs"
+        self._instance = f"{self._prefix}instance"
+        self._closed = False
+        self._initialized = not self._cluster
+        self._init_lock = asyncio.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisStore:
+        """The store for ``url`` (see the class doc for ``options``); what ``open_store`` calls."""
+        return cls(url, **options)
+
+    # -- naming ---------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The server's URL with the password and query string redacted."""
+        return self._url
+
+    @property
+    def shared(self) -> bool:
+        """True: every process pointing at the same server and prefix shares it."""
+        return True
+
+    @property
+    def key_prefix(self) -> str:
+        """The prefix of every key this store writes."""
+        return self._prefix
+
+    @property
+    def client(self) -> Redis | RedisCluster:
+        """The redis-py client (for tests and for tools that inspect the keys)."""
+        return self._client
+
+    def config_key_base(self, config_id: str) -> str:
+        """``P{T}:``, the start of every key of ``config_id`` (see module doc)."""
+        digest = hashlib.blake2b(config_id.encode("utf-8"), digest_size=16).hexdigest()
+        return f"{self._prefix}{{{digest}}}:"
+
+    def __repr__(self) -> str:
+        kind = "cluster" if self._cluster else "single"
+        return f"RedisStore({self._url!r}, {kind}, key_prefix={self._prefix!r})"
+
+    # -- errors ---------------------------------------------------------------------------
+
+    def _scrub(self, exc: BaseException) -> str:
+        text = f"{type(exc).__name__}: {exc}"
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _error(self, operation: str, exc: BaseException) -> StoreError:
+        return StoreError(f"Redis store {self._url}: {operation} failed: {self._scrub(exc)}")
+
+    # -- script calls ---------------------------------------------------------------------
+
+    async def _ready(self) -> None:
+        """Initialise a cluster client once, before any command. redis-py's asyncio
+        ``RedisCluster`` initialises itself on first use, but commands started concurrently on a
+        fresh client then break each other's connections ("Connection closed by server")."""
+        if self._initialized:
+            return
+        async with self._init_lock:
+            if not self._initialized:
+                assert isinstance(self._client, RedisCluster)
+                await self._client.initialize()
+                self._initialized = True
+
+    async def _eval(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        await self._ready()
+        try:
+            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self._client.script_load(script.text)
+            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def _eval_many(
+        self,
+        script: _Script,
+        calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+        extra: Iterable[tuple[Any, ...]] = (),
+    ) -> list[Any]:
+        """One pipeline of EVALSHA calls (then ``extra`` commands); the calls that met a
+        NOSCRIPT (never run) are run again after a SCRIPT LOAD. Returns the calls' replies;
+        raises the first error of any command."""
+        await self._ready()
+        pipe = self._client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        for command in extra:
+            pipe.execute_command(*command)
+        replies = list(await pipe.execute(raise_on_error=False))
+        missing = [n for n, r in enumerate(replies[: len(calls)]) if isinstance(r, NoScriptError)]
+        if missing:
+            await self._client.script_load(script.text)
+            pipe = self._client.pipeline(transaction=False)
+            for n in missing:
+                keys, args = calls[n]
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            for n, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                replies[n] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies[: len(calls)]
+
+    def _sync(self, config_id: str, reply: Sequence[Any]) -> ConfigSync:
+        if not reply or int(reply[0]) == 0:
+            return ConfigSync(config_id, False, 0, None, ZERO, ZERO, None, None)
+        epoch = int(reply[1] or 0)
+        provider = None if reply[2] is None else _text(reply[2])
+        record = None if reply[3] is None else _record_from_json(_text(reply[3]))
+        alert = None if reply[14] is None else AlertRecord(int(reply[14]), _text(reply[15] or ""))
+        return ConfigSync(
+            config_id,
+            True,
+            epoch,
+            provider,
+            _counts(reply, 4),
+            _counts(reply, 9),
+            record,
+            alert,
+        )
+
+    # -- the protocol ---------------------------------------------------------------------
+
+    async def instance_id(self) -> str:
+        """``SET Pinstance <uuid4 hex> NX GET``: the first caller's id, kept by the server."""
+        mine = uuid.uuid4().hex
+        try:
+            await self._ready()
+            previous = await self._client.set(self._instance, mine, nx=True, get=True)
+        except _ERRORS as exc:
+            raise self._error("instance_id", exc) from None
+        return mine if previous is None else _text(previous)
+
+    async def apply(self, batch: FlushBatch) -> list[ConfigSync]:
+        """One script call per delta, pipelined by ``chunk_size``; see the module doc."""
+        out: list[ConfigSync] = []
+        seq = str(batch.seq)
+        mark_ttl = str(_MARK_TTL_SECONDS)
+        deltas = batch.deltas
+        try:
+            for first in range(0, len(deltas), self._chunk):
+                chunk = deltas[first : first + self._chunk]
+                calls: list[tuple[Sequence[str], Sequence[Any]]] = []
+                for delta in chunk:
+                    base = self.config_key_base(delta.config_id)
+                    window = delta.window
+                    ttl = window.ttl_seconds
+                    c = delta.counts
+                    calls.append(
+                        (
+                            (
+                                base + "cfg",
+                                base + "life",
+                                base + "alert",
+                                base + "windows",
+                                base + "writers",
+                                f"{base}w:{window.start}:{window.epoch}",
+                                f"{base}wr:{batch.writer}",
+                            ),
+                            (
+                                delta.config_id,
+                                seq,
+                                mark_ttl,
+                                "" if ttl is None else str(max(1, math.ceil(ttl))),
+                                "" if delta.provider is None else "+" + delta.provider,
+                                base,
+                                str(window.start),
+                                str(c[0]),
+                                str(c[1]),
+                                str(c[2]),
+                                str(c[3]),
+                                str(c[4]),
+                            ),
+                        )
+                    )
+                ids = {delta.config_id for delta in chunk}
+                replies = await self._eval_many(_APPLY, calls, [("SADD", self._index, *ids)])
+                for delta, reply in zip(chunk, replies, strict=True):
+                    out.append(self._sync(delta.config_id, reply))
+        except _ERRORS as exc:
+            raise self._error(f"apply (writer {batch.writer!r}, seq {batch.seq})", exc) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise self._error("apply (bad data in the store)", exc) from None
+        return out
+
+    async def read(self, wanted: Sequence[tuple[str, int]]) -> list[ConfigSync]:
+        """One read-only script call per ``(config_id, window_start)``, pipelined."""
+        out: list[ConfigSync] = []
+        try:
+            for first in range(0, len(wanted), self._chunk):
+                chunk = wanted[first : first + self._chunk]
+                calls: list[tuple[Sequence[str], Sequence[Any]]] = []
+                for config_id, start in chunk:
+                    base = self.config_key_base(config_id)
+                    calls.append(
+                        ((base + "cfg", base + "life", base + "alert"), (base, str(int(start))))
+                    )
+                replies = await self._eval_many(_READ, calls)
+                for (config_id, _), reply in zip(chunk, replies, strict=True):
+                    out.append(self._sync(config_id, reply))
+        except _ERRORS as exc:
+            raise self._error("read", exc) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise self._error("read (bad data in the store)", exc) from None
+        return out
+
+    async def config_ids(self) -> list[str]:
+        """The members of ``Pconfigs``, sorted."""
+        try:
+            await self._ready()
+            members = await self._client.smembers(self._index)
+        except _ERRORS as exc:
+            raise self._error("config_ids", exc) from None
+        return sorted(_text(m) for m in members)
+
+    async def put_config(self, record: ConfigRecord) -> None:
+        """HSET the record (and the provider when it has one), then SADD the index."""
+        base = self.config_key_base(record.config_id)
+        fields: dict[str, str] = {"id": record.config_id, "record": _record_json(record)}
+        if record.provider is not None:
+            fields["provider"] = record.provider
+        try:
+            await self._ready()
+            await self._client.hset(base + "cfg", mapping=fields)  # type: ignore[arg-type]
+            await self._client.sadd(self._index, record.config_id)
+        except _ERRORS as exc:
+            raise self._error(f"put_config ({record.config_id!r})", exc) from None
+
+    async def reset(self, config_id: str) -> int:
+        """HINCRBY the epoch in the config hash."""
+        base = self.config_key_base(config_id)
+        try:
+            epoch = await self._eval(_RESET, (base + "cfg",), (config_id,))
+            await self._client.sadd(self._index, config_id)
+        except _ERRORS as exc:
+            raise self._error(f"reset ({config_id!r})", exc) from None
+        return int(epoch)
+
+    async def delete(self, config_id: str) -> bool:
+        """One script deletes every key of the config (windows and writer marks through their
+        sets), then SREM the index."""
+        base = self.config_key_base(config_id)
+        keys = tuple(base + name for name in ("cfg", "life", "alert", "windows", "writers"))
+        try:
+            existed = await self._eval(_DELETE, keys, ())
+            await self._client.srem(self._index, config_id)
+        except _ERRORS as exc:
+            raise self._error(f"delete ({config_id!r})", exc) from None
+        return bool(int(existed))
+
+    async def compare_and_set_alert(
+        self, config_id: str, expected_version: int, data: str
+    ) -> tuple[bool, AlertRecord]:
+        """A Lua compare-and-set on the alert hash's version.
+
+        When the version differs and there is no record at all (``expected_version`` > 0 for a
+        deleted config), the current record is reported as ``AlertRecord(0, "")``.
+        """
+        base = self.config_key_base(config_id)
+        try:
+            reply = await self._eval(
+                _CAS, (base + "cfg", base + "alert"), (config_id, str(expected_version), data)
+            )
+            if int(reply[0]) == 1:
+                await self._client.sadd(self._index, config_id)
+        except _ERRORS as exc:
+            raise self._error(f"compare_and_set_alert ({config_id!r})", exc) from None
+        won = int(reply[0]) == 1
+        current = "" if len(reply) < 3 or reply[2] is None else _text(reply[2])
+        return won, AlertRecord(int(reply[1]), current)
+
+    async def aclose(self) -> None:
+        """Close the client's connections (a client passed in: only if ``close_client``)."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._owns_client:
+            return
+        try:
+            await self._client.aclose()
+        except _ERRORS as exc:
+            raise self._error("aclose", exc) from None
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The password and every query value of ``url`` (they may be key paths), to scrub from
+    error messages."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    secrets = [unquote(v) for _, v in parse_qsl(parts.query) if v]
+    if parts.password:
+        secrets += [parts.password, unquote(parts.password)]
+    return sorted(set(secrets), key=len, reverse=True)
+
+
+def _client_url(client: Redis | RedisCluster) -> str:
+    """A redacted URL naming a client passed in (its host, port and db; never a password)."""
+    if isinstance(client, RedisCluster):
+        node = client.get_default_node()
+        if node is None:
+            nodes = client.get_nodes()
+            node = nodes[0] if nodes else None
+        where = f"{node.host}:{node.port}" if node is not None else "?"
+        return f"redis+cluster://{where}"
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}"
+    tls = "ssl" in client.connection_pool.connection_class.__name__.lower()
+    host, port, db = kwargs.get("host", "localhost"), kwargs.get("port", 6379), kwargs.get("db", 0)
+    return f"{'rediss' if tls else 'redis'}://{host}:{port}/{db}"
