@@ -179,8 +179,8 @@ class _ConfigState:
         """The current period window, as stores name it."""
         if self.period_end == _INF:
             return Window(0, self.epoch, None)
-        length = max(int(self.period_end - self.period_start), 1)
-        return Window(int(self.period_start), self.epoch, 2 * length + 3600)
+        length = max(round(self.period_end - self.period_start), 1)
+        return Window(round(self.period_start), self.epoch, 2 * length + 3600)
 
     def roll(self, now: float) -> None:
         """Start a new period containing ``now``: fold the counts into the lifetime totals."""

@@ -92,8 +92,9 @@ def _hour_bounds(now: float, local: datetime, tz: tzinfo) -> tuple[float, float]
     are shorter than 3600 s, and consecutive windows always meet exactly (``end`` of one is
     ``start`` of the next), like days of 23 or 25 hours at a DST change.
     """
-    into_hour = local.minute * 60 + local.second + local.microsecond / 1e6
-    start = now - into_hour
+    # Whole seconds (offsets are whole seconds): the start is an exact integer, the same in
+    # every process whatever the fraction of ``now`` (stores key windows by it).
+    start = float(math.floor(now) - (local.minute * 60 + local.second))
     end = start + 3600.0
     offset = local.utcoffset()
     if _offset(start, tz) != offset:

@@ -388,3 +388,19 @@ async def test_a_window_rolled_by_a_read_is_still_flushed(fleet: Fleet, clock: F
     [old] = await store.read([("x", start)])
     assert old.window_counts[2] == 42
     assert old.lifetime[2] == 42
+
+
+async def test_the_final_flush_sends_both_windows_of_a_boundary(
+    fleet: Fleet, clock: FakeClock
+) -> None:
+    store = MemoryStore()
+    a = fleet(store)
+    await a.set_quota_limit("x", 10**6, period="hour")
+    await sync_all(a)
+    start = await window_start(a, "x")
+    a.record_usage("x", input_tokens=5)
+    clock.advance(3600)
+    a.record_usage("x", input_tokens=7)  # the old window's 5 and the new one's 7 are pending
+    await a.aclose()  # one final flush, however many batches it takes
+    old, new = await store.read([("x", start), ("x", start + 3600)])
+    assert (old.window_counts[2], new.window_counts[2]) == (5, 7)

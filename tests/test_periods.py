@@ -132,3 +132,17 @@ def test_lord_howe_hours_meet_at_the_dst_end() -> None:
     assert before == (change - 3600, change)
     assert after == (change, change + 1800)
     assert following == (change + 1800, change + 5400)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Paris", "Australia/Lord_Howe", "Asia/Kolkata"])
+@pytest.mark.parametrize("period", ["hour", "day", "week", "month"])
+def test_window_starts_are_whole_seconds_whatever_the_fraction_of_now(
+    zone: str, period: str
+) -> None:
+    # Stores key a window by its start: every process must compute the very same number.
+    tz = resolve_timezone(zone)
+    base = 1_796_158_799.0
+    fractions = [i / 997 for i in range(997)]  # most not representable, nor whole microseconds
+    starts = {period_bounds(period, base + frac, tz)[0] for frac in fractions}
+    assert len(starts) == 1
+    assert next(iter(starts)).is_integer()

@@ -249,6 +249,12 @@ class StoreSync:
                     if not future.done():
                         future.set_result(ok)
                 if stopping:
+                    # The final flush: a config crossing a period boundary sends its old window
+                    # first and its new one in the next batch, so go on while work is left.
+                    for _ in range(4):
+                        if not ok or self.ledger.pending_count() == 0:
+                            break
+                        ok = await self._cycle()
                     return
                 failures = 0 if ok else failures + 1
                 delay = self.flush_interval

@@ -77,6 +77,9 @@ def test_four_processes_exact_totals_and_one_alert_only_the_fleet_crosses(
         w.expect("recorded 50000")
     for w in fleet:
         w.ask("wait-firing q", "firing")
+    for _ in range(2):  # every process's usage in the store, then read by every process
+        for w in fleet:
+            w.ask("flush", "flushed True")
     for w in fleet:
         assert w.status("q")[0] == 200_000
         assert w.ask("check", "checked") == "checked 0"
@@ -150,16 +153,15 @@ def test_sigkill_loses_at_most_about_one_flush_interval(
 def test_period_boundary_crossed_while_four_processes_record(
     store_url: str, workers: list[Worker]
 ) -> None:
-    # Every process's clock is shifted so that an hour boundary comes 2 s from now.
-    now = time.time()
-    boundary = (int(now // 3600) + 1) * 3600
-    offset = boundary - (now + 2.0)
-    fleet = [
-        spawn(workers, store_url, "--clock-offset", str(offset), "--pace", "2000") for _ in range(4)
-    ]
+    fleet = [spawn(workers, store_url, "--pace", "2000") for _ in range(4)]
     fleet[0].ask("limit h 1000000000 80 hour", "ok")
     for w in fleet:
         w.ask("flush", "flushed True")
+    # Every process's clock is moved so that the next hour boundary comes 2 s from now.
+    now = time.time()
+    boundary = (int(now // 3600) + 1) * 3600
+    for w in fleet:
+        w.ask(f"offset {boundary - (now + 2.0)}", "ok")
     end = boundary + 2.0
     for w in fleet:
         w.send(f"record-until h 1 {end} {boundary}")

@@ -14,6 +14,7 @@ Commands (one per line on stdin; each answered by one line on stdout):
     serve-prometheus                       -> "serving PORT": the process's metrics at
                                               http://127.0.0.1:PORT/metrics
                                               (start_prometheus_server, a free port)
+    offset S                               -> "ok": the clock reads time.time() + S from now on
     exit                                   -> closes the manager (final flush) and exits 0
 
 Every alert the process's handler receives is appended as one JSON line to --alerts (O_APPEND:
@@ -43,15 +44,15 @@ def main() -> None:
     parser.add_argument("--clock-offset", type=float, default=0.0)
     parser.add_argument("--pace", type=float, default=0.0, help="records per second (0: flat out)")
     args = parser.parse_args()
-    offset = args.clock_offset
+    offset = [args.clock_offset]
 
     def clock() -> float:
-        return time.time() + offset
+        return time.time() + offset[0]
 
     manager = LLMProviderManager(
         store=args.store,
         flush_interval_seconds=args.flush_interval,
-        clock=clock if offset else None,
+        clock=clock,
     )
     if args.alerts:
         fd = os.open(args.alerts, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -129,6 +130,9 @@ def main() -> None:
                     if pause > 0:
                         time.sleep(pause)  # pacing the load, not synchronisation
             print(f"recorded-until {before} {after}", file=out, flush=True)
+        elif cmd == "offset":  # offset S: from now on the clock reads time.time() + S
+            offset[0] = float(words[1])
+            print("ok", file=out, flush=True)
         elif cmd == "check":
             found = asyncio.run(manager.check_quotas())
             print(f"checked {len(found)}", file=out, flush=True)
