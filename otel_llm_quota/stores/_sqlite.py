@@ -342,7 +342,7 @@ class SQLiteStore:
         try:
             conn = sqlite3.connect(
                 self._path,
-                timeout=self._busy_timeout_ms / 1000,
+                timeout=self._busy_timeout_ms / 1000,  # sqlite3_busy_timeout
                 isolation_level=None,  # autocommit; transactions are explicit BEGIN IMMEDIATE
                 check_same_thread=False,  # guarded by self._lock
             )
@@ -363,26 +363,26 @@ class SQLiteStore:
     def _setup(self, conn: sqlite3.Connection) -> None:
         if sqlite3.sqlite_version_info < (3, 24):
             raise self._fail("open", f"needs SQLite 3.24 or later, not {sqlite3.sqlite_version}")
-        conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
         if str(mode).lower() != "wal":
             raise self._fail("open", f"cannot use WAL journal mode (got {mode!r})")
         conn.execute("PRAGMA synchronous = NORMAL")
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version != _SCHEMA_VERSION:
-            with self._transaction(conn):
-                (version,) = conn.execute("PRAGMA user_version").fetchone()
-                if version == 0:
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-                elif version != _SCHEMA_VERSION:
-                    raise self._fail(
-                        "open",
-                        f"schema version {version} (this otel-llm-quota knows version "
-                        f"{_SCHEMA_VERSION}): written by another version of otel-llm-quota?",
-                    )
+        # A write now (not at the first flush) finds a read-only file, which SQLite otherwise
+        # opens silently read-only; the same transaction creates or checks the tables.
+        with self._transaction(conn):
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version == 0:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            elif version != _SCHEMA_VERSION:
+                raise self._fail(
+                    "open",
+                    f"schema version {version} (this otel-llm-quota knows version "
+                    f"{_SCHEMA_VERSION}): written by another version of otel-llm-quota?",
+                )
+            conn.execute("DELETE FROM meta WHERE 0")  # writes nothing, fails if read-only
         self._tighten_sidecar_modes()
 
     def _tighten_sidecar_modes(self) -> None:
