@@ -26,6 +26,7 @@ SQLite 3.24 or later with JSON functions (every Python build since 3.10 in pract
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import sqlite3
@@ -44,7 +45,6 @@ from otel_llm_quota.stores._base import (
     AlertRecord,
     ConfigRecord,
     ConfigSync,
-    Counts,
     FlushBatch,
     StoreError,
 )
@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS configs (
     period TEXT,
     timezone TEXT NOT NULL DEFAULT 'UTC',
     updated_at REAL NOT NULL DEFAULT 0
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS windows (
     config_id TEXT NOT NULL,
     window_start INTEGER NOT NULL,
@@ -87,7 +87,7 @@ CREATE TABLE IF NOT EXISTS windows (
     other INTEGER NOT NULL,
     expires_at REAL,
     PRIMARY KEY (config_id, window_start, epoch)
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lifetime (
     config_id TEXT PRIMARY KEY,
     successes INTEGER NOT NULL,
@@ -95,23 +95,23 @@ CREATE TABLE IF NOT EXISTS lifetime (
     input INTEGER NOT NULL,
     output INTEGER NOT NULL,
     other INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS alerts (
     config_id TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
     data TEXT NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS applied (
     writer TEXT NOT NULL,
     config_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     updated_at REAL NOT NULL,
     PRIMARY KEY (writer, config_id)
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
-);
+) WITHOUT ROWID;
 """
 
 _ENSURE_CONFIG = (
@@ -136,15 +136,18 @@ _MARK_APPLIED = (
     "INSERT INTO applied VALUES (?, ?, ?, ?) ON CONFLICT (writer, config_id) DO UPDATE"
     " SET seq = excluded.seq, updated_at = excluded.updated_at"
 )
-_APPLIED_SEQS = (
-    "SELECT a.config_id, a.seq FROM json_each(?) AS j"
-    " CROSS JOIN applied AS a ON a.writer = ? AND a.config_id = j.value"
+# Per distinct config id of a batch: whether the config exists, whether it has a provider, and
+# the writer's idempotency mark for it.
+_BEFORE_APPLY = (
+    "SELECT j.value, c.config_id IS NOT NULL, c.provider IS NOT NULL, a.seq FROM json_each(?) AS j"
+    " LEFT JOIN configs AS c ON c.config_id = j.value"
+    " LEFT JOIN applied AS a ON a.writer = ? AND a.config_id = j.value"
 )
 # One row per wanted (config_id, window_start) that exists, in the order asked (j.key is the
 # index in the JSON array). CROSS JOIN keeps the JSON list as the outer loop (a primary-key
 # lookup per wanted config, never a scan of every config).
 _SYNC = """
-SELECT j.key, c.config_id, c.epoch, c.provider, c.has_record, c.record_provider, c."limit",
+SELECT j.key, c.epoch, c.provider, c.has_record, c.record_provider, c."limit",
        c.thresholds, c.period, c.timezone, c.updated_at,
        w.successes, w.failures, w.input, w.output, w.other,
        l.successes, l.failures, l.input, l.output, l.other,
@@ -201,15 +204,10 @@ def _path_from_url(url: str) -> tuple[str, dict[str, str]]:
     return path, dict(parse_qsl(parts.query, keep_blank_values=True))
 
 
-def _counts(row: Sequence[Any], at: int) -> Counts:
-    """The five counters of ``row`` from index ``at`` (ZERO when the LEFT JOIN found none)."""
-    s, f, i, o, x = row[at : at + 5]
-    if s is None:
-        return ZERO
-    for value in (s, f, i, o, x):
-        if type(value) is not int:  # SQLite turns an int64 overflow into a REAL
-            raise OverflowError(f"a counter left the int64 range: {value!r}")
-    return (s, f, i, o, x)
+@functools.lru_cache(maxsize=256)
+def _thresholds(text: str) -> tuple[float, ...]:
+    """The thresholds of a JSON list (cached: most configs share a few threshold lists)."""
+    return tuple(float(t) for t in json.loads(text))
 
 
 class SQLiteStore:
@@ -487,29 +485,21 @@ class SQLiteStore:
 
     @staticmethod
     def _syncs(conn: sqlite3.Connection, wanted: Sequence[tuple[str, int]]) -> list[ConfigSync]:
-        out: list[ConfigSync | None] = [None] * len(wanted)
+        out = [ConfigSync(cid, False, 0, None, ZERO, ZERO, None, None) for cid, _ in wanted]
         for row in conn.execute(_SYNC, (json.dumps(wanted),)):
+            i = row[0]
+            cid = wanted[i][0]
             record = None
-            if row[4]:
-                record = ConfigRecord(
-                    row[1],
-                    row[5],
-                    row[6],
-                    tuple(float(t) for t in json.loads(row[7])),
-                    row[8],
-                    row[9],
-                    row[10],
-                )
-            alert = None if row[21] is None else AlertRecord(row[21], row[22])
-            out[row[0]] = ConfigSync(
-                row[1], True, row[2], row[3], _counts(row, 11), _counts(row, 16), record, alert
-            )
-        return [
-            sync
-            if sync is not None
-            else ConfigSync(wanted[i][0], False, 0, None, ZERO, ZERO, None, None)
-            for i, sync in enumerate(out)
-        ]
+            if row[3]:
+                thresholds = _thresholds(row[6])
+                record = ConfigRecord(cid, row[4], row[5], thresholds, row[7], row[8], row[9])
+            window = row[10:15] if row[10] is not None else ZERO
+            lifetime = row[15:20] if row[15] is not None else ZERO
+            if type(sum(window) + sum(lifetime)) is not int:  # an int64 overflow became a REAL
+                raise OverflowError(f"a counter of {cid!r} left the int64 range: {row!r}")
+            alert = None if row[20] is None else AlertRecord(row[20], row[21])
+            out[i] = ConfigSync(cid, True, row[1], row[2], window, lifetime, record, alert)
+        return out
 
     async def apply(self, batch: FlushBatch) -> list[ConfigSync]:
         """Add the deltas in one transaction, once per (writer, seq, config); return the fleet
@@ -520,9 +510,15 @@ class SQLiteStore:
             now = self._clock()
             ids = list(dict.fromkeys(d.config_id for d in deltas))
             with self._transaction(conn):
-                marks: dict[str, int] = dict(
-                    conn.execute(_APPLIED_SEQS, (json.dumps(ids), writer)).fetchall()
-                )
+                known: dict[str, bool] = {}  # config id -> has a provider (present: exists)
+                marks: dict[str, int] = {}
+                for cid, exists, has_provider, mark in conn.execute(
+                    _BEFORE_APPLY, (json.dumps(ids), writer)
+                ):
+                    if exists:
+                        known[cid] = bool(has_provider)
+                    if mark is not None:
+                        marks[cid] = mark
                 windows = []
                 lifetimes = []
                 for d in deltas:
@@ -532,7 +528,15 @@ class SQLiteStore:
                         expires = None if w.ttl_seconds is None else now + w.ttl_seconds
                         windows.append((d.config_id, w.start, w.epoch, *d.counts, expires))
                         lifetimes.append((d.config_id, *d.counts))
-                conn.executemany(_ENSURE_CONFIG, [(d.config_id, d.provider) for d in deltas])
+                conn.executemany(
+                    _ENSURE_CONFIG,
+                    [
+                        (d.config_id, d.provider)
+                        for d in deltas
+                        if d.config_id not in known
+                        or (d.provider is not None and not known[d.config_id])
+                    ],
+                )
                 conn.executemany(_ADD_WINDOW, windows)
                 conn.executemany(_ADD_LIFETIME, lifetimes)
                 conn.executemany(_MARK_APPLIED, [(writer, c, seq, now) for c, *_ in lifetimes])
