@@ -293,16 +293,15 @@ W = Window(1_700_000_000, 0, 7200)
 
 async def main(url, mode, name):
     store = open_store(url)
-    await store.instance_id()
-    print("ready", flush=True)
+    print("ready", await store.instance_id(), flush=True)
     sys.stdin.readline()  # everyone starts together
-    if mode == "cas":
-        won, _ = await store.compare_and_set_alert("a", 0, name)
-        print("won" if won else "lost", flush=True)
+    if mode == "cas":  # every process races for each of 100 alerts
+        won = [i for i in range(100) if (await store.compare_and_set_alert(f"a{i}", 0, name))[0]]
+        print(",".join(map(str, won)), flush=True)
     else:
-        for seq in range(1, 21):
-            if seq <= 5:  # every process retries the same 5 batches of one writer
-                await store.apply(FlushBatch("shared", seq, (Delta("a", W, (1, 0, 10, 0, 0)),)))
+        for seq in range(1, 101):
+            # Every process retries the same 100 batches of one writer, and sends 100 of its own.
+            await store.apply(FlushBatch("shared", seq, (Delta("a", W, (1, 0, 10, 0, 0)),)))
             await store.apply(FlushBatch(name, seq, (Delta("a", W, (1, 0, 1, 0, 0)),)))
         print("done", flush=True)
     await store.aclose()
@@ -312,7 +311,9 @@ asyncio.run(main(*sys.argv[1:]))
 
 
 def _run_processes(db: Path, mode: str, count: int) -> list[str]:
-    """Start ``count`` processes on ``db``, release them together, return their last lines."""
+    """Start ``count`` processes on ``db``, release them together, return their last lines.
+
+    Every process must have seen the same instance id (created by whichever came first)."""
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _CHILD, f"sqlite:///{db}", mode, f"p{i}"],
@@ -323,9 +324,13 @@ def _run_processes(db: Path, mode: str, count: int) -> list[str]:
         for i in range(count)
     ]
     try:
+        ids = set()
         for proc in procs:
             assert proc.stdout is not None
-            assert proc.stdout.readline() == "ready\n"
+            ready, instance = proc.stdout.readline().split()
+            assert ready == "ready"
+            ids.add(instance)
+        assert len(ids) == 1
         for proc in procs:
             assert proc.stdin is not None
             proc.stdin.write("go\n")
@@ -340,16 +345,19 @@ def _run_processes(db: Path, mode: str, count: int) -> list[str]:
                 proc.wait()
 
 
-async def test_processes_racing_for_an_alert_have_one_winner(db: Path) -> None:
+async def test_processes_racing_for_alerts_have_one_winner_each(db: Path) -> None:
     SQLiteStore(db)  # created once, so no process races to create the tables
-    outs = _run_processes(db, "cas", 6)
-    assert sorted(outs) == ["lost"] * 5 + ["won"]
+    outs = _run_processes(db, "cas", 4)
+    winners = {int(i): f"p{proc}" for proc, out in enumerate(outs) for i in out.split(",") if out}
+    wins = sum(len(out.split(",")) for out in outs if out)
+    assert wins == 100  # no alert won twice, none lost by all
+    assert sorted(winners) == list(range(100))
     store = SQLiteStore(db)
-    [a] = await store.read([("a", 0)])
+    synced = await store.read([(f"a{i}", 0) for i in range(100)])
     await store.aclose()
-    assert a.alert is not None
-    assert a.alert.version == 1
-    assert a.alert.data == f"p{outs.index('won')}"
+    for i, sync in enumerate(synced):
+        assert sync.alert is not None
+        assert (sync.alert.version, sync.alert.data) == (1, winners[i])
 
 
 async def test_processes_retrying_the_same_batches_count_them_once(db: Path) -> None:
@@ -358,8 +366,8 @@ async def test_processes_retrying_the_same_batches_count_them_once(db: Path) -> 
     store = SQLiteStore(db)
     [a] = await store.read([("a", W.start)])
     await store.aclose()
-    # 5 shared batches once each (10 tokens), 20 own batches per process (1 token).
-    assert a.window_counts == (5 + 4 * 20, 0, 5 * 10 + 4 * 20, 0, 0)
+    # 100 shared batches once each (10 tokens), 100 own batches per process (1 token).
+    assert a.window_counts == (100 + 4 * 100, 0, 100 * 10 + 4 * 100, 0, 0)
     assert a.lifetime == a.window_counts
 
 

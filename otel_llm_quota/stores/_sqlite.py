@@ -438,17 +438,21 @@ class SQLiteStore:
     # -- operations ------------------------------------------------------------------------
 
     async def instance_id(self) -> str:
-        """The id in ``meta`` (created once, by the first caller of any process).
+        """The id in ``meta`` (created once, by the first caller of any process; later calls
+        only read it, so the flusher's call per cycle takes no write lock).
 
         If the file was replaced or deleted since this object opened it (its inode changed),
         the connection is reopened on the new file first, so the new id shows the change."""
 
         def work(conn: sqlite3.Connection) -> str:
-            conn.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('instance_id', ?)", (uuid.uuid4().hex,)
-            )
-            (value,) = conn.execute("SELECT value FROM meta WHERE key = 'instance_id'").fetchone()
-            return str(value)
+            select = "SELECT value FROM meta WHERE key = 'instance_id'"
+            row = conn.execute(select).fetchone()
+            if row is None:  # the first caller of any process creates it; the others read it
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('instance_id', ?)", (uuid.uuid4().hex,)
+                )
+                row = conn.execute(select).fetchone()
+            return str(row[0])
 
         self._reopen_if_replaced()
         return self._run("instance_id", work)
