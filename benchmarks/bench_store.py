@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -39,7 +40,7 @@ WINDOW = Window(1_700_000_000, 0, 2 * 86400)
 
 
 @contextmanager
-def sqlite_backend() -> Iterator[Callable[[], QuotaStore]]:
+def sqlite_backend(**options: Any) -> Iterator[Callable[[], QuotaStore]]:
     """Fresh SQLite files in a temporary directory (on the disk the tests use)."""
     folder = Path(tempfile.mkdtemp(prefix="bench-store-"))
     count = 0
@@ -47,7 +48,7 @@ def sqlite_backend() -> Iterator[Callable[[], QuotaStore]]:
     def make() -> QuotaStore:
         nonlocal count
         count += 1
-        return open_store(f"sqlite:///{folder}/quota-{count}.db")
+        return open_store(f"sqlite:///{folder}/quota-{count}.db", **options)
 
     try:
         yield make
@@ -63,8 +64,22 @@ def memory_backend() -> Iterator[Callable[[], QuotaStore]]:
 BACKENDS: dict[str, Callable[[], AbstractContextManager[Callable[[], QuotaStore]]]] = {
     "memory": memory_backend,
     "sqlite": sqlite_backend,
+    # A clock 61 s later at every call: every flush also runs the expiry sweep (a full scan of
+    # the windows and marks, which the store does at most once a minute).
+    "sqlite+sweep": lambda: sqlite_backend(clock=_jumping_clock()),
 }
 """name -> context manager yielding a factory of fresh, empty stores."""
+
+
+def _jumping_clock() -> Callable[[], float]:
+    now = time.time()
+
+    def clock() -> float:
+        nonlocal now
+        now += 61.0
+        return now
+
+    return clock
 
 
 def make_batch(configs: int, seq: int) -> FlushBatch:

@@ -487,9 +487,10 @@ class SQLiteStore:
         conn.execute("DELETE FROM windows WHERE expires_at < ?", (now,))
         conn.execute("DELETE FROM applied WHERE updated_at < ?", (now - _APPLIED_TTL_S,))
 
-    @staticmethod
-    def _syncs(conn: sqlite3.Connection, wanted: Sequence[tuple[str, int]]) -> list[ConfigSync]:
-        out = [ConfigSync(cid, False, 0, None, ZERO, ZERO, None, None) for cid, _ in wanted]
+    def _syncs(
+        self, conn: sqlite3.Connection, wanted: Sequence[tuple[str, int]]
+    ) -> list[ConfigSync]:
+        out: list[ConfigSync | None] = [None] * len(wanted)
         for row in conn.execute(_SYNC, (json.dumps(wanted),)):
             i = row[0]
             cid = wanted[i][0]
@@ -503,7 +504,12 @@ class SQLiteStore:
                 raise OverflowError(f"a counter of {cid!r} left the int64 range: {row!r}")
             alert = None if row[20] is None else AlertRecord(row[20], row[21])
             out[i] = ConfigSync(cid, True, row[1], row[2], window, lifetime, record, alert)
-        return out
+        return [
+            ConfigSync(wanted[i][0], False, 0, None, ZERO, ZERO, None, None)
+            if sync is None
+            else sync
+            for i, sync in enumerate(out)
+        ]
 
     async def apply(self, batch: FlushBatch) -> list[ConfigSync]:
         """Add the deltas in one transaction, once per (writer, seq, config); return the fleet
