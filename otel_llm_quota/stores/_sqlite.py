@@ -228,8 +228,9 @@ class SQLiteStore:
 
     Blocking: the methods are coroutines because the protocol is, but ``sqlite3`` is blocking
     and they do not hand the work to a thread: each call blocks its event loop for the time of
-    one SQLite transaction (about 100 ms for a flush of 10,000 configs), at most
-    ``busy_timeout_ms`` more while another process holds the write lock. That is meant for the
+    one SQLite transaction (a few hundred ms for a flush of 10,000 configs, see
+    benchmarks/README.md), and at most ``busy_timeout_ms`` more while another process holds
+    the write lock. That is meant for the
     flusher's own thread and loop, not for an application's event loop. One connection per
     object (``check_same_thread=False``) guarded by a lock, so the object may also be used from
     another thread (the CLI); a caller waits at most ``busy_timeout_ms`` for that lock too.
