@@ -230,10 +230,10 @@ class SQLiteStore:
     and they do not hand the work to a thread: each call blocks its event loop for the time of
     one SQLite transaction (a few hundred ms for a flush of 10,000 configs, see
     benchmarks/README.md), and at most ``busy_timeout_ms`` more while another process holds
-    the write lock. That is meant for the
-    flusher's own thread and loop, not for an application's event loop. One connection per
-    object (``check_same_thread=False``) guarded by a lock, so the object may also be used from
-    another thread (the CLI); a caller waits at most ``busy_timeout_ms`` for that lock too.
+    the write lock. That is meant for the flusher's own thread and loop, not for an
+    application's event loop. One connection per object (``check_same_thread=False``) guarded
+    by a lock, so the object may also be used from another thread (the CLI); a caller waits at
+    most ``busy_timeout_ms`` for that lock too. A forked child opens its own connection.
     """
 
     def __init__(
