@@ -537,6 +537,7 @@ def test_an_existing_file_in_a_read_only_directory_is_a_store_error(shared_dir: 
     out = _as_unprivileged(lambda: _open_error(str(path)))
     assert out.startswith("StoreError"), out
     assert str(path) in out
+    assert f"{shared_dir} is not writable: WAL mode needs to create quota.db-wal" in out
 
 
 def test_a_missing_directory_is_a_store_error_and_is_not_created(tmp_path: Path) -> None:

@@ -355,6 +355,13 @@ class SQLiteStore:
             if isinstance(exc, StoreError):
                 raise
             if isinstance(exc, sqlite3.Error):
+                if not os.access(directory, os.W_OK | os.X_OK):
+                    name = os.path.basename(self._path)
+                    raise self._fail(
+                        "open",
+                        f"the directory {directory} is not writable: WAL mode needs to create "
+                        f"{name}-wal and {name}-shm beside the file ({exc})",
+                    ) from exc
                 raise self._explain("open", exc) from exc
             raise
         return conn
@@ -460,7 +467,13 @@ class SQLiteStore:
 
     def _reopen_if_replaced(self) -> None:
         """Drop the connection if the path no longer names the file it opened (``_run`` then
-        opens the file now at the path, creating it if it is missing)."""
+        opens the file now at the path, creating it if it is missing).
+
+        Only ``instance_id`` does this, on purpose: the flusher calls it first in every cycle,
+        sees the new id and re-sends this process's share. Writes in between still go to the
+        old (deleted) file and are lost with it, which that re-send makes good; reopening in
+        ``apply`` instead would count the batch in the new file and then again in the re-send.
+        """
         if not self._lock.acquire(timeout=self._busy_timeout_ms / 1000):
             return  # _run reports the busy lock
         try:
