@@ -456,6 +456,30 @@ async def test_a_lock_longer_than_busy_timeout_is_a_store_error(
         await store.aclose()
 
 
+async def test_another_thread_holding_the_store_longer_than_busy_timeout_is_a_store_error(
+    db: Path,
+) -> None:
+    store = SQLiteStore(db, busy_timeout_ms=50)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # another thread in the middle of a long operation
+        with store._lock:
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        with pytest.raises(StoreError, match=rf"{db}.*read.*another thread.*50 ms"):
+            await store.read([("a", 0)])
+    finally:
+        release.set()
+        holder.join()
+    assert (await store.read([("a", 0)]))[0].exists is False
+    await store.aclose()
+
+
 def _as_unprivileged(check: Callable[[], str]) -> str:
     """``check()`` run without root's right to write anything (in a forked child as nobody when
     the tests run as root, else here)."""
