@@ -26,6 +26,7 @@ SQLite 3.24 or later with JSON functions (every Python build since 3.10 in pract
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import sqlite3
@@ -44,7 +45,6 @@ from otel_llm_quota.stores._base import (
     AlertRecord,
     ConfigRecord,
     ConfigSync,
-    Counts,
     FlushBatch,
     StoreError,
 )
@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS configs (
     period TEXT,
     timezone TEXT NOT NULL DEFAULT 'UTC',
     updated_at REAL NOT NULL DEFAULT 0
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS windows (
     config_id TEXT NOT NULL,
     window_start INTEGER NOT NULL,
@@ -87,7 +87,7 @@ CREATE TABLE IF NOT EXISTS windows (
     other INTEGER NOT NULL,
     expires_at REAL,
     PRIMARY KEY (config_id, window_start, epoch)
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lifetime (
     config_id TEXT PRIMARY KEY,
     successes INTEGER NOT NULL,
@@ -95,23 +95,23 @@ CREATE TABLE IF NOT EXISTS lifetime (
     input INTEGER NOT NULL,
     output INTEGER NOT NULL,
     other INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS alerts (
     config_id TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
     data TEXT NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS applied (
     writer TEXT NOT NULL,
     config_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     updated_at REAL NOT NULL,
     PRIMARY KEY (writer, config_id)
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
-);
+) WITHOUT ROWID;
 """
 
 _ENSURE_CONFIG = (
@@ -136,15 +136,18 @@ _MARK_APPLIED = (
     "INSERT INTO applied VALUES (?, ?, ?, ?) ON CONFLICT (writer, config_id) DO UPDATE"
     " SET seq = excluded.seq, updated_at = excluded.updated_at"
 )
-_APPLIED_SEQS = (
-    "SELECT a.config_id, a.seq FROM json_each(?) AS j"
-    " CROSS JOIN applied AS a ON a.writer = ? AND a.config_id = j.value"
+# Per distinct config id of a batch: whether the config exists, whether it has a provider, and
+# the writer's idempotency mark for it.
+_BEFORE_APPLY = (
+    "SELECT j.value, c.config_id IS NOT NULL, c.provider IS NOT NULL, a.seq FROM json_each(?) AS j"
+    " LEFT JOIN configs AS c ON c.config_id = j.value"
+    " LEFT JOIN applied AS a ON a.writer = ? AND a.config_id = j.value"
 )
 # One row per wanted (config_id, window_start) that exists, in the order asked (j.key is the
 # index in the JSON array). CROSS JOIN keeps the JSON list as the outer loop (a primary-key
 # lookup per wanted config, never a scan of every config).
 _SYNC = """
-SELECT j.key, c.config_id, c.epoch, c.provider, c.has_record, c.record_provider, c."limit",
+SELECT j.key, c.epoch, c.provider, c.has_record, c.record_provider, c."limit",
        c.thresholds, c.period, c.timezone, c.updated_at,
        w.successes, w.failures, w.input, w.output, w.other,
        l.successes, l.failures, l.input, l.output, l.other,
@@ -201,15 +204,10 @@ def _path_from_url(url: str) -> tuple[str, dict[str, str]]:
     return path, dict(parse_qsl(parts.query, keep_blank_values=True))
 
 
-def _counts(row: Sequence[Any], at: int) -> Counts:
-    """The five counters of ``row`` from index ``at`` (ZERO when the LEFT JOIN found none)."""
-    s, f, i, o, x = row[at : at + 5]
-    if s is None:
-        return ZERO
-    for value in (s, f, i, o, x):
-        if type(value) is not int:  # SQLite turns an int64 overflow into a REAL
-            raise OverflowError(f"a counter left the int64 range: {value!r}")
-    return (s, f, i, o, x)
+@functools.lru_cache(maxsize=256)
+def _thresholds(text: str) -> tuple[float, ...]:
+    """The thresholds of a JSON list (cached: most configs share a few threshold lists)."""
+    return tuple(float(t) for t in json.loads(text))
 
 
 class SQLiteStore:
@@ -230,11 +228,12 @@ class SQLiteStore:
 
     Blocking: the methods are coroutines because the protocol is, but ``sqlite3`` is blocking
     and they do not hand the work to a thread: each call blocks its event loop for the time of
-    one SQLite transaction (about 100 ms for a flush of 10,000 configs), at most
-    ``busy_timeout_ms`` more while another process holds the write lock. That is meant for the
-    flusher's own thread and loop, not for an application's event loop. One connection per
-    object (``check_same_thread=False``) guarded by a lock, so the object may also be used from
-    another thread (the CLI); a caller waits at most ``busy_timeout_ms`` for that lock too.
+    one SQLite transaction (a few hundred ms for a flush of 10,000 configs, see
+    benchmarks/README.md), and at most ``busy_timeout_ms`` more while another process holds
+    the write lock. That is meant for the flusher's own thread and loop, not for an
+    application's event loop. One connection per object (``check_same_thread=False``) guarded
+    by a lock, so the object may also be used from another thread (the CLI); a caller waits at
+    most ``busy_timeout_ms`` for that lock too. A forked child opens its own connection.
     """
 
     def __init__(
@@ -342,7 +341,7 @@ class SQLiteStore:
         try:
             conn = sqlite3.connect(
                 self._path,
-                timeout=self._busy_timeout_ms / 1000,
+                timeout=self._busy_timeout_ms / 1000,  # sqlite3_busy_timeout
                 isolation_level=None,  # autocommit; transactions are explicit BEGIN IMMEDIATE
                 check_same_thread=False,  # guarded by self._lock
             )
@@ -356,6 +355,13 @@ class SQLiteStore:
             if isinstance(exc, StoreError):
                 raise
             if isinstance(exc, sqlite3.Error):
+                if not os.access(directory, os.W_OK | os.X_OK):
+                    name = os.path.basename(self._path)
+                    raise self._fail(
+                        "open",
+                        f"the directory {directory} is not writable: WAL mode needs to create "
+                        f"{name}-wal and {name}-shm beside the file ({exc})",
+                    ) from exc
                 raise self._explain("open", exc) from exc
             raise
         return conn
@@ -363,26 +369,26 @@ class SQLiteStore:
     def _setup(self, conn: sqlite3.Connection) -> None:
         if sqlite3.sqlite_version_info < (3, 24):
             raise self._fail("open", f"needs SQLite 3.24 or later, not {sqlite3.sqlite_version}")
-        conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
         if str(mode).lower() != "wal":
             raise self._fail("open", f"cannot use WAL journal mode (got {mode!r})")
         conn.execute("PRAGMA synchronous = NORMAL")
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version != _SCHEMA_VERSION:
-            with self._transaction(conn):
-                (version,) = conn.execute("PRAGMA user_version").fetchone()
-                if version == 0:
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-                elif version != _SCHEMA_VERSION:
-                    raise self._fail(
-                        "open",
-                        f"schema version {version} (this otel-llm-quota knows version "
-                        f"{_SCHEMA_VERSION}): written by another version of otel-llm-quota?",
-                    )
+        # A write now (not at the first flush) finds a read-only file, which SQLite otherwise
+        # opens silently read-only; the same transaction creates or checks the tables.
+        with self._transaction(conn):
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version == 0:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            elif version != _SCHEMA_VERSION:
+                raise self._fail(
+                    "open",
+                    f"schema version {version} (this otel-llm-quota knows version "
+                    f"{_SCHEMA_VERSION}): written by another version of otel-llm-quota?",
+                )
+            conn.execute("DELETE FROM meta WHERE 0")  # writes nothing, fails if read-only
         self._tighten_sidecar_modes()
 
     def _tighten_sidecar_modes(self) -> None:
@@ -440,24 +446,34 @@ class SQLiteStore:
     # -- operations ------------------------------------------------------------------------
 
     async def instance_id(self) -> str:
-        """The id in ``meta`` (created once, by the first caller of any process).
+        """The id in ``meta`` (created once, by the first caller of any process; later calls
+        only read it, so the flusher's call per cycle takes no write lock).
 
         If the file was replaced or deleted since this object opened it (its inode changed),
         the connection is reopened on the new file first, so the new id shows the change."""
 
         def work(conn: sqlite3.Connection) -> str:
-            conn.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('instance_id', ?)", (uuid.uuid4().hex,)
-            )
-            (value,) = conn.execute("SELECT value FROM meta WHERE key = 'instance_id'").fetchone()
-            return str(value)
+            select = "SELECT value FROM meta WHERE key = 'instance_id'"
+            row = conn.execute(select).fetchone()
+            if row is None:  # the first caller of any process creates it; the others read it
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('instance_id', ?)", (uuid.uuid4().hex,)
+                )
+                row = conn.execute(select).fetchone()
+            return str(row[0])
 
         self._reopen_if_replaced()
         return self._run("instance_id", work)
 
     def _reopen_if_replaced(self) -> None:
         """Drop the connection if the path no longer names the file it opened (``_run`` then
-        opens the file now at the path, creating it if it is missing)."""
+        opens the file now at the path, creating it if it is missing).
+
+        Only ``instance_id`` does this, on purpose: the flusher calls it first in every cycle,
+        sees the new id and re-sends this process's share. Writes in between still go to the
+        old (deleted) file and are lost with it, which that re-send makes good; reopening in
+        ``apply`` instead would count the batch in the new file and then again in the re-send.
+        """
         if not self._lock.acquire(timeout=self._busy_timeout_ms / 1000):
             return  # _run reports the busy lock
         try:
@@ -485,29 +501,27 @@ class SQLiteStore:
         conn.execute("DELETE FROM windows WHERE expires_at < ?", (now,))
         conn.execute("DELETE FROM applied WHERE updated_at < ?", (now - _APPLIED_TTL_S,))
 
-    @staticmethod
-    def _syncs(conn: sqlite3.Connection, wanted: Sequence[tuple[str, int]]) -> list[ConfigSync]:
+    def _syncs(
+        self, conn: sqlite3.Connection, wanted: Sequence[tuple[str, int]]
+    ) -> list[ConfigSync]:
         out: list[ConfigSync | None] = [None] * len(wanted)
         for row in conn.execute(_SYNC, (json.dumps(wanted),)):
+            i = row[0]
+            cid = wanted[i][0]
             record = None
-            if row[4]:
-                record = ConfigRecord(
-                    row[1],
-                    row[5],
-                    row[6],
-                    tuple(float(t) for t in json.loads(row[7])),
-                    row[8],
-                    row[9],
-                    row[10],
-                )
-            alert = None if row[21] is None else AlertRecord(row[21], row[22])
-            out[row[0]] = ConfigSync(
-                row[1], True, row[2], row[3], _counts(row, 11), _counts(row, 16), record, alert
-            )
+            if row[3]:
+                thresholds = _thresholds(row[6])
+                record = ConfigRecord(cid, row[4], row[5], thresholds, row[7], row[8], row[9])
+            window = row[10:15] if row[10] is not None else ZERO
+            lifetime = row[15:20] if row[15] is not None else ZERO
+            if type(sum(window) + sum(lifetime)) is not int:  # an int64 overflow became a REAL
+                raise OverflowError(f"a counter of {cid!r} left the int64 range: {row!r}")
+            alert = None if row[20] is None else AlertRecord(row[20], row[21])
+            out[i] = ConfigSync(cid, True, row[1], row[2], window, lifetime, record, alert)
         return [
-            sync
-            if sync is not None
-            else ConfigSync(wanted[i][0], False, 0, None, ZERO, ZERO, None, None)
+            ConfigSync(wanted[i][0], False, 0, None, ZERO, ZERO, None, None)
+            if sync is None
+            else sync
             for i, sync in enumerate(out)
         ]
 
@@ -520,9 +534,15 @@ class SQLiteStore:
             now = self._clock()
             ids = list(dict.fromkeys(d.config_id for d in deltas))
             with self._transaction(conn):
-                marks: dict[str, int] = dict(
-                    conn.execute(_APPLIED_SEQS, (json.dumps(ids), writer)).fetchall()
-                )
+                known: dict[str, bool] = {}  # config id -> has a provider (present: exists)
+                marks: dict[str, int] = {}
+                for cid, exists, has_provider, mark in conn.execute(
+                    _BEFORE_APPLY, (json.dumps(ids), writer)
+                ):
+                    if exists:
+                        known[cid] = bool(has_provider)
+                    if mark is not None:
+                        marks[cid] = mark
                 windows = []
                 lifetimes = []
                 for d in deltas:
@@ -532,7 +552,15 @@ class SQLiteStore:
                         expires = None if w.ttl_seconds is None else now + w.ttl_seconds
                         windows.append((d.config_id, w.start, w.epoch, *d.counts, expires))
                         lifetimes.append((d.config_id, *d.counts))
-                conn.executemany(_ENSURE_CONFIG, [(d.config_id, d.provider) for d in deltas])
+                conn.executemany(
+                    _ENSURE_CONFIG,
+                    [
+                        (d.config_id, d.provider)
+                        for d in deltas
+                        if d.config_id not in known
+                        or (d.provider is not None and not known[d.config_id])
+                    ],
+                )
                 conn.executemany(_ADD_WINDOW, windows)
                 conn.executemany(_ADD_LIFETIME, lifetimes)
                 conn.executemany(_MARK_APPLIED, [(writer, c, seq, now) for c, *_ in lifetimes])
