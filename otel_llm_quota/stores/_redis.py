@@ -609,11 +609,8 @@ def _url_secrets(url: str) -> list[str]:
 def _client_url(client: Redis | RedisCluster) -> str:
     """A redacted URL naming a client passed in (its host, port and db; never a password)."""
     if isinstance(client, RedisCluster):
-        node = client.get_default_node()
-        if node is None:
-            nodes = client.get_nodes()
-            node = nodes[0] if nodes else None
-        where = f"{node.host}:{node.port}" if node is not None else "?"
+        nodes = list(client.nodes_manager.startup_nodes.values()) or client.get_nodes()
+        where = f"{nodes[0].host}:{nodes[0].port}" if nodes else "?"
         return f"redis+cluster://{where}"
     kwargs = client.connection_pool.connection_kwargs
     if "path" in kwargs:
