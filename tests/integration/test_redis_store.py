@@ -307,7 +307,7 @@ async def test_the_ambiguous_failure_counts_once(
     window_key = store.config_key_base("a") + f"w:{W.start}:{W.epoch}"
     reply_dropping_proxy.set_mode("drop_replies")
     batch = one(seq=2)
-    with pytest.raises(StoreError, match="(?i)timeout") as caught:
+    with pytest.raises(StoreError, match=r"(?i)timeout") as caught:
         await store.apply(batch)
     assert reply_dropping_proxy.url() in str(caught.value)
     with redis_server.client() as direct:  # the server did apply it
