@@ -297,6 +297,30 @@ async def test_no_retries_inside_the_store(
     assert reply_dropping_proxy.accepted - before <= 1  # one connection attempt, no retry
 
 
+async def test_the_cluster_client_makes_no_retries(
+    redis_cluster_url: str, stores: list[RedisStore]
+) -> None:
+    # redis-py's RedisCluster retries 3 times by default (reinitialising and sleeping between
+    # tries); the store turns that off: the flusher retries with the same idempotency key.
+    store = opened(stores, redis_cluster_url)
+    assert isinstance(store.client, redis.asyncio.cluster.RedisCluster)
+    assert store.client.retry.get_retries() == 0
+    await store.apply(one())
+
+
+def test_secrets_in_a_redis_py_error_text_are_scrubbed() -> None:
+    # No redis-py error seen so far quotes a password or key path, but the message is built from
+    # its text, so the store replaces every secret it was given before using it.
+    store = RedisStore(
+        f"rediss://user:{PASSWORD}@127.0.0.1:1/0?ssl_ca_certs=/etc/ca-secret.pem",
+        ssl_keyfile="/etc/client-secret.key",
+    )
+    text = f"cannot use {PASSWORD}, /etc/client-secret.key or /etc/ca-secret.pem"
+    message = str(store._error("apply", redis.RedisError(text)))
+    assert "secret" not in message
+    assert message.startswith("Redis store rediss://user:***@127.0.0.1:1/0?***: apply failed")
+
+
 async def test_the_ambiguous_failure_counts_once(
     reply_dropping_proxy: ReplyDroppingProxy,
     redis_server: RedisServer,
