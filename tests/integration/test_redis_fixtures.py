@@ -4,6 +4,7 @@ keep or lose their data across a crash as configured, credentials and unix socke
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 import pytest
@@ -159,8 +160,11 @@ async def test_cluster_keys_in_different_slots_and_hash_tagged_lua(
 def test_cluster_url_starts_empty(
     redis_cluster_url: str, redis_cluster: RedisClusterServers
 ) -> None:
+    # Asked node by node: redis-py's RedisCluster.dbsize() answers for one node only.
+    for node in redis_cluster.nodes:
+        with node.client() as direct:
+            assert direct.dbsize() == 0
     with redis_cluster.client() as client:
-        assert client.dbsize() == 0  # summed over every master
         client.set("left-behind", 1)
 
 
@@ -210,3 +214,17 @@ def test_proxy_refuses_connections_before_any_reply() -> None:
         with pytest.raises(redis.ConnectionError):
             client.ping()
         assert proxy.accepted >= 1
+
+
+def test_proxy_refuse_closes_idle_open_connections(
+    reply_dropping_proxy: ReplyDroppingProxy,
+) -> None:
+    with socket.create_connection(reply_dropping_proxy.address, timeout=5) as sock:
+        sock.sendall(b"PING\r\n")
+        assert sock.recv(64) == b"+PONG\r\n"
+        reply_dropping_proxy.set_mode("refuse")
+        # Closed by the proxy without the client sending anything more: EOF, or a reset.
+        try:
+            assert sock.recv(64) == b""
+        except ConnectionResetError:
+            pass
