@@ -149,7 +149,7 @@ _READ_LUA = (
     _COMMON_LUA
     + """
 local c, reply = state(ARGV[1])
-if not c[1] then return {false} end
+if not c[1] then return {false, false, false, false} end
 return reply
 """
 )
@@ -228,8 +228,14 @@ def _record_json(record: ConfigRecord) -> str:
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _decoded(value: str | bytes) -> str:
+    """A provider name as text (cached: a fleet has a handful)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 @functools.lru_cache(maxsize=65536)
-def _record_from_json(text: str) -> ConfigRecord:
+def _record_from_json(text: str | bytes) -> ConfigRecord:
     """The record of a JSON text; cached, as every flush returns the same texts again."""
     data = json.loads(text)
     return ConfigRecord(
@@ -436,21 +442,19 @@ class RedisStore:
         """A ConfigSync from a script's reply ``[numbers, provider, record, alert data]``
         (``[nil]`` for an unknown config); numbers: epoch, window s f i o x, lifetime s f i o
         x, alert version (0: none)."""
-        if reply[0] is None:
+        nums, provider, record, alert = reply
+        if nums is None:
             return ConfigSync(config_id, False, 0, None, ZERO, ZERO, None, None)
-        n = [int(v) for v in reply[0].split()]
-        provider = None if reply[1] is None else _text(reply[1])
-        record = None if reply[2] is None else _record_from_json(_text(reply[2]))
-        alert = None if n[11] == 0 else AlertRecord(n[11], _text(reply[3] or ""))
+        e, s0, s1, s2, s3, s4, l0, l1, l2, l3, l4, version = map(int, nums.split())
         return ConfigSync(
             config_id,
             True,
-            n[0],
-            provider,
-            (n[1], n[2], n[3], n[4], n[5]),
-            (n[6], n[7], n[8], n[9], n[10]),
-            record,
-            alert,
+            e,
+            None if provider is None else _decoded(provider),
+            (s0, s1, s2, s3, s4),
+            (l0, l1, l2, l3, l4),
+            None if record is None else _record_from_json(record),
+            None if version == 0 else AlertRecord(version, _text(alert or "")),
         )
 
     # -- the protocol ---------------------------------------------------------------------
