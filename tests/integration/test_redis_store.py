@@ -5,6 +5,8 @@ server applied a flush whose reply was lost) counted once on retry."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -182,6 +184,15 @@ async def test_two_key_prefixes_on_one_server_do_not_see_each_other(
         keys = direct.keys("*")
     assert keys
     assert all(k.startswith(("llm_quota:", "other_app:")) for k in keys)
+
+
+def test_the_stores_package_imports_redis_py_only_for_redis_store() -> None:
+    code = (
+        "import sys, otel_llm_quota.stores as s; assert 'redis' not in sys.modules; "
+        "from otel_llm_quota.stores import RedisStore; assert 'redis' in sys.modules; "
+        "assert RedisStore is s.RedisStore"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_a_key_prefix_with_braces_is_refused() -> None:
