@@ -31,7 +31,10 @@ same reason the key prefix may not contain braces.
 A flush is one script call per delta, sent in non-transactional pipelines of ``chunk_size``
 calls (in a cluster redis-py splits a pipeline by node). Each script compares the writer's mark
 with the batch's seq, adds the counts only when the seq is newer, and returns the fleet state,
-so a batch retried after a timeout counts once. The store itself never retries: the flusher
+so a batch retried after a timeout counts once. Each pipeline ends with one ``SADD Pconfigs`` of
+its config ids (idempotent; outside the scripts because the index has a slot of its own: a
+``delete`` racing with a flush of the same config may leave its id listed with no state, which
+reads as ``exists=False``). The store itself never retries: the flusher
 does, with the same idempotency key; socket timeouts (2 s by default) make a dead server fail
 fast. Every redis-py error becomes ``StoreError``, whose message names the redacted URL and the
 operation, never a password or a TLS key path.
@@ -566,7 +569,7 @@ class RedisStore:
     async def compare_and_set_alert(
         self, config_id: str, expected_version: int, data: str
     ) -> tuple[bool, AlertRecord]:
-        """A Lua compare-and-set on the alert hash's version.
+        """A Lua compare-and-set on the alert version (``av``) in the config hash.
 
         When the version differs and there is no record at all (``expected_version`` > 0 for a
         deleted config), the current record is reported as ``AlertRecord(0, "")``.
