@@ -33,8 +33,10 @@ calls (in a cluster redis-py splits a pipeline by node). Each script compares th
 with the batch's seq, adds the counts only when the seq is newer, and returns the fleet state,
 so a batch retried after a timeout counts once. Each pipeline ends with one ``SADD Pconfigs`` of
 its config ids (idempotent; outside the scripts because the index has a slot of its own: a
-``delete`` racing with a flush of the same config may leave its id listed with no state, which
-reads as ``exists=False``). The store itself never retries: the flusher
+``delete`` racing with a flush of the same config may leave the index out of step: its id
+listed with no state, which reads as ``exists=False``, or, in a cluster, where the parts of a
+pipeline run on their nodes in parallel, state whose id is missing until the config's next
+flush lists it again). The store itself never retries: the flusher
 does, with the same idempotency key; socket timeouts (2 s by default) make a dead server fail
 fast. Every redis-py error becomes ``StoreError``, whose message names the redacted URL and the
 operation, never a password or a TLS key path.
