@@ -73,7 +73,7 @@ __all__ = ["DEFAULT_KEY_PREFIX", "RedisStore"]
 DEFAULT_KEY_PREFIX: Final = "llm_quota:"
 _DEFAULT_SOCKET_TIMEOUT_SECONDS: Final = 2.0
 _DEFAULT_CHUNK_SIZE: Final = 500
-_MARK_TTL_SECONDS: Final = 7 * 24 * 3600
+_DEFAULT_MARK_TTL_SECONDS: Final = 7 * 24 * 3600
 """How long a writer's idempotency mark outlives its last batch (a retry comes much sooner)."""
 
 _CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -196,12 +196,11 @@ class _Script:
 
     __slots__ = ("sha", "text")
 
-    def __init__(self, text: str) -> None:
-        self.text = text.replace("{MARK_TTL}", str(_MARK_TTL_SECONDS))
+    def __init__(self, text: str, mark_ttl_seconds: int = _DEFAULT_MARK_TTL_SECONDS) -> None:
+        self.text = text.replace("{MARK_TTL}", str(mark_ttl_seconds))
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
 
 
-_APPLY = _Script(_APPLY_LUA)
 _READ = _Script(_READ_LUA)
 _CAS = _Script(_CAS_LUA)
 _RESET = _Script(_RESET_LUA)
@@ -269,6 +268,11 @@ class RedisStore:
     these may also be a query parameter of the URL, as redis-py reads them; the URL's value
     wins. Other keyword arguments go to the redis-py client. The store makes no retries
     (redis-py's are turned off): a failed command raises ``StoreError`` at once.
+
+    ``writer_mark_ttl_seconds`` (7 days by default) is how long a writer's idempotency mark on
+    a config outlives the writer's last batch: a retry needs it for seconds, but each process
+    (each writer id) leaves one small key per config it flushed until then, so a fleet whose
+    processes restart often may want it shorter. ``chunk_size`` deltas go in one pipeline.
     """
 
     def __init__(
@@ -283,6 +287,7 @@ class RedisStore:
         ssl_certfile: str | None = None,
         ssl_keyfile: str | None = None,
         chunk_size: int = _DEFAULT_CHUNK_SIZE,
+        writer_mark_ttl_seconds: int = _DEFAULT_MARK_TTL_SECONDS,
         close_client: bool | None = None,
         **client_options: Any,
     ) -> None:
@@ -293,6 +298,11 @@ class RedisStore:
             )
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
+        if writer_mark_ttl_seconds < 1:
+            raise ValueError(
+                f"writer_mark_ttl_seconds must be at least 1, not {writer_mark_ttl_seconds}"
+            )
+        self._apply_script = _Script(_APPLY_LUA, int(writer_mark_ttl_seconds))
         self._prefix = key_prefix
         self._chunk = chunk_size
         self._secrets: list[str] = [s for s in (ssl_ca_certs, ssl_certfile, ssl_keyfile) if s]
@@ -499,7 +509,9 @@ class RedisStore:
                         )
                     )
                 ids = {d.config_id for d in chunk}
-                replies = await self._eval_many(_APPLY, calls, [("SADD", self._index, *ids)])
+                replies = await self._eval_many(
+                    self._apply_script, calls, [("SADD", self._index, *ids)]
+                )
                 for d, reply in zip(chunk, replies, strict=True):
                     out.append(self._sync(d.config_id, reply))
         except _ERRORS as exc:

@@ -404,6 +404,15 @@ async def test_keys_expire_and_delete_removes_every_key(
 ZERO1 = (0, 0, 1, 0, 0)
 
 
+async def test_the_writer_mark_expiry_is_an_option(
+    redis_url: str, redis_server: RedisServer, stores: list[RedisStore]
+) -> None:
+    store = opened(stores, redis_url, writer_mark_ttl_seconds=3600)
+    await store.apply(one())
+    with redis_server.client() as direct:
+        assert 3500 < direct.ttl(store.config_key_base("a") + "wr:w") <= 3600
+
+
 async def test_expired_windows_are_pruned_from_the_windows_set(
     redis_url: str, redis_server: RedisServer, stores: list[RedisStore]
 ) -> None:
