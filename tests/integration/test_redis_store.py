@@ -14,7 +14,13 @@ import pytest
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
-from _redis import RedisClusterServers, RedisServer, ReplyDroppingProxy, free_port
+from _redis import (
+    RedisClusterServers,
+    RedisServer,
+    ReplyDroppingProxy,
+    free_port,
+    require_redis,
+)
 
 from otel_llm_quota.stores import (
     ConfigRecord,
@@ -259,6 +265,23 @@ async def test_cluster_spreads_configs_over_every_master(
     for node in redis_cluster.nodes:
         with node.client() as direct:
             assert direct.keys("llm_quota:{*") == []
+
+
+async def test_a_dead_cluster_master_fails_the_flush_with_store_error(
+    stores: list[RedisStore],
+) -> None:
+    require_redis()
+    with RedisClusterServers() as cluster:  # a cluster of its own: one master is killed
+        store = opened(stores, cluster.url)
+        ids = [f"c{n}" for n in range(30)]
+        await store.apply(FlushBatch("w", 1, tuple(Delta(i, W, (1, 0, 1, 0, 0)) for i in ids)))
+        cluster.nodes[1].kill()
+        for seq in (2, 3):  # the open connection breaks, then the reconnect is refused
+            with pytest.raises(StoreError, match="apply"):
+                await store.apply(
+                    FlushBatch("w", seq, tuple(Delta(i, W, (1, 0, 1, 0, 0)) for i in ids))
+                )
+        await store.aclose()
 
 
 # -- scripts, retries, timeouts ----------------------------------------------------------------
