@@ -38,7 +38,12 @@ W = Window(1_700_000_000, 0, 7200)
 PASSWORD = "s3cret-pw"
 
 
-def one(config_id: str = "a", seq: int = 1, writer: str = "w", counts=(1, 0, 10, 5, 0)):
+def one(
+    config_id: str = "a",
+    seq: int = 1,
+    writer: str = "w",
+    counts: tuple[int, int, int, int, int] = (1, 0, 10, 5, 0),
+) -> FlushBatch:
     return FlushBatch(writer, seq, (Delta(config_id, W, counts, "openai"),))
 
 
@@ -85,12 +90,16 @@ async def test_password_and_acl_user_urls_work_and_are_redacted(
     assert caught.value.__cause__ is None  # the redis-py exception is not chained to the logs
 
 
+@pytest.mark.parametrize("password", [None, PASSWORD])
 async def test_unix_socket_url(
-    redis_server_factory: Callable[..., RedisServer], stores: list[RedisStore]
+    redis_server_factory: Callable[..., RedisServer],
+    stores: list[RedisStore],
+    password: str | None,
 ) -> None:
-    server = redis_server_factory(unix_socket=True, password=PASSWORD)
-    store = opened(stores, server.unix_url)
-    assert store.url.startswith("unix://")
+    server = redis_server_factory(unix_socket=True, password=password)
+    url = server.unix_url if password else f"unix://{server.socket_path}"  # unix:///path
+    store = opened(stores, url)
+    assert store.url.startswith("unix:///")
     assert PASSWORD not in store.url
     await store.apply(one())
     [a] = await store.read([("a", W.start)])
