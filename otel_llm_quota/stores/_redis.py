@@ -194,11 +194,12 @@ class _Script:
     """A Lua script run with EVALSHA; its text is loaded with SCRIPT LOAD after a NOSCRIPT
     (SCRIPT LOAD reaches every primary of a cluster)."""
 
-    __slots__ = ("sha", "text")
+    __slots__ = ("sha", "sha_bytes", "text")
 
     def __init__(self, text: str, mark_ttl_seconds: int = _DEFAULT_MARK_TTL_SECONDS) -> None:
         self.text = text.replace("{MARK_TTL}", str(mark_ttl_seconds))
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
+        self.sha_bytes = self.sha.encode()
 
 
 _READ = _Script(_READ_LUA)
@@ -211,6 +212,13 @@ _DELETE = _Script(_DELETE_LUA)
 def _tag(config_id: str) -> str:
     """The hash tag of a config: the hex BLAKE2b-128 digest of its UTF-8 id (cached)."""
     return hashlib.blake2b(config_id.encode("utf-8"), digest_size=16).hexdigest()
+
+
+@functools.lru_cache(maxsize=65536)
+def _apply_keys(prefix: str, config_id: str) -> tuple[bytes, bytes]:
+    """``(P{T}:cfg, config id)`` as bytes (cached): redis-py sends bytes as they are, where
+    each str argument costs it an encode per flush."""
+    return f"{prefix}{{{_tag(config_id)}}}:cfg".encode(), config_id.encode()
 
 
 def _text(value: Any) -> str:
@@ -230,6 +238,12 @@ def _record_json(record: ConfigRecord) -> str:
         },
         separators=(",", ":"),
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _provider_arg(provider: str) -> bytes:
+    """``+<provider>`` as bytes: the apply script's provider argument (cached)."""
+    return ("+" + provider).encode()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -426,7 +440,7 @@ class RedisStore:
     async def _eval_many(
         self,
         script: _Script,
-        calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+        calls: Sequence[tuple[Sequence[Any], Sequence[Any]]],
         extra: Iterable[tuple[Any, ...]] = (),
     ) -> list[Any]:
         """One pipeline of EVALSHA calls (then ``extra`` commands); the calls that met a
@@ -435,7 +449,7 @@ class RedisStore:
         await self._ready()
         pipe = self._client.pipeline(transaction=False)
         for keys, args in calls:
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", script.sha_bytes, b"%d" % len(keys), *keys, *args)
         for command in extra:
             pipe.execute_command(*command)
         replies = list(await pipe.execute(raise_on_error=False))
@@ -445,7 +459,7 @@ class RedisStore:
             pipe = self._client.pipeline(transaction=False)
             for n in missing:
                 keys, args = calls[n]
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                pipe.execute_command("EVALSHA", script.sha_bytes, b"%d" % len(keys), *keys, *args)
             for n, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
                 replies[n] = reply
         for reply in replies:
@@ -487,24 +501,27 @@ class RedisStore:
     async def apply(self, batch: FlushBatch) -> list[ConfigSync]:
         """One script call per delta, pipelined by ``chunk_size``; see the module doc."""
         out: list[ConfigSync] = []
-        writer, seq = batch.writer, str(batch.seq)
+        writer, seq = batch.writer.encode(), str(batch.seq).encode()
+        prefix = self._prefix
         deltas = batch.deltas
         try:
             for first in range(0, len(deltas), self._chunk):
                 chunk = deltas[first : first + self._chunk]
-                calls: list[tuple[Sequence[str], Sequence[Any]]] = []
+                calls: list[tuple[Sequence[Any], Sequence[Any]]] = []
                 for d in chunk:
                     w, c = d.window, d.counts
                     ttl = 0 if w.ttl_seconds is None else max(1, w.ttl_seconds)
+                    key, config_id = _apply_keys(prefix, d.config_id)
                     calls.append(
                         (
-                            (f"{self._prefix}{{{_tag(d.config_id)}}}:cfg",),
+                            (key,),
                             (
-                                d.config_id,
+                                config_id,
                                 writer,
                                 seq,
-                                "" if d.provider is None else "+" + d.provider,
-                                f"{w.start} {w.epoch} {ttl} {c[0]} {c[1]} {c[2]} {c[3]} {c[4]}",
+                                b"" if d.provider is None else _provider_arg(d.provider),
+                                f"{w.start} {w.epoch} {ttl} {c[0]} {c[1]} {c[2]} {c[3]} "
+                                f"{c[4]}".encode(),
                             ),
                         )
                     )
@@ -526,7 +543,7 @@ class RedisStore:
         try:
             for first in range(0, len(wanted), self._chunk):
                 chunk = wanted[first : first + self._chunk]
-                calls: list[tuple[Sequence[str], Sequence[Any]]] = []
+                calls: list[tuple[Sequence[Any], Sequence[Any]]] = []
                 for config_id, start in chunk:
                     calls.append(((self.config_key_base(config_id) + "cfg",), (str(int(start)),)))
                 replies = await self._eval_many(_READ, calls)
