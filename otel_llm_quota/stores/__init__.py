@@ -10,7 +10,11 @@ keeps its ledger as the hot-path copy and a flusher thread synchronises it with 
   ``"redis+cluster://host:port"``: a fleet (``RedisStore``; needs the ``redis`` extra).
 
 ``open_store(url)`` turns a URL into a store; ``redact_url`` is the safe form of a URL for logs.
+``RedisStore`` (for ``RedisStore(client=...)`` with a ready redis-py client) is imported on first
+access, so that this package imports without redis-py.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from otel_llm_quota.stores._base import (
     AlertRecord,
@@ -26,6 +30,9 @@ from otel_llm_quota.stores._base import (
 from otel_llm_quota.stores._memory import MemoryStore
 from otel_llm_quota.stores._url import open_store, redact_url
 
+if TYPE_CHECKING:
+    from otel_llm_quota.stores._redis import RedisStore as RedisStore
+
 __all__ = [
     "AlertRecord",
     "ConfigRecord",
@@ -40,3 +47,13 @@ __all__ = [
     "open_store",
     "redact_url",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # RedisStore needs the optional redis-py: imported when first asked for, and left out of
+    # __all__ so that ``from otel_llm_quota.stores import *`` works without it.
+    if name == "RedisStore":
+        from otel_llm_quota.stores._redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,16 +7,20 @@ a ``SCRIPT FLUSH``). No ``HEXPIRE``, no functions.
 Key layout (``P`` is the key prefix, ``llm_quota:`` by default, so several applications can
 share one Redis; ``T`` is the hex BLAKE2b digest (128 bits) of the UTF-8 config id)::
 
-    P{T}:cfg              hash   id (the real config id), provider, record (JSON), epoch
+    P{T}:cfg              hash   id (the real config id), provider, record (JSON), epoch,
+                                 ls lf li lo lx (lifetime counters), av ad (alert version, data)
     P{T}:w:<start>:<ep>   hash   s f i o x: one period window; EXPIRE ttl at each write
-    P{T}:life             hash   s f i o x: lifetime counters
-    P{T}:alert            hash   v (version), data (the alert state machine's JSON)
     P{T}:wr:<writer>      string the last seq applied for that writer (the idempotency mark),
-                                 with a 7-day expiry
-    P{T}:windows          set    names of the window keys (for delete)
-    P{T}:writers          set    names of the writer-mark keys (for delete)
+                                 with a 7-day expiry refreshed at each batch
+    P{T}:windows          set    names of the window keys (for delete; expired ones pruned
+                                 when a new window appears)
+    P{T}:writers          set    names of the writer-mark keys (for delete; pruned likewise)
     Pconfigs              set    every config id (its own slot)
     Pinstance             string the store's instance id (``SET NX``)
+
+The lifetime counters and the alert record live in the config hash rather than in hashes of
+their own: a flush then reads a config's whole state with two ``HMGET`` (config, window), which
+keeps one delta's script near ten Redis calls (the apply budget is 10 µs per config).
 
 Every key of one configuration carries the hash tag ``{T}``, so in a cluster they live in one
 slot and one Lua script can change them atomically. The tag is a digest rather than the config
@@ -27,7 +31,12 @@ same reason the key prefix may not contain braces.
 A flush is one script call per delta, sent in non-transactional pipelines of ``chunk_size``
 calls (in a cluster redis-py splits a pipeline by node). Each script compares the writer's mark
 with the batch's seq, adds the counts only when the seq is newer, and returns the fleet state,
-so a batch retried after a timeout counts once. The store itself never retries: the flusher
+so a batch retried after a timeout counts once. Each pipeline ends with one ``SADD Pconfigs`` of
+its config ids (idempotent; outside the scripts because the index has a slot of its own: a
+``delete`` racing with a flush of the same config may leave the index out of step: its id
+listed with no state, which reads as ``exists=False``, or, in a cluster, where the parts of a
+pipeline run on their nodes in parallel, state whose id is missing until the config's next
+flush lists it again). The store itself never retries: the flusher
 does, with the same idempotency key; socket timeouts (2 s by default) make a dead server fail
 fast. Every redis-py error becomes ``StoreError``, whose message names the redacted URL and the
 operation, never a password or a TLS key path.
@@ -36,9 +45,9 @@ operation, never a password or a TLS key path.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
-import math
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
@@ -54,7 +63,6 @@ from otel_llm_quota.stores._base import (
     AlertRecord,
     ConfigRecord,
     ConfigSync,
-    Counts,
     FlushBatch,
     StoreError,
 )
@@ -65,141 +73,156 @@ __all__ = ["DEFAULT_KEY_PREFIX", "RedisStore"]
 DEFAULT_KEY_PREFIX: Final = "llm_quota:"
 _DEFAULT_SOCKET_TIMEOUT_SECONDS: Final = 2.0
 _DEFAULT_CHUNK_SIZE: Final = 500
-_MARK_TTL_SECONDS: Final = 7 * 24 * 3600
+_DEFAULT_MARK_TTL_SECONDS: Final = 7 * 24 * 3600
 """How long a writer's idempotency mark outlives its last batch (a retry comes much sooner)."""
 
 _CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 
-# Lua, kept to Redis 7.0 commands. Counts are passed and returned as strings: Lua numbers are
-# doubles, and HINCRBY/HMGET on strings keep 64-bit integers exact. ``false`` (a missing field)
-# becomes a nil reply, so the reply arrays keep their length.
+# Lua, kept to Redis 7.0 commands. Each script gets one key, the config hash ``P{T}:cfg``, and
+# names the config's other keys from it (``b`` is ``P{T}:``): they are in the same slot, which
+# is all a cluster needs, and the window to report depends on the epoch the script reads.
+# Counts are passed and returned as strings: Lua numbers are doubles, while HINCRBY and HMGET on
+# strings keep 64-bit integers exact. Numbers travel space-separated in one argument and one
+# reply string, which costs the Python client far less than one argument or reply per number.
 
-_FIELDS_LUA = "local F = {'s', 'f', 'i', 'o', 'x'}\n"
+_COMMON_LUA = """
+local F = {'s', 'f', 'i', 'o', 'x'}
+local L = {'ls', 'lf', 'li', 'lo', 'lx'}
+local b = string.sub(KEYS[1], 1, -4)
+local function prune(set)
+  for _, k in ipairs(redis.call('SMEMBERS', set)) do
+    if redis.call('EXISTS', k) == 0 then redis.call('SREM', set, k) end
+  end
+end
+local function state(start)
+  local c = redis.call('HMGET', KEYS[1], 'id', 'epoch', 'provider', 'record',
+    'ls', 'lf', 'li', 'lo', 'lx', 'av', 'ad')
+  local ep = c[2] or '0'
+  local w = redis.call('HMGET', b .. 'w:' .. start .. ':' .. ep, 's', 'f', 'i', 'o', 'x')
+  local t = {ep}
+  for i = 1, 5 do t[1 + i] = w[i] or '0' end
+  for i = 1, 5 do t[6 + i] = c[4 + i] or '0' end
+  t[12] = c[10] or '0'
+  return c, {table.concat(t, ' '), c[3], c[4], c[11]}
+end
+"""
 
-# KEYS: cfg life alert windows writers window mark
-# ARGV: config_id seq mark_ttl window_ttl('' = none) provider('' = none, else '+name')
-#       base start s f i o x
+# ARGV: config_id writer seq provider('' = none, else '+name')
+#       "start epoch ttl(0 = none) s f i o x"
+# A replay (the writer's mark >= seq) changes nothing but the mark's expiry. The window is new
+# when the first HINCRBY returns its own increment: only then is it added to the windows set
+# (and expired members pruned); likewise for a writer's first mark on this config.
 _APPLY_LUA = (
-    _FIELDS_LUA
+    _COMMON_LUA
     + """
-redis.call('HSETNX', KEYS[1], 'id', ARGV[1])
-local mark = redis.call('GET', KEYS[7])
-if (not mark) or tonumber(mark) < tonumber(ARGV[2]) then
-  redis.call('SET', KEYS[7], ARGV[2], 'EX', ARGV[3])
-  if redis.call('SADD', KEYS[5], KEYS[7]) == 1 then
-    for _, k in ipairs(redis.call('SMEMBERS', KEYS[5])) do
-      if redis.call('EXISTS', k) == 0 then redis.call('SREM', KEYS[5], k) end
-    end
-  end
-  local wrote = false
-  for n = 1, 5 do
-    local v = ARGV[7 + n]
+local n = {}
+for v in string.gmatch(ARGV[5], '%S+') do n[#n + 1] = v end
+local mark = b .. 'wr:' .. ARGV[2]
+local old = redis.call('SET', mark, ARGV[3], 'EX', '{MARK_TTL}', 'GET')
+if old and tonumber(old) >= tonumber(ARGV[3]) then
+  redis.call('SET', mark, old, 'EX', '{MARK_TTL}')
+else
+  if not old and redis.call('SADD', b .. 'writers', mark) == 1 then prune(b .. 'writers') end
+  local win = b .. 'w:' .. n[1] .. ':' .. n[2]
+  local fresh = nil
+  for i = 1, 5 do
+    local v = n[3 + i]
     if v ~= '0' then
-      redis.call('HINCRBY', KEYS[6], F[n], v)
-      redis.call('HINCRBY', KEYS[2], F[n], v)
-      wrote = true
+      local r = redis.call('HINCRBY', win, F[i], v)
+      if fresh == nil then fresh = (r == tonumber(v)) end
+      redis.call('HINCRBY', KEYS[1], L[i], v)
     end
   end
-  if wrote then
-    if ARGV[4] ~= '' then redis.call('EXPIRE', KEYS[6], ARGV[4]) end
-    if redis.call('SADD', KEYS[4], KEYS[6]) == 1 then
-      for _, k in ipairs(redis.call('SMEMBERS', KEYS[4])) do
-        if redis.call('EXISTS', k) == 0 then redis.call('SREM', KEYS[4], k) end
-      end
-    end
+  if fresh ~= nil then
+    if n[3] ~= '0' then redis.call('EXPIRE', win, n[3]) end
+    if fresh and redis.call('SADD', b .. 'windows', win) == 1 then prune(b .. 'windows') end
   end
 end
-if ARGV[5] ~= '' then redis.call('HSETNX', KEYS[1], 'provider', string.sub(ARGV[5], 2)) end
-local cfg = redis.call('HMGET', KEYS[1], 'epoch', 'provider', 'record')
-local win = redis.call('HMGET', ARGV[6] .. 'w:' .. ARGV[7] .. ':' .. (cfg[1] or '0'),
-  '{FIELDS}')
-local life = redis.call('HMGET', KEYS[2], '{FIELDS}')
-local alert = redis.call('HMGET', KEYS[3], 'v', 'data')
-return {1, cfg[1], cfg[2], cfg[3], win[1], win[2], win[3], win[4], win[5],
-  life[1], life[2], life[3], life[4], life[5], alert[1], alert[2]}
+local c, reply = state(n[1])
+if not c[1] then redis.call('HSET', KEYS[1], 'id', ARGV[1]) end
+if not c[3] and ARGV[4] ~= '' then
+  reply[2] = string.sub(ARGV[4], 2)
+  redis.call('HSET', KEYS[1], 'provider', reply[2])
+end
+return reply
 """
 )
 
-# KEYS: cfg life alert   ARGV: base start. Only reads.
+# ARGV: start. Only reads.
 _READ_LUA = (
-    _FIELDS_LUA
+    _COMMON_LUA
     + """
-local cfg = redis.call('HMGET', KEYS[1], 'epoch', 'provider', 'record', 'id')
-if not cfg[4] then return {0} end
-local win = redis.call('HMGET', ARGV[1] .. 'w:' .. ARGV[2] .. ':' .. (cfg[1] or '0'),
-  '{FIELDS}')
-local life = redis.call('HMGET', KEYS[2], '{FIELDS}')
-local alert = redis.call('HMGET', KEYS[3], 'v', 'data')
-return {1, cfg[1], cfg[2], cfg[3], win[1], win[2], win[3], win[4], win[5],
-  life[1], life[2], life[3], life[4], life[5], alert[1], alert[2]}
+local c, reply = state(ARGV[1])
+if not c[1] then return {false, false, false, false} end
+return reply
 """
 )
 
-# KEYS: cfg alert   ARGV: config_id expected_version data
+# ARGV: config_id expected_version data
 _CAS_LUA = """
-local v = tonumber(redis.call('HGET', KEYS[2], 'v') or '0')
-if v ~= tonumber(ARGV[2]) then
-  return {0, tostring(v), redis.call('HGET', KEYS[2], 'data')}
-end
-redis.call('HSET', KEYS[2], 'v', tostring(v + 1), 'data', ARGV[3])
-redis.call('HSETNX', KEYS[1], 'id', ARGV[1])
+local c = redis.call('HMGET', KEYS[1], 'av', 'ad', 'id')
+local v = tonumber(c[1] or '0')
+if v ~= tonumber(ARGV[2]) then return {0, tostring(v), c[2]} end
+redis.call('HSET', KEYS[1], 'av', tostring(v + 1), 'ad', ARGV[3], 'id', ARGV[1])
 return {1, tostring(v + 1), ARGV[3]}
 """
 
-# KEYS: cfg   ARGV: config_id
+# ARGV: config_id
 _RESET_LUA = """
 redis.call('HSETNX', KEYS[1], 'id', ARGV[1])
 return redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 """
 
-# KEYS: cfg life alert windows writers. DEL in slices: unpack() has a stack limit.
+# DEL in slices: unpack() has a stack limit.
 _DELETE_LUA = """
+local b = string.sub(KEYS[1], 1, -4)
 local existed = redis.call('EXISTS', KEYS[1])
-for s = 4, 5 do
-  local members = redis.call('SMEMBERS', KEYS[s])
+for _, set in ipairs({b .. 'windows', b .. 'writers'}) do
+  local members = redis.call('SMEMBERS', set)
   for i = 1, #members, 1000 do
     redis.call('DEL', unpack(members, i, math.min(i + 999, #members)))
   end
+  redis.call('DEL', set)
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[1])
 return existed
 """
-
-_FIELDS_ARGS = "', '".join("sfiox")
 
 
 class _Script:
     """A Lua script run with EVALSHA; its text is loaded with SCRIPT LOAD after a NOSCRIPT
     (SCRIPT LOAD reaches every primary of a cluster)."""
 
-    __slots__ = ("sha", "text")
+    __slots__ = ("sha", "sha_bytes", "text")
 
-    def __init__(self, text: str) -> None:
-        self.text = text.replace("{FIELDS}", _FIELDS_ARGS)
+    def __init__(self, text: str, mark_ttl_seconds: int = _DEFAULT_MARK_TTL_SECONDS) -> None:
+        self.text = text.replace("{MARK_TTL}", str(mark_ttl_seconds))
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
+        self.sha_bytes = self.sha.encode()
 
 
-_APPLY = _Script(_APPLY_LUA)
 _READ = _Script(_READ_LUA)
 _CAS = _Script(_CAS_LUA)
 _RESET = _Script(_RESET_LUA)
 _DELETE = _Script(_DELETE_LUA)
 
 
+@functools.lru_cache(maxsize=65536)
+def _tag(config_id: str) -> str:
+    """The hash tag of a config: the hex BLAKE2b-128 digest of its UTF-8 id (cached)."""
+    return hashlib.blake2b(config_id.encode("utf-8"), digest_size=16).hexdigest()
+
+
+@functools.lru_cache(maxsize=65536)
+def _apply_keys(prefix: str, config_id: str) -> tuple[bytes, bytes]:
+    """``(P{T}:cfg, config id)`` as bytes (cached): redis-py sends bytes as they are, where
+    each str argument costs it an encode per flush."""
+    return f"{prefix}{{{_tag(config_id)}}}:cfg".encode(), config_id.encode()
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _counts(reply: Sequence[Any], at: int) -> Counts:
-    values = reply[at : at + 5]
-    return (
-        int(values[0] or 0),
-        int(values[1] or 0),
-        int(values[2] or 0),
-        int(values[3] or 0),
-        int(values[4] or 0),
-    )
 
 
 def _record_json(record: ConfigRecord) -> str:
@@ -217,7 +240,21 @@ def _record_json(record: ConfigRecord) -> str:
     )
 
 
-def _record_from_json(text: str) -> ConfigRecord:
+@functools.lru_cache(maxsize=1024)
+def _provider_arg(provider: str) -> bytes:
+    """``+<provider>`` as bytes: the apply script's provider argument (cached)."""
+    return ("+" + provider).encode()
+
+
+@functools.lru_cache(maxsize=1024)
+def _decoded(value: str | bytes) -> str:
+    """A provider name as text (cached: a fleet has a handful)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@functools.lru_cache(maxsize=65536)
+def _record_from_json(text: str | bytes) -> ConfigRecord:
+    """The record of a JSON text; cached, as every flush returns the same texts again."""
     data = json.loads(text)
     return ConfigRecord(
         config_id=str(data["config_id"]),
@@ -245,6 +282,11 @@ class RedisStore:
     these may also be a query parameter of the URL, as redis-py reads them; the URL's value
     wins. Other keyword arguments go to the redis-py client. The store makes no retries
     (redis-py's are turned off): a failed command raises ``StoreError`` at once.
+
+    ``writer_mark_ttl_seconds`` (7 days by default) is how long a writer's idempotency mark on
+    a config outlives the writer's last batch: a retry needs it for seconds, but each process
+    (each writer id) leaves one small key per config it flushed until then, so a fleet whose
+    processes restart often may want it shorter. ``chunk_size`` deltas go in one pipeline.
     """
 
     def __init__(
@@ -259,6 +301,7 @@ class RedisStore:
         ssl_certfile: str | None = None,
         ssl_keyfile: str | None = None,
         chunk_size: int = _DEFAULT_CHUNK_SIZE,
+        writer_mark_ttl_seconds: int = _DEFAULT_MARK_TTL_SECONDS,
         close_client: bool | None = None,
         **client_options: Any,
     ) -> None:
@@ -269,6 +312,11 @@ class RedisStore:
             )
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
+        if writer_mark_ttl_seconds < 1:
+            raise ValueError(
+                f"writer_mark_ttl_seconds must be at least 1, not {writer_mark_ttl_seconds}"
+            )
+        self._apply_script = _Script(_APPLY_LUA, int(writer_mark_ttl_seconds))
         self._prefix = key_prefix
         self._chunk = chunk_size
         self._secrets: list[str] = [s for s in (ssl_ca_certs, ssl_certfile, ssl_keyfile) if s]
@@ -350,8 +398,7 @@ class RedisStore:
 
     def config_key_base(self, config_id: str) -> str:
         """``P{T}:``, the start of every key of ``config_id`` (see module doc)."""
-        digest = hashlib.blake2b(config_id.encode("utf-8"), digest_size=16).hexdigest()
-        return f"{self._prefix}{{{digest}}}:"
+        return f"{self._prefix}{{{_tag(config_id)}}}:"
 
     def __repr__(self) -> str:
         kind = "cluster" if self._cluster else "single"
@@ -393,7 +440,7 @@ class RedisStore:
     async def _eval_many(
         self,
         script: _Script,
-        calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+        calls: Sequence[tuple[Sequence[Any], Sequence[Any]]],
         extra: Iterable[tuple[Any, ...]] = (),
     ) -> list[Any]:
         """One pipeline of EVALSHA calls (then ``extra`` commands); the calls that met a
@@ -402,7 +449,7 @@ class RedisStore:
         await self._ready()
         pipe = self._client.pipeline(transaction=False)
         for keys, args in calls:
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", script.sha_bytes, b"%d" % len(keys), *keys, *args)
         for command in extra:
             pipe.execute_command(*command)
         replies = list(await pipe.execute(raise_on_error=False))
@@ -412,7 +459,7 @@ class RedisStore:
             pipe = self._client.pipeline(transaction=False)
             for n in missing:
                 keys, args = calls[n]
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                pipe.execute_command("EVALSHA", script.sha_bytes, b"%d" % len(keys), *keys, *args)
             for n, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
                 replies[n] = reply
         for reply in replies:
@@ -421,21 +468,22 @@ class RedisStore:
         return replies[: len(calls)]
 
     def _sync(self, config_id: str, reply: Sequence[Any]) -> ConfigSync:
-        if not reply or int(reply[0]) == 0:
+        """A ConfigSync from a script's reply ``[numbers, provider, record, alert data]``
+        (``[nil]`` for an unknown config); numbers: epoch, window s f i o x, lifetime s f i o
+        x, alert version (0: none)."""
+        nums, provider, record, alert = reply
+        if nums is None:
             return ConfigSync(config_id, False, 0, None, ZERO, ZERO, None, None)
-        epoch = int(reply[1] or 0)
-        provider = None if reply[2] is None else _text(reply[2])
-        record = None if reply[3] is None else _record_from_json(_text(reply[3]))
-        alert = None if reply[14] is None else AlertRecord(int(reply[14]), _text(reply[15] or ""))
+        e, s0, s1, s2, s3, s4, l0, l1, l2, l3, l4, version = map(int, nums.split())
         return ConfigSync(
             config_id,
             True,
-            epoch,
-            provider,
-            _counts(reply, 4),
-            _counts(reply, 9),
-            record,
-            alert,
+            e,
+            None if provider is None else _decoded(provider),
+            (s0, s1, s2, s3, s4),
+            (l0, l1, l2, l3, l4),
+            None if record is None else _record_from_json(record),
+            None if version == 0 else AlertRecord(version, _text(alert or "")),
         )
 
     # -- the protocol ---------------------------------------------------------------------
@@ -453,52 +501,39 @@ class RedisStore:
     async def apply(self, batch: FlushBatch) -> list[ConfigSync]:
         """One script call per delta, pipelined by ``chunk_size``; see the module doc."""
         out: list[ConfigSync] = []
-        seq = str(batch.seq)
-        mark_ttl = str(_MARK_TTL_SECONDS)
+        writer, seq = batch.writer.encode(), str(batch.seq).encode()
+        prefix = self._prefix
         deltas = batch.deltas
         try:
             for first in range(0, len(deltas), self._chunk):
                 chunk = deltas[first : first + self._chunk]
-                calls: list[tuple[Sequence[str], Sequence[Any]]] = []
-                for delta in chunk:
-                    base = self.config_key_base(delta.config_id)
-                    window = delta.window
-                    ttl = window.ttl_seconds
-                    c = delta.counts
+                calls: list[tuple[Sequence[Any], Sequence[Any]]] = []
+                for d in chunk:
+                    w, c = d.window, d.counts
+                    ttl = 0 if w.ttl_seconds is None else max(1, w.ttl_seconds)
+                    key, config_id = _apply_keys(prefix, d.config_id)
                     calls.append(
                         (
+                            (key,),
                             (
-                                base + "cfg",
-                                base + "life",
-                                base + "alert",
-                                base + "windows",
-                                base + "writers",
-                                f"{base}w:{window.start}:{window.epoch}",
-                                f"{base}wr:{batch.writer}",
-                            ),
-                            (
-                                delta.config_id,
+                                config_id,
+                                writer,
                                 seq,
-                                mark_ttl,
-                                "" if ttl is None else str(max(1, math.ceil(ttl))),
-                                "" if delta.provider is None else "+" + delta.provider,
-                                base,
-                                str(window.start),
-                                str(c[0]),
-                                str(c[1]),
-                                str(c[2]),
-                                str(c[3]),
-                                str(c[4]),
+                                b"" if d.provider is None else _provider_arg(d.provider),
+                                f"{w.start} {w.epoch} {ttl} {c[0]} {c[1]} {c[2]} {c[3]} "
+                                f"{c[4]}".encode(),
                             ),
                         )
                     )
-                ids = {delta.config_id for delta in chunk}
-                replies = await self._eval_many(_APPLY, calls, [("SADD", self._index, *ids)])
-                for delta, reply in zip(chunk, replies, strict=True):
-                    out.append(self._sync(delta.config_id, reply))
+                ids = {d.config_id for d in chunk}
+                replies = await self._eval_many(
+                    self._apply_script, calls, [("SADD", self._index, *ids)]
+                )
+                for d, reply in zip(chunk, replies, strict=True):
+                    out.append(self._sync(d.config_id, reply))
         except _ERRORS as exc:
             raise self._error(f"apply (writer {batch.writer!r}, seq {batch.seq})", exc) from None
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise self._error("apply (bad data in the store)", exc) from None
         return out
 
@@ -508,18 +543,15 @@ class RedisStore:
         try:
             for first in range(0, len(wanted), self._chunk):
                 chunk = wanted[first : first + self._chunk]
-                calls: list[tuple[Sequence[str], Sequence[Any]]] = []
+                calls: list[tuple[Sequence[Any], Sequence[Any]]] = []
                 for config_id, start in chunk:
-                    base = self.config_key_base(config_id)
-                    calls.append(
-                        ((base + "cfg", base + "life", base + "alert"), (base, str(int(start))))
-                    )
+                    calls.append(((self.config_key_base(config_id) + "cfg",), (str(int(start)),)))
                 replies = await self._eval_many(_READ, calls)
                 for (config_id, _), reply in zip(chunk, replies, strict=True):
                     out.append(self._sync(config_id, reply))
         except _ERRORS as exc:
             raise self._error("read", exc) from None
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise self._error("read (bad data in the store)", exc) from None
         return out
 
@@ -558,10 +590,8 @@ class RedisStore:
     async def delete(self, config_id: str) -> bool:
         """One script deletes every key of the config (windows and writer marks through their
         sets), then SREM the index."""
-        base = self.config_key_base(config_id)
-        keys = tuple(base + name for name in ("cfg", "life", "alert", "windows", "writers"))
         try:
-            existed = await self._eval(_DELETE, keys, ())
+            existed = await self._eval(_DELETE, (self.config_key_base(config_id) + "cfg",), ())
             await self._client.srem(self._index, config_id)
         except _ERRORS as exc:
             raise self._error(f"delete ({config_id!r})", exc) from None
@@ -570,16 +600,14 @@ class RedisStore:
     async def compare_and_set_alert(
         self, config_id: str, expected_version: int, data: str
     ) -> tuple[bool, AlertRecord]:
-        """A Lua compare-and-set on the alert hash's version.
+        """A Lua compare-and-set on the alert version (``av``) in the config hash.
 
         When the version differs and there is no record at all (``expected_version`` > 0 for a
         deleted config), the current record is reported as ``AlertRecord(0, "")``.
         """
-        base = self.config_key_base(config_id)
+        key = self.config_key_base(config_id) + "cfg"
         try:
-            reply = await self._eval(
-                _CAS, (base + "cfg", base + "alert"), (config_id, str(expected_version), data)
-            )
+            reply = await self._eval(_CAS, (key,), (config_id, str(expected_version), data))
             if int(reply[0]) == 1:
                 await self._client.sadd(self._index, config_id)
         except _ERRORS as exc:
@@ -619,11 +647,8 @@ def _url_secrets(url: str) -> list[str]:
 def _client_url(client: Redis | RedisCluster) -> str:
     """A redacted URL naming a client passed in (its host, port and db; never a password)."""
     if isinstance(client, RedisCluster):
-        node = client.get_default_node()
-        if node is None:
-            nodes = client.get_nodes()
-            node = nodes[0] if nodes else None
-        where = f"{node.host}:{node.port}" if node is not None else "?"
+        nodes = list(client.nodes_manager.startup_nodes.values()) or client.get_nodes()
+        where = f"{nodes[0].host}:{nodes[0].port}" if nodes else "?"
         return f"redis+cluster://{where}"
     kwargs = client.connection_pool.connection_kwargs
     if "path" in kwargs:
