@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 __all__ = [
+    "TOMBSTONE_SECONDS",
     "ZERO",
     "AlertRecord",
     "ConfigRecord",
@@ -47,6 +48,9 @@ Counts = tuple[int, int, int, int, int]
 requests. ``sum(c[2:])`` is the total of tokens."""
 
 ZERO: Counts = (0, 0, 0, 0, 0)
+
+TOMBSTONE_SECONDS = 86_400
+"""How long a store remembers that a config was deleted (see ``ConfigSync.deleted``)."""
 
 
 def add_counts(a: Counts, b: Counts) -> Counts:
@@ -149,6 +153,11 @@ class ConfigSync:
     lifetime: Counts
     record: ConfigRecord | None
     alert: AlertRecord | None
+    deleted: bool = False
+    """For a config the store does not know: True if ``delete`` removed it (the store keeps a
+    tombstone for ``TOMBSTONE_SECONDS``), so processes that still have it drop it. A config
+    neither known nor deleted was *lost* (a Redis node restarted empty): processes that had it
+    send it their share again."""
 
 
 @runtime_checkable
@@ -191,7 +200,9 @@ class QuotaStore(Protocol):
         """Move ``config_id`` to a new reset epoch (an empty window); return the new epoch."""
 
     async def delete(self, config_id: str) -> bool:
-        """Remove a configuration and everything the store keeps of it; False if unknown."""
+        """Remove a configuration and everything the store keeps of it, leaving a tombstone
+        (``ConfigSync.deleted``) for ``TOMBSTONE_SECONDS``; False if unknown. Later usage
+        creates the config afresh (and lifts the tombstone)."""
 
     async def compare_and_set_alert(
         self, config_id: str, expected_version: int, data: str
@@ -199,7 +210,8 @@ class QuotaStore(Protocol):
         """Replace the alert record if its version is ``expected_version`` (0: no record yet).
 
         Returns ``(True, new record)`` with version ``expected_version + 1`` when it won, or
-        ``(False, current record)`` when another writer changed it first."""
+        ``(False, current record)`` when another writer changed it first (``AlertRecord(0, "")``
+        when there is no record and ``expected_version`` was not 0)."""
 
     async def aclose(self) -> None:
         """Release connections and files. Idempotent."""
