@@ -776,9 +776,13 @@ class QuotaLedger:
             for sync, start in syncs:
                 state = states.get(sync.config_id)
                 if not sync.exists:
-                    if state is not None and state.stored and not state.dirty:
-                        # Deleted in the store by another process (``delete`` / the CLI).
-                        del states[sync.config_id]
+                    if state is None or not state.stored:
+                        continue
+                    if sync.deleted:
+                        if not state.dirty:  # deleted by another process (or the CLI)
+                            del states[sync.config_id]
+                    else:  # lost (a store node restarted empty): send our share again
+                        self._reseed(state)
                     continue
                 if state is None:
                     state = self._from_store(sync, now)
@@ -798,13 +802,20 @@ class QuotaLedger:
                 if sync.epoch == state.epoch and start == state.window().start:
                     others = sub_counts(sync.window_counts, flushed)
                     state.others = others
-                    state.total = (
-                        state.input + state.output + state.other + others[2] + others[3] + others[4]
+                    state.total = min(
+                        state.input
+                        + state.output
+                        + state.other
+                        + others[2]
+                        + others[3]
+                        + others[4],
+                        MAX_PERIOD_TOKENS,
                     )
                 state.others_life = sub_counts(sync.lifetime, state.life_flushed)
                 state.synced_at = now
-                if state.total >= state.wake_at:
-                    state.wake_at = _INF
+                if state.total >= state.wake_at and state.wake_at != _SATURATED:
+                    # The fleet's usage crossed a threshold: the monitor must look.
+                    state.wake_at = _SATURATED
                     wake = True
                 touched.append((state, sync.alert))
         if wake:
@@ -885,6 +896,21 @@ class QuotaLedger:
                 state.dirty = False
                 state.record_dirty = False
 
+    def _reseed(self, state: _ConfigState) -> None:
+        # Under the lock: the store no longer has this config; queue this process's share of
+        # its current window (and its settings) to be sent again.
+        state.flushed = ZERO
+        state.life_flushed = ZERO
+        state.others = ZERO
+        state.others_life = ZERO
+        state.total = min(state.input + state.output + state.other, MAX_PERIOD_TOKENS)
+        state.stored = False
+        state.alert_version = 0
+        state.record_dirty = state.limit is not None
+        if not state.dirty:
+            state.dirty = True
+            self._dirty.append(state)
+
     def store_lost(self) -> None:
         """The store was emptied (a Redis restarted without persistence): send it again what
         this process counted in the current windows, and its settings.
@@ -894,19 +920,8 @@ class QuotaLedger:
         """
         with self._lock:
             for state in self._states.values():
-                if state.flushed is None:
-                    continue
-                state.flushed = ZERO
-                state.life_flushed = ZERO
-                state.others = ZERO
-                state.others_life = ZERO
-                state.total = state.input + state.output + state.other
-                state.stored = False
-                state.alert_version = 0
-                state.record_dirty = state.limit is not None
-                if not state.dirty:
-                    state.dirty = True
-                    self._dirty.append(state)
+                if state.flushed is not None:
+                    self._reseed(state)
 
 
 def _change_period(state: _ConfigState, period: Period | None, tz: tzinfo, now: float) -> None:

@@ -404,3 +404,28 @@ async def test_the_final_flush_sends_both_windows_of_a_boundary(
     await a.aclose()  # one final flush, however many batches it takes
     old, new = await store.read([("x", start), ("x", start + 3600)])
     assert (old.window_counts[2], new.window_counts[2]) == (5, 7)
+
+
+async def test_a_config_lost_by_the_store_is_rebuilt_a_deleted_one_is_dropped(
+    fleet: Fleet,
+) -> None:
+    """One Redis Cluster node restarted empty loses the configs in its slots only: the store's
+    instance id does not change, yet every process re-sends its share of those configs."""
+    store = MemoryStore()
+    a, b = fleet(store), fleet(store)
+    await a.set_quota_limit("lost", 1000)
+    await a.set_quota_limit("kept", 1000)
+    for m, n in ((a, 100), (b, 30)):
+        m.record_usage("lost", input_tokens=n)
+        m.record_usage("kept", input_tokens=n)
+    await sync_all(a, b)
+    del store._entries["lost"]  # gone, without a tombstone: lost, not deleted
+    await sync_all(a, b)
+    for m in (a, b):
+        for cid in ("lost", "kept"):
+            quota = await m.get_quota_usage(cid)
+            assert quota is not None
+            assert (quota.total_tokens, quota.quota_limit) == (130, 1000)
+    start = await window_start(a, "lost")
+    lost, kept = await store.read([("lost", start), ("kept", start)])
+    assert (lost.window_counts[2], kept.window_counts[2]) == (130, 130)  # not 2x where kept

@@ -164,3 +164,23 @@ async def test_counts_are_exact_integers(store: QuotaStore) -> None:
 async def test_url_has_no_password(store: QuotaStore) -> None:
     assert "secret" not in store.url
     assert "secret" not in repr(store)
+
+
+async def test_a_deleted_config_is_told_apart_from_a_lost_one(store: QuotaStore) -> None:
+    await store.apply(batch("w", 1, Delta("a", W, (1, 0, 10, 0, 0))))
+    await store.delete("a")
+    [a, never] = await store.read([("a", W.start), ("never", W.start)])
+    assert not a.exists
+    assert a.deleted
+    assert not never.exists
+    assert not never.deleted
+    [a] = await store.apply(batch("w", 2, Delta("a", W, (1, 0, 2, 0, 0))))  # back by usage
+    assert a.exists
+    assert not a.deleted
+    assert a.window_counts == (1, 0, 2, 0, 0)
+
+
+async def test_compare_and_set_with_no_record_and_a_stale_version_loses(store: QuotaStore) -> None:
+    won, record = await store.compare_and_set_alert("nothing", 3, "{}")
+    assert not won
+    assert record.version == 0

@@ -9,11 +9,13 @@ fleet behaviour in a user's own tests. Nothing survives the process.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from otel_llm_quota.stores._base import (
+    TOMBSTONE_SECONDS,
     ZERO,
     AlertRecord,
     ConfigRecord,
@@ -45,6 +47,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._instance = uuid.uuid4().hex
+        self._tombstones: dict[str, float] = {}  # deleted config -> until (monotonic)
         self.applied_batches = 0
         """Deltas applied (not counting replays): for tests."""
 
@@ -65,7 +68,9 @@ class MemoryStore:
     def _sync(self, config_id: str, start: int | None) -> ConfigSync:
         entry = self._entries.get(config_id)
         if entry is None:
-            return ConfigSync(config_id, False, 0, None, ZERO, ZERO, None, None)
+            until = self._tombstones.get(config_id)
+            deleted = until is not None and until > time.monotonic()
+            return ConfigSync(config_id, False, 0, None, ZERO, ZERO, None, None, deleted)
         counts = ZERO if start is None else entry.windows.get(f"{start}:{entry.epoch}", ZERO)
         return ConfigSync(
             config_id,
@@ -83,9 +88,7 @@ class MemoryStore:
         out: list[ConfigSync] = []
         with self._lock:
             for delta in batch.deltas:
-                entry = self._entries.get(delta.config_id)
-                if entry is None:
-                    entry = self._entries[delta.config_id] = _Entry()
+                entry = self._entries.get(delta.config_id) or self._create(delta.config_id)
                 if entry.applied.get(batch.writer, -1) < batch.seq:
                     entry.applied[batch.writer] = batch.seq
                     key = delta.window.key
@@ -110,9 +113,7 @@ class MemoryStore:
     async def put_config(self, record: ConfigRecord) -> None:
         """Create or replace a configuration's settings."""
         with self._lock:
-            entry = self._entries.get(record.config_id)
-            if entry is None:
-                entry = self._entries[record.config_id] = _Entry()
+            entry = self._entries.get(record.config_id) or self._create(record.config_id)
             entry.record = record
             if record.provider is not None:
                 entry.provider = record.provider
@@ -120,16 +121,23 @@ class MemoryStore:
     async def reset(self, config_id: str) -> int:
         """Start a new epoch (empty window)."""
         with self._lock:
-            entry = self._entries.get(config_id)
-            if entry is None:
-                entry = self._entries[config_id] = _Entry()
+            entry = self._entries.get(config_id) or self._create(config_id)
             entry.epoch += 1
             return entry.epoch
 
     async def delete(self, config_id: str) -> bool:
-        """Forget a configuration."""
+        """Forget a configuration, leaving a tombstone."""
         with self._lock:
-            return self._entries.pop(config_id, None) is not None
+            found = self._entries.pop(config_id, None) is not None
+            if found:
+                self._tombstones[config_id] = time.monotonic() + TOMBSTONE_SECONDS
+            return found
+
+    def _create(self, config_id: str) -> _Entry:
+        # Under the lock.
+        self._tombstones.pop(config_id, None)
+        entry = self._entries[config_id] = _Entry()
+        return entry
 
     async def compare_and_set_alert(
         self, config_id: str, expected_version: int, data: str
@@ -137,13 +145,12 @@ class MemoryStore:
         """Replace the alert record if its version is ``expected_version``."""
         with self._lock:
             entry = self._entries.get(config_id)
-            if entry is None:
-                entry = self._entries[config_id] = _Entry()
-            current = entry.alert
+            current = None if entry is None else entry.alert
             version = 0 if current is None else current.version
             if version != expected_version:
-                assert current is not None
-                return False, current
+                return False, current if current is not None else AlertRecord(0, "")
+            if entry is None:
+                entry = self._create(config_id)
             entry.alert = AlertRecord(version + 1, data)
             return True, entry.alert
 

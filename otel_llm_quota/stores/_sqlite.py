@@ -41,6 +41,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota.stores._base import (
+    TOMBSTONE_SECONDS,
     ZERO,
     AlertRecord,
     ConfigRecord,
@@ -107,6 +108,10 @@ CREATE TABLE IF NOT EXISTS applied (
     seq INTEGER NOT NULL,
     updated_at REAL NOT NULL,
     PRIMARY KEY (writer, config_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deleted (
+    config_id TEXT PRIMARY KEY,
+    until REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
@@ -500,6 +505,7 @@ class SQLiteStore:
         self._next_sweep = now + _SWEEP_INTERVAL_S
         conn.execute("DELETE FROM windows WHERE expires_at < ?", (now,))
         conn.execute("DELETE FROM applied WHERE updated_at < ?", (now - _APPLIED_TTL_S,))
+        conn.execute("DELETE FROM deleted WHERE until < ?", (now,))
 
     def _syncs(
         self, conn: sqlite3.Connection, wanted: Sequence[tuple[str, int]]
@@ -518,8 +524,29 @@ class SQLiteStore:
                 raise OverflowError(f"a counter of {cid!r} left the int64 range: {row!r}")
             alert = None if row[20] is None else AlertRecord(row[20], row[21])
             out[i] = ConfigSync(cid, True, row[1], row[2], window, lifetime, record, alert)
+        missing = [wanted[i][0] for i, sync in enumerate(out) if sync is None]
+        tombstones: set[str] = set()
+        if missing:
+            tombstones = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT config_id FROM deleted WHERE until > ? AND config_id IN"
+                    " (SELECT value FROM json_each(?))",
+                    (self._clock(), json.dumps(missing)),
+                )
+            }
         return [
-            ConfigSync(wanted[i][0], False, 0, None, ZERO, ZERO, None, None)
+            ConfigSync(
+                wanted[i][0],
+                False,
+                0,
+                None,
+                ZERO,
+                ZERO,
+                None,
+                None,
+                deleted=wanted[i][0] in tombstones,
+            )
             if sync is None
             else sync
             for i, sync in enumerate(out)
@@ -561,6 +588,9 @@ class SQLiteStore:
                         or (d.provider is not None and not known[d.config_id])
                     ],
                 )
+                created = [(d.config_id,) for d in deltas if d.config_id not in known]
+                if created:  # usage after a delete: the config is back, its tombstone gone
+                    conn.executemany("DELETE FROM deleted WHERE config_id = ?", created)
                 conn.executemany(_ADD_WINDOW, windows)
                 conn.executemany(_ADD_LIFETIME, lifetimes)
                 conn.executemany(_MARK_APPLIED, [(writer, c, seq, now) for c, *_ in lifetimes])
@@ -647,6 +677,11 @@ class SQLiteStore:
                 found = known.rowcount > 0
                 for table in ("windows", "lifetime", "alerts", "applied"):
                     conn.execute(f"DELETE FROM {table} WHERE config_id = ?", (config_id,))
+                if found:  # tells the other processes it was deleted, not lost
+                    conn.execute(
+                        "INSERT OR REPLACE INTO deleted VALUES (?, ?)",
+                        (config_id, self._clock() + TOMBSTONE_SECONDS),
+                    )
             return found
 
         return self._run("delete", work)
