@@ -420,7 +420,7 @@ async def test_a_config_lost_by_the_store_is_rebuilt_a_deleted_one_is_dropped(
         m.record_usage("kept", input_tokens=n)
     await sync_all(a, b)
     del store._entries["lost"]  # gone, without a tombstone: lost, not deleted
-    await sync_all(a, b)
+    await sync_all(a, b, rounds=3)  # seen lost, re-sent, read back
     for m in (a, b):
         for cid in ("lost", "kept"):
             quota = await m.get_quota_usage(cid)
