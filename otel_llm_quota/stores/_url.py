@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
+from otel_llm_quota.environment_variables import OTEL_LLM_QUOTA_STORE_KEY_PREFIX
 from otel_llm_quota.stores._base import QuotaStore
 from otel_llm_quota.stores._memory import MemoryStore
 
@@ -54,6 +56,10 @@ def open_store(url: str, **options: Any) -> QuotaStore:
             raise ImportError(
                 "the Redis store needs redis-py: pip install 'otel-llm-quota[redis]'"
             ) from exc
+        if "key_prefix" not in options:
+            prefix = os.environ.get(OTEL_LLM_QUOTA_STORE_KEY_PREFIX, "").strip()
+            if prefix:
+                options = {**options, "key_prefix": prefix}
         return RedisStore.from_url(url, **options)
     raise ValueError(
         f"unknown store URL {redact_url(url)!r}: use memory://, sqlite:///path, redis://, "

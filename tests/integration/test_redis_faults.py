@@ -136,3 +136,13 @@ def test_a_reply_lost_in_the_network_is_retried_and_counted_once(
     finally:
         manager.close()
     assert fleet_tokens(redis_server, "d") == 7
+
+
+def test_the_key_prefix_comes_from_the_environment(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from otel_llm_quota.stores import open_store
+
+    monkeypatch.setenv("OTEL_LLM_QUOTA_STORE_KEY_PREFIX", "app2:")
+    assert open_store(redis_url).key_prefix == "app2:"  # type: ignore[attr-defined]
+    assert open_store(redis_url, key_prefix="x:").key_prefix == "x:"  # type: ignore[attr-defined]
