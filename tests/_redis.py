@@ -49,7 +49,7 @@ STOP_TIMEOUT_SECONDS = 10.0
 CLUSTER_TIMEOUT_SECONDS = 30.0
 _POLL_SECONDS = 0.02
 
-ProxyMode = Literal["forward", "drop_replies", "refuse"]
+ProxyMode = Literal["forward", "drop_replies", "refuse", "drop_next_script_reply"]
 
 
 def _missing(message: str) -> None:
@@ -487,6 +487,10 @@ class ReplyDroppingProxy:
     - ``drop_replies``: client -> server bytes are forwarded (the command is applied), server ->
       client bytes are read and discarded, so the client waits for a reply that never comes.
     - ``refuse``: open connections are closed, new ones are closed as soon as they are accepted.
+    - ``drop_next_script_reply``: forward, until a client sends a script call (``EVALSHA`` or
+      ``EVAL``): that connection's replies are dropped from then on (the script runs, its
+      caller times out), and the mode is ``forward`` again for every other connection. So the
+      ambiguous failure hits the first flush script, whatever reads came before it.
 
     Switching back to ``forward`` affects only bytes read after the switch: a reply dropped
     before it is lost for good (as on a real network), so a client should reconnect.
@@ -531,7 +535,7 @@ class ReplyDroppingProxy:
         return await asyncio.start_server(self._handle, self.host, 0)
 
     def set_mode(self, mode: ProxyMode) -> None:
-        if mode not in ("forward", "drop_replies", "refuse"):
+        if mode not in ("forward", "drop_replies", "refuse", "drop_next_script_reply"):
             raise ValueError(f"unknown proxy mode {mode!r}")
         self._call(self._set_mode(mode))
 
@@ -555,9 +559,10 @@ class ReplyDroppingProxy:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        muted = [False]  # this connection's replies are dropped (drop_next_script_reply)
         pumps = {
-            asyncio.ensure_future(self._pump(reader, up_writer, replies=False)),
-            asyncio.ensure_future(self._pump(up_reader, writer, replies=True)),
+            asyncio.ensure_future(self._pump(reader, up_writer, replies=False, muted=muted)),
+            asyncio.ensure_future(self._pump(up_reader, writer, replies=True, muted=muted)),
         }
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
@@ -571,7 +576,12 @@ class ReplyDroppingProxy:
             self._tasks.discard(task)
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, replies: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        replies: bool,
+        muted: list[bool],
     ) -> None:
         while True:
             try:
@@ -580,7 +590,10 @@ class ReplyDroppingProxy:
                 return
             if not data or self._mode == "refuse":
                 return
-            if replies and self._mode == "drop_replies":
+            if not replies and self._mode == "drop_next_script_reply" and b"EVAL" in data.upper():
+                muted[0] = True
+                self._mode = "forward"
+            if replies and (self._mode == "drop_replies" or muted[0]):
                 continue
             writer.write(data)
             try:

@@ -233,9 +233,11 @@ async def test_a_batch_whose_reply_was_lost_is_retried_and_counted_once(fleet: F
     faulty = FaultyStore(inner)
     a = fleet(faulty)
     a.record_usage("x", input_tokens=11)
-    faulty.lose_replies = 2  # applied twice over, acknowledged never
-    assert not await a.aflush(timeout_seconds=2)
-    assert not await a.aflush(timeout_seconds=2)
+    faulty.lose_replies = 2  # applied, and the reply lost, twice over
+    assert await a.aflush(timeout_seconds=10)  # the third try is acknowledged
+    assert faulty.calls.count("apply") == 3
+    assert a.store_sync is not None
+    assert a.store_sync.errors["apply"] == 2
     a.record_usage("x", input_tokens=1)
     await sync_all(a)
     [sync] = await inner.read([("x", 0)])

@@ -42,6 +42,7 @@ _logger = logging.getLogger("otel_llm_quota.stores")
 
 DEFAULT_FLUSH_INTERVAL_SECONDS = 1.0
 _MAX_BACKOFF_SECONDS = 30.0
+_FLUSH_RETRY_SECONDS = 0.1
 
 _T = TypeVar("_T")
 
@@ -206,11 +207,26 @@ class StoreSync:
         return future
 
     def flush(self, timeout_seconds: float) -> bool:
-        """Sync now and wait; True if a sync succeeded within the timeout."""
-        try:
-            return self.request_flush().result(timeout_seconds)
-        except concurrent.futures.TimeoutError:
-            return False
+        """Sync now and wait; True once a sync succeeded, False if none did within the timeout.
+
+        A failed sync is tried again (at most every ``_FLUSH_RETRY_SECONDS``) until the
+        deadline: a store that just came back (a stale pooled connection fails first) or a
+        server paused for a moment still counts as flushed in time."""
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                if self.request_flush().result(remaining):
+                    return True
+            except concurrent.futures.TimeoutError:
+                return False
+            if not self.running:
+                return False
+            pause = min(_FLUSH_RETRY_SECONDS, deadline - time.monotonic())
+            if pause > 0:
+                time.sleep(pause)  # between two attempts at a failing store
 
     @property
     def pending_configs(self) -> int:

@@ -489,10 +489,15 @@ class RedisStore:
     # -- the protocol ---------------------------------------------------------------------
 
     async def instance_id(self) -> str:
-        """``SET Pinstance <uuid4 hex> NX GET``: the first caller's id, kept by the server."""
-        mine = uuid.uuid4().hex
+        """The first caller's id, kept by the server: a ``GET`` (the flusher asks every cycle:
+        a read, so a server refusing writes still answers it), and ``SET Pinstance <uuid4 hex>
+        NX GET`` only when there is none yet."""
         try:
             await self._ready()
+            current = await self._client.get(self._instance)
+            if current is not None:
+                return _text(current)
+            mine = uuid.uuid4().hex
             previous = await self._client.set(self._instance, mine, nx=True, get=True)
         except _ERRORS as exc:
             raise self._error("instance_id", exc) from None

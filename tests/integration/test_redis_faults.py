@@ -91,20 +91,24 @@ def test_redis_stopped_mid_run_and_started_again(
         b.close()
 
 
-def test_a_flush_that_timed_out_after_redis_applied_it_counts_once(
+def test_a_flush_held_by_a_paused_redis_past_the_timeout_counts_once(
     redis_server: RedisServer, redis_url: str
 ) -> None:
-    # CLIENT PAUSE longer than the client's timeout: the command waits in Redis, the client gives
-    # up, Redis then applies it. The flusher retries the batch with the same idempotency key.
+    # CLIENT PAUSE (of writes) longer than the client's timeout: the flush script waits in
+    # Redis and the client gives up; the flusher retries the batch with the same idempotency key
+    # until Redis answers. (Redis drops a held command whose client hung up, so here the first
+    # try is not applied; a command applied whose reply was lost is the proxy test below.)
     url = redis_url + "?socket_timeout=0.3"
     manager = LLMProviderManager(store=url, flush_interval_seconds=3600)
     try:
         manager.record_usage("p", input_tokens=5)
         assert manager.flush(10)
         manager.record_usage("p", input_tokens=11)
-        redis_server.pause(1000)
-        assert not manager.flush(5)
-        assert manager.flush(10)  # the retry, after the pause
+        with redis_server.client() as admin:  # writes wait 1 s; reads go on
+            admin.execute_command("CLIENT", "PAUSE", "1000", "WRITE")
+        assert manager.flush(10)  # timed out (maybe applied) during the pause, then retried
+        assert manager.store_sync is not None
+        assert manager.store_sync.errors["apply"] >= 1
         assert manager.flush(10)
         quota = manager.ledger.get("p")
         assert quota is not None
@@ -124,11 +128,10 @@ def test_a_reply_lost_in_the_network_is_retried_and_counted_once(
         manager.record_usage("d", input_tokens=3)
         assert manager.flush(10)
         manager.record_usage("d", input_tokens=4)
-        reply_dropping_proxy.set_mode("drop_replies")
-        assert not manager.flush(5)
-        assert not manager.flush(5)
-        reply_dropping_proxy.set_mode("forward")
-        assert manager.flush(10)
+        reply_dropping_proxy.set_mode("drop_next_script_reply")  # the flush script's reply
+        assert manager.flush(10)  # timed out once (applied), retried with the same key
+        assert manager.store_sync is not None
+        assert manager.store_sync.errors["apply"] == 1
         assert manager.flush(10)
         quota = manager.ledger.get("d")
         assert quota is not None
