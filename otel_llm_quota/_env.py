@@ -5,17 +5,20 @@ from __future__ import annotations
 import logging
 import math
 import os
+from typing import TypeVar
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["env_bool", "env_seconds", "env_str"]
+__all__ = ["env_bool", "env_positive_int", "env_seconds", "env_str"]
 
+
+_D = TypeVar("_D", float, None)
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
 
-def env_seconds(name: str, default: float) -> float:
+def env_seconds(name: str, default: _D) -> float | _D:
     """A positive, finite number of seconds from ``name``; warn and use ``default`` if malformed."""
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -26,6 +29,21 @@ def env_seconds(name: str, default: float) -> float:
         value = math.nan
     if not math.isfinite(value) or value <= 0:
         _logger.warning("%s=%r is not a positive number of seconds; using %s", name, raw, default)
+        return default
+    return value
+
+
+def env_positive_int(name: str, default: int) -> int:
+    """A positive int from ``name``; warn and use ``default`` if malformed."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        _logger.warning("%s=%r is not a positive integer; using %s", name, raw, default)
         return default
     return value
 

@@ -11,6 +11,7 @@ counters (see ``_alerting``) and is only ever changed by the monitor, under the 
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -28,10 +29,13 @@ from otel_llm_quota._validation import (
     check_count,
     check_limit,
     check_optional_str,
+    check_positive_seconds,
     check_thresholds,
 )
 
-__all__ = ["Clock", "MetricRow", "QuotaLedger"]
+__all__ = ["DEFAULT_MAX_CONFIGS", "OVERFLOW_CONFIG_ID", "Clock", "MetricRow", "QuotaLedger"]
+
+_logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 """A zero-argument callable returning the current POSIX time in seconds (``time.time``)."""
@@ -46,6 +50,12 @@ _INF: Final = math.inf
 _T = TypeVar("_T", bound=tuple[Any, ...])
 DEFAULT_THRESHOLD_PERCENT: Final = 80.0
 DEFAULT_PERIOD: Final[Period] = "month"
+DEFAULT_MAX_CONFIGS: Final = 10_000
+"""Configurations without a limit (the ones usage creates) a ledger holds by default."""
+OVERFLOW_CONFIG_ID: Final = "_overflow"
+"""The reserved config that takes the usage of new config ids once ``max_configs`` configs
+without a limit exist (like the SDK's ``otel.metric.overflow`` series): nothing is lost. It is
+exempt from the cap and carries no provider."""
 
 
 class _ConfigState:
@@ -189,6 +199,28 @@ class _ConfigState:
         )
 
 
+class _OverflowState(_ConfigState):
+    """The ``_overflow`` config: usage of many ids and providers, so it keeps no provider."""
+
+    __slots__ = ()
+
+    @property  # a None that ignores writes shadows the slot of the base class
+    def provider(self) -> str | None:
+        return None
+
+    @provider.setter
+    def provider(self, value: str | None) -> None:
+        pass  # the hot path sets the provider of a new config's first record: ignored here
+
+
+def _new_state(
+    config_id: str, provider: str | None, period: Period | None, tz: tzinfo, now: float
+) -> _ConfigState:
+    if config_id == OVERFLOW_CONFIG_ID:
+        return _OverflowState(config_id, None, period, tz, now)
+    return _ConfigState(config_id, provider, period, tz, now)
+
+
 def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, timezone.utc)
 
@@ -238,6 +270,12 @@ class QuotaLedger:
         clock: returns the current POSIX time; inject a fake one in tests.
         timezone: default time zone for calendar periods (IANA name or tzinfo; default UTC).
         default_period: the period of configs created by usage before any limit is set.
+        max_configs: how many configs without a limit (the ones usage creates) may exist; the
+            usage of a new id beyond that counts in the ``_overflow`` config (one warning, and
+            ``overflowed_records``). Configs given a limit are never refused nor counted here.
+        idle_config_seconds: configs without a limit whose last usage is older than this are
+            removed (checked when a config is created or metrics are read, at most every quarter
+            of this time; ``expire_idle`` does it now). None (default): they are kept.
     """
 
     def __init__(
@@ -246,12 +284,24 @@ class QuotaLedger:
         clock: Clock | None = None,
         timezone: str | tzinfo | None = None,
         default_period: str | None = DEFAULT_PERIOD,
+        max_configs: int = DEFAULT_MAX_CONFIGS,
+        idle_config_seconds: float | None = None,
     ) -> None:
+        if type(max_configs) is not int or max_configs < 1:
+            raise ValueError(f"max_configs must be a positive int, got {max_configs!r}")
+        if idle_config_seconds is not None:
+            idle_config_seconds = check_positive_seconds("idle_config_seconds", idle_config_seconds)
         self._clock: Clock = clock if clock is not None else time.time
         self._tz = resolve_timezone(timezone)
         self._default_period = validate_period(default_period)
         self._lock = threading.Lock()
         self._states: dict[str, _ConfigState] = {}
+        self._max_configs = max_configs
+        self._unlimited = 0  # configs without a limit, _overflow excepted: what the cap bounds
+        self._overflowed = 0
+        self._warned = False
+        self._idle_seconds = idle_config_seconds
+        self._next_sweep = -_INF
         self._wakeup: Callable[[], None] | None = None
         reinit_after_fork(self._at_fork_reinit)
 
@@ -266,6 +316,21 @@ class QuotaLedger:
     def clock(self) -> Clock:
         """The clock the ledger reads."""
         return self._clock
+
+    @property
+    def max_configs(self) -> int:
+        """How many configs without a limit usage may create before it overflows."""
+        return self._max_configs
+
+    @property
+    def idle_config_seconds(self) -> float | None:
+        """Idle time after which a config without a limit is removed (None: never)."""
+        return self._idle_seconds
+
+    @property
+    def overflowed_records(self) -> int:
+        """Usage records counted in ``_overflow`` because ``max_configs`` was reached."""
+        return self._overflowed
 
     def set_wakeup(self, callback: Callable[[], None] | None) -> None:
         """Register the callable that wakes the monitor when usage crosses a threshold.
@@ -309,11 +374,14 @@ class QuotaLedger:
         with self._lock:
             state = self._states.get(config_id)
             if state is None:
-                state = self._states[config_id] = _ConfigState(
+                state = self._states[config_id] = _new_state(
                     config_id, provider, period_name, tz, now
                 )
-            elif now >= state.period_end:
-                state.roll(now)
+            else:
+                if state.limit is None and config_id != OVERFLOW_CONFIG_ID:
+                    self._unlimited -= 1  # a limit takes it out of the cap's count
+                if now >= state.period_end:
+                    state.roll(now)
             if provider is not None:
                 state.provider = provider
             if period_name != state.period or tz != state.tz:
@@ -420,12 +488,84 @@ class QuotaLedger:
         self._wake()
 
     def _create(self, config_id: str, provider: str | None, now: float) -> _ConfigState:
-        # Under the lock. Validation happens here, off the hot path: only new ids reach it.
+        # Under the lock. Validation, expiry and the cap happen here, off the hot path: only new
+        # ids reach it (and every record of an id refused by the cap).
         check_config_id(config_id)
-        state = self._states[config_id] = _ConfigState(
-            config_id, provider, self._default_period, self._tz, now
-        )
+        if now >= self._next_sweep and self._idle_seconds is not None:
+            self._sweep(now)
+        if config_id != OVERFLOW_CONFIG_ID:
+            if self._unlimited < self._max_configs:
+                self._unlimited += 1
+                state = self._states[config_id] = _ConfigState(
+                    config_id, provider, self._default_period, self._tz, now
+                )
+                return state
+            self._overflowed += 1
+            if not self._warned:
+                self._warned = True
+                _logger.warning(
+                    "%d quota configs without a limit exist (max_configs): the usage of new "
+                    "config ids (first: %.80r) is counted in %r from now on",
+                    self._max_configs,
+                    config_id,
+                    OVERFLOW_CONFIG_ID,
+                )
+        state = self._states.get(OVERFLOW_CONFIG_ID)  # type: ignore[assignment]
+        if state is None:
+            state = self._states[OVERFLOW_CONFIG_ID] = _OverflowState(
+                OVERFLOW_CONFIG_ID, None, self._default_period, self._tz, now
+            )
+        elif now >= state.period_end:
+            state.roll(now)
         return state
+
+    # -- removal ---------------------------------------------------------------------------------
+
+    def delete(self, config_id: str) -> bool:
+        """Remove ``config_id`` with its counters, limit and alert state; True if it existed.
+
+        Atomic under the ledger's lock. A later record for the id creates it afresh (subject to
+        ``max_configs``), with no limit.
+        """
+        with self._lock:
+            state = self._states.pop(config_id, None)
+            if state is None:
+                return False
+            if state.limit is None and config_id != OVERFLOW_CONFIG_ID:
+                self._unlimited -= 1
+            return True
+
+    def expire_idle(self, now: float | None = None) -> int:
+        """Remove the configs without a limit idle for ``idle_config_seconds``; how many went.
+
+        Does nothing (returns 0) when ``idle_config_seconds`` is None.
+        """
+        if self._idle_seconds is None:
+            return 0
+        if now is None:
+            now = self._clock()
+        with self._lock:
+            return self._sweep(now)
+
+    def _sweep(self, now: float) -> int:
+        # Under the lock: one pass over the configs, at most every quarter of the idle time.
+        idle = self._idle_seconds
+        assert idle is not None
+        self._next_sweep = now + idle / 4
+        cutoff = now - idle
+        states = self._states
+        stale = [
+            config_id
+            for config_id, state in states.items()
+            if state.limit is None
+            and state.last_updated is not None
+            and state.last_updated <= cutoff
+            and config_id != OVERFLOW_CONFIG_ID
+        ]
+        for config_id in stale:
+            del states[config_id]
+        self._unlimited -= len(stale)
+        return len(stale)
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -512,6 +652,8 @@ class QuotaLedger:
         if now is None:
             now = self._clock()
         with self._lock:
+            if now >= self._next_sweep and self._idle_seconds is not None:
+                self._sweep(now)
             rows: list[MetricRow] = []
             append = rows.append
             for state in self._states.values():

@@ -13,10 +13,16 @@ from typing import Any
 from opentelemetry.trace import SpanContext
 
 from otel_llm_quota import environment_variables as env
-from otel_llm_quota._env import env_bool, env_seconds, env_str
+from otel_llm_quota._env import env_bool, env_positive_int, env_seconds, env_str
 from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota._handlers import AnyAlertHandler, HandlerDispatcher
-from otel_llm_quota._ledger import DEFAULT_PERIOD, DEFAULT_THRESHOLD_PERCENT, Clock, QuotaLedger
+from otel_llm_quota._ledger import (
+    DEFAULT_MAX_CONFIGS,
+    DEFAULT_PERIOD,
+    DEFAULT_THRESHOLD_PERCENT,
+    Clock,
+    QuotaLedger,
+)
 from otel_llm_quota._models import Alert, QuotaInfo, SpanRef
 from otel_llm_quota._monitor import Monitor, MonitorThread
 from otel_llm_quota._validation import check_count, check_positive_seconds, check_thresholds
@@ -53,6 +59,11 @@ class LLMProviderManager:
             true).
         default_period: period of configs created by usage before a limit is set
             (default ``"month"``).
+        max_configs: configs without a limit (created by usage) kept at most; the usage of new
+            ids beyond it counts in the ``_overflow`` config (``OTEL_LLM_QUOTA_MAX_CONFIGS``,
+            default 10000).
+        idle_config_seconds: remove configs without a limit after this long without usage
+            (``OTEL_LLM_QUOTA_IDLE_CONFIG_SECONDS``, default: never).
     """
 
     def __init__(
@@ -64,12 +75,26 @@ class LLMProviderManager:
         handler_timeout_seconds: float | None = None,
         send_resolved: bool | None = None,
         default_period: str | None = DEFAULT_PERIOD,
+        max_configs: int | None = None,
+        idle_config_seconds: float | None = None,
     ) -> None:
+        sizing: dict[str, Any] = {
+            "max_configs": (
+                env_positive_int(env.OTEL_LLM_QUOTA_MAX_CONFIGS, DEFAULT_MAX_CONFIGS)
+                if max_configs is None
+                else max_configs
+            ),
+            "idle_config_seconds": (
+                env_seconds(env.OTEL_LLM_QUOTA_IDLE_CONFIG_SECONDS, None)
+                if idle_config_seconds is None
+                else idle_config_seconds
+            ),
+        }
         if timezone is None:
             timezone = env_str(env.OTEL_LLM_QUOTA_TIMEZONE)
             try:
                 self._ledger = QuotaLedger(
-                    clock=clock, timezone=timezone, default_period=default_period
+                    clock=clock, timezone=timezone, default_period=default_period, **sizing
                 )
             except ValueError:
                 _logger.warning(
@@ -77,10 +102,10 @@ class LLMProviderManager:
                     env.OTEL_LLM_QUOTA_TIMEZONE,
                     timezone,
                 )
-                self._ledger = QuotaLedger(clock=clock, default_period=default_period)
+                self._ledger = QuotaLedger(clock=clock, default_period=default_period, **sizing)
         else:
             self._ledger = QuotaLedger(
-                clock=clock, timezone=timezone, default_period=default_period
+                clock=clock, timezone=timezone, default_period=default_period, **sizing
             )
         cooldown = (
             env_seconds(env.OTEL_LLM_QUOTA_ALERT_COOLDOWN_SECONDS, _DEFAULT_COOLDOWN_SECONDS)
@@ -321,6 +346,18 @@ class LLMProviderManager:
         Limits, thresholds and lifetime totals are kept; a firing alert is resolved.
         """
         self._ledger.reset(config_id)
+
+    async def delete_config(self, config_id: str) -> bool:
+        """Remove ``config_id``: its usage, limit, thresholds and alert state. True if it existed.
+
+        A firing alert of the config is gone with it (no resolved notification). Usage recorded
+        later for the id creates it again from zero, without a limit.
+        """
+        return self.delete_config_sync(config_id)
+
+    def delete_config_sync(self, config_id: str) -> bool:
+        """The synchronous form of ``delete_config``."""
+        return self._ledger.delete(config_id)
 
     # -- monitoring ------------------------------------------------------------------------------
 

@@ -137,6 +137,12 @@ class QuotaMetrics:
             unit="{failure}",
             description="Alert-handler calls that raised or timed out, by handler.",
         )
+        meter.create_observable_counter(
+            n.METRIC_OVERFLOW_RECORDS,
+            callbacks=[self._observe_overflow],
+            unit="{record}",
+            description="Usage records counted in the _overflow config: max_configs was reached.",
+        )
 
     def _at_fork_reinit(self) -> None:
         # In a forked child: a collecting thread of the parent may have held the lock.
@@ -175,6 +181,9 @@ class QuotaMetrics:
         now = ledger.clock()
         rows = ledger.metric_rows(now)
         with self._lock:
+            if len(self._attrs) > 2 * len(rows) + 64:  # deleted or expired configs: let them go
+                live = {row[0] for row in rows}
+                self._attrs = {k: v for k, v in self._attrs.items() if k in live}
             attributes = self._attributes
             bases = [attributes(row[0], row[1]).base for row in rows]
             self._rows, self._now = rows, now
@@ -251,6 +260,13 @@ class QuotaMetrics:
                 )
             )
         return out
+
+    def _observe_overflow(self, options: CallbackOptions) -> Iterable[Observation]:
+        manager = self._manager()
+        if manager is None:
+            return []
+        count = manager.ledger.overflowed_records
+        return [Observation(count)] if count else []
 
     def _observe_handler_failures(self, options: CallbackOptions) -> Iterable[Observation]:
         manager = self._manager()

@@ -29,6 +29,7 @@ __all__ = [
     "METRIC_ALERTS",
     "METRIC_HANDLER_FAILURES",
     "METRIC_LIMIT",
+    "METRIC_OVERFLOW_RECORDS",
     "METRIC_REMAINING",
     "METRIC_REQUESTS",
     "METRIC_TIME_UNTIL_RESET",
@@ -66,6 +67,7 @@ METRIC_REQUESTS: Final = "llm.quota.requests"
 METRIC_TIME_UNTIL_RESET: Final = "llm.quota.time_until_reset"
 METRIC_ALERTS: Final = "llm.quota.alerts"
 METRIC_HANDLER_FAILURES: Final = "llm.quota.handler.failures"
+METRIC_OVERFLOW_RECORDS: Final = "llm.quota.overflow.records"
 
 # -- events ----------------------------------------------------------------------------------------
 EVENT_THRESHOLD: Final = "llm.quota.threshold"

@@ -18,6 +18,9 @@ Counting once:
   the innermost span is the one that counts. At most ``max_tracked_responses`` marks are kept,
   the same way.
 
+Long response ids (over 64 characters) are remembered by a 16-byte BLAKE2b digest, so the
+tables stay small whatever the ids' size (20 KB ids would otherwise be kept whole).
+
 Bad values (a token count that is a string, float, bool, negative or absurdly large; a config id
 that is not a string) are skipped, never guessed at; each skip is counted in ``stats`` and in the
 ``llm.quota.processor.skipped_values`` counter, and logged at debug level.
@@ -26,6 +29,7 @@ that is not a string) are skipped, never guessed at; each skip is counted in ``s
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import logging
 import threading
@@ -69,6 +73,8 @@ _ERROR: Final = StatusCode.ERROR
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _UNSEEN: Final = object()
 _Scopes = InstrumentationScope | None | frozenset[InstrumentationScope | None]
+_MAX_KEPT_ID_CHARS: Final = 64
+"""Response ids longer than this are remembered by their digest (see ``_id_key``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +155,9 @@ class QuotaSpanProcessor(SpanProcessor):
         self._default_config_id = check_config_id(default_config_id)
         self._lock = threading.Lock()
         self._half = max(max_tracked_responses // 2, 1)
-        # response id -> the instrumentation scope (or scopes) that reported it
-        self._seen_new: dict[str, _Scopes] = {}
-        self._seen_old: dict[str, _Scopes] = {}
+        # response id (or its digest) -> the instrumentation scope (or scopes) that reported it
+        self._seen_new: dict[str | bytes, _Scopes] = {}
+        self._seen_old: dict[str | bytes, _Scopes] = {}
         self._marks_new: dict[int, None] = {}
         self._marks_old: dict[int, None] = {}
         self._input_first = conv.input_tokens[0] if conv.input_tokens else ""
@@ -270,6 +276,8 @@ class QuotaSpanProcessor(SpanProcessor):
             # (counted = tickets - duplicates).
             self._ticket()
             if response_id is not None:
+                if len(response_id) > _MAX_KEPT_ID_CHARS:
+                    response_id = _id_key(response_id)
                 # Remembered even for a span skipped as an ancestor: a third span with the same id
                 # elsewhere (another instrumentation's, in another trace) is the same response.
                 # The entry is the span's instrumentation scope, an object its tracer shares with
@@ -445,7 +453,7 @@ class QuotaSpanProcessor(SpanProcessor):
         operation = _first_str(attributes, self._conventions.operation)
         return operation is not None and operation in self._conventions.non_model_operations
 
-    def _seen_again(self, response_id: str, scope: InstrumentationScope | None) -> bool:
+    def _seen_again(self, response_id: str | bytes, scope: InstrumentationScope | None) -> bool:
         """A response id seen before from another scope object: is this span a duplicate?
 
         Yes if another instrumentation already reported it (the anthropic SDK's span and
@@ -517,3 +525,12 @@ def _first_str(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> str | No
         if type(value) is str and value:
             return value
     return None
+
+
+def _id_key(response_id: str) -> bytes:
+    """A 16-byte digest standing for a long response id in the dedupe tables.
+
+    Keyed BLAKE2b is not needed: a collision needs 2**64 ids, and a collision only makes two
+    responses count once. Ids that are not valid UTF-8 (lone surrogates) are digested as is.
+    """
+    return hashlib.blake2b(response_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
