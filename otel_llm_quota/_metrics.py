@@ -12,6 +12,7 @@ keeps across period resets, so they never go backwards when a period starts agai
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 import weakref
@@ -39,6 +40,10 @@ DEFAULT_MAX_CONFIGS: Final = 10_000
 _SERIES_PER_CONFIG: Final = 32
 
 _Attributes = dict[str, str | float]
+
+_VIEW_HAS_CARDINALITY_LIMIT: Final = (
+    "aggregation_cardinality_limit" in inspect.signature(View.__init__).parameters
+)
 
 
 class _ConfigAttributes:
@@ -309,10 +314,14 @@ def quota_metric_views(max_configs: int = DEFAULT_MAX_CONFIGS) -> list[View]:
     """SDK views that raise the cardinality limit of the ``llm.quota.*`` instruments.
 
     Pass them to ``opentelemetry.sdk.metrics.MeterProvider(views=...)`` so that ``max_configs``
-    configurations report without series falling into the SDK's overflow bucket.
+    configurations report without series falling into the SDK's overflow bucket. With an SDK
+    older than 1.45.2, which has no per-instrument cardinality limit (so nothing to raise), the
+    list is empty.
     """
     if type(max_configs) is not int or max_configs < 1:
         raise ValueError(f"max_configs must be a positive int, got {max_configs!r}")
+    if not _VIEW_HAS_CARDINALITY_LIMIT:
+        return []
     return [
         View(
             instrument_name="llm.quota.*",

@@ -21,6 +21,13 @@ Counting once:
 Long response ids (over 64 characters) are remembered by a 16-byte BLAKE2b digest, so the
 tables stay small whatever the ids' size (20 KB ids would otherwise be kept whole).
 
+Fast path and portable path: ``on_end`` reads a few SDK internals (``span._attributes._dict``,
+``span._status._status_code``, ``_context``, ``_parent``, ``_instrumentation_scope``) because the
+public properties cost a Python-level call each. At construction the processor ends one probe span
+on a private ``TracerProvider`` and checks that those internals say what the public API says; if
+an SDK release renamed one, it logs one warning and reads every span through the public API
+instead (slower, same results), rather than failing on every span.
+
 Bad values (a token count that is a string, float, bool, negative or absurdly large; a config id
 that is not a string) are skipped, never guessed at; each skip is counted in ``stats`` and in the
 ``llm.quota.processor.skipped_values`` counter, and logged at debug level.
@@ -36,14 +43,16 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from opentelemetry import context as otel_context
-from opentelemetry import metrics
+from opentelemetry import metrics, trace
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import Status, StatusCode
 
 from otel_llm_quota._context import QUOTA_CONFIG_CONTEXT_KEY, ContextUse
 from otel_llm_quota._conventions import (
@@ -185,6 +194,14 @@ class QuotaSpanProcessor(SpanProcessor):
             unit="{span}",
             description="LLM spans not counted because their usage was already counted",
         )
+
+        if not _fast_path_applies():
+            _logger.warning(
+                "opentelemetry-sdk: the span internals the quota processor reads directly are "
+                "not as expected; reading spans through the public API instead (slower)"
+            )
+            # An instance attribute: the SDK calls processor.on_end, found here first.
+            self.on_end = self._on_end_portable  # type: ignore[method-assign]
 
     def _at_fork_reinit(self) -> None:
         # In a forked child: a thread of the parent may have held the lock at fork time. The
@@ -329,6 +346,15 @@ class QuotaSpanProcessor(SpanProcessor):
             self._record(config_id, provider, input_tokens, output_tokens, other, success, context)
         except Exception:  # the processor must never break the app
             self._fail("on_end")
+
+    def _on_end_portable(self, span: ReadableSpan) -> None:
+        """``on_end`` through the span's public API: used when the SDK's internals moved."""
+        try:
+            view = _PublicSpan(span)
+        except Exception:  # the processor must never break the app
+            self._fail("on_end")
+            return
+        QuotaSpanProcessor.on_end(self, cast(ReadableSpan, view))
 
     def shutdown(self) -> None:
         """Stop counting (idempotent). Nothing is buffered, so nothing is lost."""
@@ -534,3 +560,75 @@ def _id_key(response_id: str) -> bytes:
     responses count once. Ids that are not valid UTF-8 (lone surrogates) are digested as is.
     """
     return hashlib.blake2b(response_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+class _PublicSpan:
+    """The span fields ``on_end`` reads, taken from a span's public API (the portable path)."""
+
+    __slots__ = (
+        "_attributes",
+        "_context",
+        "_instrumentation_scope",
+        "_parent",
+        "_status",
+        "_status_code",
+        "resource",
+    )
+
+    def __init__(self, span: ReadableSpan) -> None:
+        self._attributes = span.attributes
+        self._context = span.context
+        self._parent = span.parent
+        self._instrumentation_scope = span.instrumentation_scope
+        self._status = self  # so that ``_status._status_code`` reads the public status code
+        self._status_code = span.status.status_code
+        self.resource = span.resource
+
+
+class _ProbeCatcher(SpanProcessor):
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.spans.append(span)
+
+
+def _fast_path_applies() -> bool:
+    """End a child span on a private provider: do the SDK internals ``on_end`` reads agree with
+    the public API? False on any difference or error (then ``on_end`` uses ``_PublicSpan``)."""
+    try:
+        catcher = _ProbeCatcher()
+        provider = TracerProvider(
+            sampler=ALWAYS_ON, resource=Resource.get_empty(), shutdown_on_exit=False
+        )
+        provider.add_span_processor(catcher)
+        tracer = provider.get_tracer("otel_llm_quota.probe")
+        parent = tracer.start_span("probe-parent")
+        child = tracer.start_span(
+            "probe", context=trace.set_span_in_context(parent), attributes={"probe": 1}
+        )
+        child.set_status(Status(StatusCode.ERROR))
+        child.end()
+        parent.end()
+        span = catcher.spans[0]
+        attrs = span._attributes
+        attributes: Mapping[str, Any]  # read exactly as on_end reads it
+        if attrs.__class__ is BoundedAttributes:
+            attributes = attrs._dict
+        elif attrs is None:
+            attributes = _EMPTY
+        else:
+            attributes = attrs
+        parent_context = parent.get_span_context()
+        return bool(
+            dict(attributes) == dict(span.attributes or _EMPTY) == {"probe": 1}
+            and span._status._status_code is span.status.status_code is _ERROR
+            and span._context == span.context == child.get_span_context()
+            and span._parent == span.parent == parent_context
+            and span._parent is not None
+            and span._parent.span_id == parent_context.span_id
+            and span._instrumentation_scope is span.instrumentation_scope
+            and span._instrumentation_scope is not None
+        )
+    except Exception:
+        return False
