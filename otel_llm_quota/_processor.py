@@ -12,6 +12,14 @@ Counting once:
   (the ``anthropic`` SDK's own span and OpenLLMetry's span, which sit in separate traces): the
   first one to end is counted, later ones are duplicates. Between half and all of the last
   ``max_tracked_responses`` response ids are remembered (two generations of half that size).
+* **framework spans without a response id.** A framework's instrumentation (OpenLLMetry's
+  LangChain) repeats a call's usage on its own span, in another trace than the provider-level span
+  (openai-v2's) and, for a streamed call, without the response id. Such a span (its scope is in
+  ``Conventions.framework_scopes``, it has usage and no response id) is paired with a provider
+  span (another scope, with a response id) of the same provider, request model and input/output
+  token counts that ended within ``FRAMEWORK_MATCH_SECONDS``: whichever ends second is not
+  counted. Each provider span pairs with at most one framework span. The pairing starts with the
+  first framework span's ``on_start`` (before it, no span is remembered for it).
 * **innermost wins within a trace.** When a span with usage ends, its parent is marked; a marked
   span is not counted (a framework's outer span repeating the inner span's usage) and passes the
   mark to its own parent, so any ancestor is skipped too. Children end before their parents, so
@@ -22,7 +30,8 @@ Long response ids (over 64 characters) are remembered by a 16-byte BLAKE2b diges
 tables stay small whatever the ids' size (20 KB ids would otherwise be kept whole).
 
 Fast path and portable path: ``on_end`` reads a few SDK internals (``span._attributes._dict``,
-``span._status._status_code``, ``_context``, ``_parent``, ``_instrumentation_scope``) because the
+``span._status._status_code``, ``_context``, ``_parent``, ``_instrumentation_scope``,
+``_end_time``) because the
 public properties cost a Python-level call each. At construction the processor ends one probe span
 on a private ``TracerProvider`` and checks that those internals say what the public API says; if
 an SDK release renamed one, it logs one warning and reads every span through the public API
@@ -82,6 +91,10 @@ _ERROR: Final = StatusCode.ERROR
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _UNSEEN: Final = object()
 _Scopes = InstrumentationScope | None | frozenset[InstrumentationScope | None]
+FRAMEWORK_MATCH_SECONDS: Final = 60.0
+"""How far apart the end times of a framework span and the provider span it repeats may be."""
+_FRAMEWORK_MATCH_NS: Final = int(FRAMEWORK_MATCH_SECONDS * 1e9)
+_MatchKey = tuple[str | None, str | None, int | None, int | None]
 _MAX_KEPT_ID_CHARS: Final = 64
 """Response ids longer than this are remembered by their digest (see ``_id_key``)."""
 
@@ -169,10 +182,20 @@ class QuotaSpanProcessor(SpanProcessor):
         self._seen_old: dict[str | bytes, _Scopes] = {}
         self._marks_new: dict[int, None] = {}
         self._marks_old: dict[int, None] = {}
+        # Framework/provider pairing: key -> (unpaired spans, latest end time in ns); two
+        # generations each, like the tables above. Only touched under the lock.
+        self._framework_scopes = frozenset(conv.framework_scopes)
+        self._watching = bool(self._framework_scopes)  # for the first framework span's start
+        self._pairing = False
+        self._providers_new: dict[_MatchKey, tuple[int, int]] = {}
+        self._providers_old: dict[_MatchKey, tuple[int, int]] = {}
+        self._frameworks_new: dict[_MatchKey, tuple[int, int]] = {}
+        self._frameworks_old: dict[_MatchKey, tuple[int, int]] = {}
         self._input_first = conv.input_tokens[0] if conv.input_tokens else ""
         self._output_first = conv.output_tokens[0] if conv.output_tokens else ""
         self._provider_first = conv.provider[0] if conv.provider else ""
         self._response_first = conv.response_id[0] if conv.response_id else ""
+        self._request_model_first = conv.request_model[0] if conv.request_model else ""
         self._rule_cache: dict[tuple[str | None, str | None, int], tuple[object, str | None]] = {}
         self._tickets = itertools.count()
         self._ticket = self._tickets.__next__
@@ -211,7 +234,20 @@ class QuotaSpanProcessor(SpanProcessor):
     # -- SpanProcessor ---------------------------------------------------------------------------
 
     def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
-        """Stamp the id of the enclosing ``quota_config`` block on the span, if there is one."""
+        """Stamp the id of the enclosing ``quota_config`` block on the span, if there is one.
+
+        Until the first span of a framework scope starts, also look at each span's scope: the
+        framework pairing (module docstring) costs nothing in apps without such a framework, and a
+        framework span starts before the provider span it wraps, so none is missed.
+        """
+        if self._watching:
+            try:
+                scope = span.instrumentation_scope
+                if scope is not None and scope.name in self._framework_scopes:
+                    self._watching = False
+                    self._pairing = True
+            except Exception:  # never break the app's span
+                self._fail("on_start")
         if not ContextUse.used:
             return
         try:
@@ -318,6 +354,16 @@ class QuotaSpanProcessor(SpanProcessor):
                 if len(marks) >= self._half:
                     self._marks_old = marks
                     self._marks_new = {}
+            if self._pairing and (input_tokens is not None or output_tokens is not None):
+                duplicate = self._pair_framework(
+                    span,
+                    attributes,
+                    provider,
+                    response_id is not None,
+                    input_tokens,
+                    output_tokens,
+                    duplicate,
+                )
             if duplicate:
                 with self._lock:
                     self._duplicates += 1
@@ -506,6 +552,65 @@ class QuotaSpanProcessor(SpanProcessor):
             seen[response_id] = scopes | {scope}
             return True
 
+    def _pair_framework(
+        self,
+        span: ReadableSpan,
+        attributes: Mapping[str, Any],
+        provider: str | None,
+        has_response_id: bool,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        duplicate: bool,
+    ) -> bool:
+        """Is this span a duplicate, given the framework/provider pairing (module docstring)?
+
+        ``duplicate`` is what the response-id and nesting rules decided. A provider span that
+        counts is remembered, for a framework span ending later; a framework span that counts
+        likewise. A framework span found to be a duplicate by those rules still takes its
+        provider twin out of the table, so that the twin cannot pair with another span.
+        """
+        scope = span._instrumentation_scope
+        framework = scope is not None and scope.name in self._framework_scopes
+        if framework:
+            if has_response_id and not duplicate:
+                return False  # counts; its provider twin, same id, will be deduped by the id
+        elif duplicate or not has_response_id:
+            # Without an id a provider span cannot be told from another call: nothing to pair.
+            return duplicate
+        model = attributes.get(self._request_model_first)
+        if model.__class__ is not str or not model:
+            model = _first_str(attributes, self._conventions.request_model)
+        key: _MatchKey = (provider, model, input_tokens, output_tokens)
+        end = span._end_time or 0
+        if framework:
+            twins = (self._providers_new, self._providers_old)
+        else:
+            twins = (self._frameworks_new, self._frameworks_old)
+        with self._lock:
+            for table in twins:
+                found = table.get(key)
+                if found is not None and abs(end - found[1]) <= _FRAMEWORK_MATCH_NS:
+                    if found[0] > 1:
+                        table[key] = (found[0] - 1, found[1])
+                    else:
+                        del table[key]
+                    return True
+            if duplicate:
+                return True
+            if framework:
+                new = self._frameworks_new
+                found = new.get(key)
+                new[key] = (1 if found is None else found[0] + 1, end)
+                if len(new) >= self._half:
+                    self._frameworks_old, self._frameworks_new = new, {}
+            else:
+                new = self._providers_new
+                found = new.get(key)
+                new[key] = (1 if found is None else found[0] + 1, end)
+                if len(new) >= self._half:
+                    self._providers_old, self._providers_new = new, {}
+        return False
+
     def _pass_mark(self, span: ReadableSpan) -> None:
         """A marked span (an ancestor of a counted span) passes the mark on to its parent."""
         context = span._context
@@ -568,6 +673,7 @@ class _PublicSpan:
     __slots__ = (
         "_attributes",
         "_context",
+        "_end_time",
         "_instrumentation_scope",
         "_parent",
         "_status",
@@ -578,6 +684,7 @@ class _PublicSpan:
     def __init__(self, span: ReadableSpan) -> None:
         self._attributes = span.attributes
         self._context = span.context
+        self._end_time = span.end_time
         self._parent = span.parent
         self._instrumentation_scope = span.instrumentation_scope
         self._status = self  # so that ``_status._status_code`` reads the public status code
@@ -629,6 +736,8 @@ def _fast_path_applies() -> bool:
             and span._parent.span_id == parent_context.span_id
             and span._instrumentation_scope is span.instrumentation_scope
             and span._instrumentation_scope is not None
+            and span._end_time == span.end_time
+            and span._end_time is not None
         )
     except Exception:
         return False
