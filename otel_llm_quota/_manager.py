@@ -61,7 +61,7 @@ class LLMProviderManager:
             (default ``"month"``).
         max_configs: configs without a limit (created by usage) kept at most; the usage of new
             ids beyond it counts in the ``_overflow`` config (``OTEL_LLM_QUOTA_MAX_CONFIGS``,
-            default 10000).
+            default 2000, the SDK's default metric cardinality limit).
         idle_config_seconds: remove configs without a limit after this long without usage
             (``OTEL_LLM_QUOTA_IDLE_CONFIG_SECONDS``, default: never).
     """

@@ -225,6 +225,7 @@ class QuotaSpanProcessor(SpanProcessor):
             )
             # An instance attribute: the SDK calls processor.on_end, found here first.
             self.on_end = self._on_end_portable  # type: ignore[method-assign]
+            self._pairing, self._watching = bool(self._framework_scopes), False
 
     def _at_fork_reinit(self) -> None:
         # In a forked child: a thread of the parent may have held the lock at fork time. The
@@ -242,7 +243,9 @@ class QuotaSpanProcessor(SpanProcessor):
         """
         if self._watching:
             try:
-                scope = span.instrumentation_scope
+                # Private, like on_end's reads (checked by the probe; the portable path pairs
+                # from the start instead of watching): the public property costs a call.
+                scope = span._instrumentation_scope
                 if scope is not None and scope.name in self._framework_scopes:
                     self._watching = False
                     self._pairing = True

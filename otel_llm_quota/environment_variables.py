@@ -56,7 +56,8 @@ How many quota configs without a limit (the ones spans and usage create, one per
 or provider) a manager keeps. Beyond it, the usage of a new id is counted in the reserved config
 ``_overflow`` (nothing is lost; one warning is logged and ``llm.quota.overflow.records`` counts
 those records), the way the OpenTelemetry SDK's metric cardinality limit works. Configs given a
-limit are not counted and never refused. Default: ``10000``.
+limit are not counted and never refused. Default: ``2000``, the OpenTelemetry SDK's default
+cardinality limit per instrument (raise both together: ``quota_metric_views(max_configs)``).
 """
 
 OTEL_LLM_QUOTA_IDLE_CONFIG_SECONDS: Final = "OTEL_LLM_QUOTA_IDLE_CONFIG_SECONDS"

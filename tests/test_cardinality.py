@@ -95,10 +95,10 @@ def test_manager_reads_max_configs_from_the_environment(
     assert LLMProviderManager(clock=clock, max_configs=3).ledger.max_configs == 3
     monkeypatch.setenv("OTEL_LLM_QUOTA_MAX_CONFIGS", "lots")
     with caplog.at_level(logging.WARNING):
-        assert LLMProviderManager(clock=clock).ledger.max_configs == 10_000
+        assert LLMProviderManager(clock=clock).ledger.max_configs == 2_000
     assert "OTEL_LLM_QUOTA_MAX_CONFIGS" in caplog.text
     monkeypatch.delenv("OTEL_LLM_QUOTA_MAX_CONFIGS")
-    assert LLMProviderManager(clock=clock).ledger.max_configs == 10_000
+    assert LLMProviderManager(clock=clock).ledger.max_configs == 2_000
 
 
 def test_hostile_providers_on_spans_stay_within_the_cap(clock: FakeClock) -> None:
