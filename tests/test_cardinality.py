@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import tracemalloc
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -50,6 +51,26 @@ def test_usage_beyond_max_configs_goes_to_overflow_and_nothing_is_lost(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert OVERFLOW in warnings[0].getMessage()
+
+
+def test_racing_past_the_cap_loses_nothing(clock: FakeClock) -> None:
+    ledger = QuotaLedger(clock=clock, max_configs=100)
+    start = threading.Barrier(4)
+
+    def work() -> None:
+        start.wait()
+        for i in range(1000):
+            ledger.record_usage(f"id-{i}", input_tokens=1)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = totals(ledger)
+    assert len(got) == 101
+    assert sum(t[0] for t in got.values()) == 4000
+    assert ledger.overflowed_records == got[OVERFLOW][2] == 3600
 
 
 def test_configs_with_a_limit_are_never_refused_nor_counted(clock: FakeClock) -> None:
