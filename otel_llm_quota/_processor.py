@@ -94,7 +94,7 @@ _Scopes = InstrumentationScope | None | frozenset[InstrumentationScope | None]
 FRAMEWORK_MATCH_SECONDS: Final = 60.0
 """How far apart the end times of a framework span and the provider span it repeats may be."""
 _FRAMEWORK_MATCH_NS: Final = int(FRAMEWORK_MATCH_SECONDS * 1e9)
-_MatchKey = tuple[str | None, str | None, int | None, int | None]
+_MatchKey = tuple[str | bytes | None, str | bytes | None, int | None, int | None]
 _MAX_KEPT_ID_CHARS: Final = 64
 """Response ids longer than this are remembered by their digest (see ``_id_key``)."""
 
@@ -583,7 +583,15 @@ class QuotaSpanProcessor(SpanProcessor):
         model = attributes.get(self._request_model_first)
         if model.__class__ is not str or not model:
             model = _first_str(attributes, self._conventions.request_model)
-        key: _MatchKey = (provider, model, input_tokens, output_tokens)
+        # Long strings are kept as digests, as response ids are: the table is bounded in bytes.
+        key: _MatchKey = (
+            _id_key(provider)
+            if provider is not None and len(provider) > _MAX_KEPT_ID_CHARS
+            else provider,
+            _id_key(model) if model is not None and len(model) > _MAX_KEPT_ID_CHARS else model,
+            input_tokens,
+            output_tokens,
+        )
         end = span._end_time or 0
         if framework:
             twins = (self._providers_new, self._providers_old)

@@ -7,6 +7,8 @@ these tests pin the rule itself, both orders of ending and its documented limits
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -170,3 +172,25 @@ def test_no_framework_scopes_no_pairing(clock: FakeClock) -> None:
     assert info.successful_requests == 2
     provider.shutdown()
     manager.close()
+
+
+def test_long_models_pair_and_are_not_kept_whole(app: App) -> None:
+    long_model = "m" * 20_000
+    outer = app.start(LANGCHAIN, {**framework_span(), "gen_ai.request.model": long_model})
+    app.end(OPENAI_V2, {**provider_span("chatcmpl-0"), "gen_ai.request.model": long_model})
+    finish(outer)
+    assert app.counted() == (11, 7, 1)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(200):  # provider spans waiting for a twin, each with its own 20 KB model
+            model = f"{i:08d}" + "m" * 20_000
+            app.end(
+                OPENAI_V2, {**provider_span(f"chatcmpl-{i + 1}"), "gen_ai.request.model": model}
+            )
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 1_000_000, kept  # the 200 models whole would be 4 MB
