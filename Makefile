@@ -7,12 +7,16 @@ BIN := $(VENV)/bin
 CONSTRAINTS := tests/constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv demo test lint typecheck unit integration system-deps collector bench clean
+OLDEST_VENV ?= .venv-oldest
+OLDEST_STAMP := $(OLDEST_VENV)/.installed
+
+.PHONY: help venv demo test lint typecheck unit unit-oldest integration system-deps collector bench clean
 
 help:
 	@echo "make demo         run the quota monitoring example"
 	@echo "make test         lint, type-check and run every test (unit + integration)"
 	@echo "make unit         unit tests only"
+	@echo "make unit-oldest  unit tests against the oldest opentelemetry-api/sdk pyproject.toml allows"
 	@echo "make integration  integration tests only (real servers and clients)"
 	@echo "make collector    build the OpenTelemetry Collector of collector-config/ into .tools/"
 	@echo "make bench        run the benchmarks (figures go to benchmarks/README.md by hand)"
@@ -24,6 +28,15 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	touch $@
 
 venv: $(STAMP)
+
+# A second, small venv with the oldest OpenTelemetry releases pyproject.toml allows
+# (tests/constraints-oldest.txt): the span processor reads SDK internals, so the floor is tested.
+$(OLDEST_STAMP): pyproject.toml tests/constraints-oldest.txt
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install -q -c tests/constraints-oldest.txt -e '.[all]' \
+		pytest pytest-asyncio hypothesis
+	touch $@
 
 demo: venv
 	PYTHONPATH=. $(BIN)/python examples/quota_monitoring_example.py
@@ -46,14 +59,17 @@ typecheck: venv
 unit: venv
 	$(BIN)/python -m pytest tests --ignore=tests/integration
 
+unit-oldest: $(OLDEST_STAMP)
+	$(OLDEST_VENV)/bin/python -m pytest tests --ignore=tests/integration -p no:cacheprovider
+
 integration: venv system-deps collector
 	$(BIN)/python -m pytest tests/integration
 
-test: venv system-deps collector lint typecheck
+test: venv system-deps collector lint typecheck unit-oldest
 	$(BIN)/python -m pytest tests
 
 bench: venv
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(OLDEST_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -88,6 +88,20 @@ class Conventions:
         "llm.token_count.completion_details.reasoning",
     )
     """Breakdowns already included in input/output: shown to resolvers, never added."""
+    request_model: tuple[str, ...] = ("gen_ai.request.model", "llm.request.model")
+    """The model asked for: part of the key that pairs a framework span with a provider span
+    (the response model of a streamed call differs between instrumentations)."""
+    framework_scopes: tuple[str, ...] = (
+        "opentelemetry.instrumentation.langchain",
+        "openinference.instrumentation.langchain",
+        "opentelemetry.instrumentation.llamaindex",
+        "openinference.instrumentation.llama_index",
+    )
+    """Instrumentation scopes of frameworks that wrap a provider's client and repeat its usage.
+    A span of one of them that carries usage but no response id is not counted when a provider
+    span (another scope, with a response id) with the same provider, request model and token
+    counts ended within ``FRAMEWORK_MATCH_SECONDS`` (and the other way round): see the README,
+    "Counting each response once"."""
     operation: tuple[str, ...] = ("gen_ai.operation.name",)
     non_model_operations: frozenset[str] = frozenset(
         {"execute_tool", "create_agent", "invoke_agent"}

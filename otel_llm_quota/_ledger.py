@@ -11,6 +11,7 @@ counters (see ``_alerting``) and is only ever changed by the monitor, under the 
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -30,6 +31,7 @@ from otel_llm_quota._validation import (
     check_count,
     check_limit,
     check_optional_str,
+    check_positive_seconds,
     check_thresholds,
 )
 from otel_llm_quota.stores._base import (
@@ -44,7 +46,9 @@ from otel_llm_quota.stores._base import (
     sub_counts,
 )
 
-__all__ = ["Clock", "MetricRow", "QuotaLedger"]
+__all__ = ["DEFAULT_MAX_CONFIGS", "OVERFLOW_CONFIG_ID", "Clock", "MetricRow", "QuotaLedger"]
+
+_logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 """A zero-argument callable returning the current POSIX time in seconds (``time.time``)."""
@@ -62,6 +66,15 @@ reaches the cap, so saturating costs nothing per call."""
 _T = TypeVar("_T", bound=tuple[Any, ...])
 DEFAULT_THRESHOLD_PERCENT: Final = 80.0
 DEFAULT_PERIOD: Final[Period] = "month"
+DEFAULT_MAX_CONFIGS: Final = 2_000
+"""Configurations without a limit (the ones usage creates) a ledger holds by default: the
+OpenTelemetry SDK's default cardinality limit per instrument, so that by default every config
+has series of its own, and a flood of new ids keeps a metrics collection short (see
+benchmarks/README.md)."""
+OVERFLOW_CONFIG_ID: Final = "_overflow"
+"""The reserved config that takes the usage of new config ids once ``max_configs`` configs
+without a limit exist (like the SDK's ``otel.metric.overflow`` series): nothing is lost. It is
+exempt from the cap and carries no provider."""
 
 
 class _ConfigState:
@@ -281,6 +294,28 @@ class _ConfigState:
         )
 
 
+class _OverflowState(_ConfigState):
+    """The ``_overflow`` config: usage of many ids and providers, so it keeps no provider."""
+
+    __slots__ = ()
+
+    @property  # a None that ignores writes shadows the slot of the base class
+    def provider(self) -> str | None:
+        return None
+
+    @provider.setter
+    def provider(self, value: str | None) -> None:
+        pass  # the hot path sets the provider of a new config's first record: ignored here
+
+
+def _new_state(
+    config_id: str, provider: str | None, period: Period | None, tz: tzinfo, now: float
+) -> _ConfigState:
+    if config_id == OVERFLOW_CONFIG_ID:
+        return _OverflowState(config_id, None, period, tz, now)
+    return _ConfigState(config_id, provider, period, tz, now)
+
+
 def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, timezone.utc)
 
@@ -330,6 +365,12 @@ class QuotaLedger:
         clock: returns the current POSIX time; inject a fake one in tests.
         timezone: default time zone for calendar periods (IANA name or tzinfo; default UTC).
         default_period: the period of configs created by usage before any limit is set.
+        max_configs: how many configs without a limit (the ones usage creates) may exist; the
+            usage of a new id beyond that counts in the ``_overflow`` config (one warning, and
+            ``overflowed_records``). Configs given a limit are never refused nor counted here.
+        idle_config_seconds: configs without a limit whose last usage is older than this are
+            removed (checked when a config is created or metrics are read, at most every quarter
+            of this time; ``expire_idle`` does it now). None (default): they are kept.
     """
 
     def __init__(
@@ -338,12 +379,24 @@ class QuotaLedger:
         clock: Clock | None = None,
         timezone: str | tzinfo | None = None,
         default_period: str | None = DEFAULT_PERIOD,
+        max_configs: int = DEFAULT_MAX_CONFIGS,
+        idle_config_seconds: float | None = None,
     ) -> None:
+        if type(max_configs) is not int or max_configs < 1:
+            raise ValueError(f"max_configs must be a positive int, got {max_configs!r}")
+        if idle_config_seconds is not None:
+            idle_config_seconds = check_positive_seconds("idle_config_seconds", idle_config_seconds)
         self._clock: Clock = clock if clock is not None else time.time
         self._tz = resolve_timezone(timezone)
         self._default_period = validate_period(default_period)
         self._lock = threading.Lock()
         self._states: dict[str, _ConfigState] = {}
+        self._max_configs = max_configs
+        self._unlimited = 0  # configs without a limit, _overflow excepted: what the cap bounds
+        self._overflowed = 0
+        self._warned = False
+        self._idle_seconds = idle_config_seconds
+        self._next_sweep = -_INF
         self._wakeup: Callable[[], None] | None = None
         # With a store: the configs whose usage or settings wait for the flusher (each once).
         self._tracking = False
@@ -361,6 +414,21 @@ class QuotaLedger:
     def clock(self) -> Clock:
         """The clock the ledger reads."""
         return self._clock
+
+    @property
+    def max_configs(self) -> int:
+        """How many configs without a limit usage may create before it overflows."""
+        return self._max_configs
+
+    @property
+    def idle_config_seconds(self) -> float | None:
+        """Idle time after which a config without a limit is removed (None: never)."""
+        return self._idle_seconds
+
+    @property
+    def overflowed_records(self) -> int:
+        """Usage records counted in ``_overflow`` because ``max_configs`` was reached."""
+        return self._overflowed
 
     def set_wakeup(self, callback: Callable[[], None] | None) -> None:
         """Register the callable that wakes the monitor when usage crosses a threshold.
@@ -407,14 +475,17 @@ class QuotaLedger:
         with self._lock:
             state = self._states.get(config_id)
             if state is None:
-                state = self._states[config_id] = _ConfigState(
+                state = self._states[config_id] = _new_state(
                     config_id, provider, period_name, tz, now
                 )
                 if self._tracking:
                     state.flushed = ZERO
                     state.dirty = False
-            elif now >= state.period_end:
-                state.roll(now)
+            else:
+                if state.limit is None and config_id != OVERFLOW_CONFIG_ID:
+                    self._unlimited -= 1  # a limit takes it out of the cap's count
+                if now >= state.period_end:
+                    state.roll(now)
             if provider is not None:
                 state.provider = provider
             if period_name != state.period or tz != state.tz:
@@ -545,13 +616,39 @@ class QuotaLedger:
         self._wake()
 
     def _create(self, config_id: str, provider: str | None, now: float) -> _ConfigState:
-        # Under the lock. Validation happens here, off the hot path: only new ids reach it.
+        # Under the lock. Validation, expiry and the cap happen here, off the hot path: only new
+        # ids reach it (and every record of an id refused by the cap).
         check_config_id(config_id, printable=False)
-        state = self._states[config_id] = _ConfigState(
-            config_id, provider, self._default_period, self._tz, now
-        )
-        if self._tracking:
-            self._track(state)
+        if now >= self._next_sweep and self._idle_seconds is not None:
+            self._sweep(now)
+        if config_id != OVERFLOW_CONFIG_ID:
+            if self._unlimited < self._max_configs:
+                self._unlimited += 1
+                state = self._states[config_id] = _ConfigState(
+                    config_id, provider, self._default_period, self._tz, now
+                )
+                if self._tracking:
+                    self._track(state)
+                return state
+            self._overflowed += 1
+            if not self._warned:
+                self._warned = True
+                _logger.warning(
+                    "%d quota configs without a limit exist (max_configs): the usage of new "
+                    "config ids (first: %.80r) is counted in %r from now on",
+                    self._max_configs,
+                    config_id,
+                    OVERFLOW_CONFIG_ID,
+                )
+        state = self._states.get(OVERFLOW_CONFIG_ID)  # type: ignore[assignment]
+        if state is None:
+            state = self._states[OVERFLOW_CONFIG_ID] = _OverflowState(
+                OVERFLOW_CONFIG_ID, None, self._default_period, self._tz, now
+            )
+            if self._tracking:
+                self._track(state)
+        elif now >= state.period_end:
+            state.roll(now)
         return state
 
     def _track(self, state: _ConfigState) -> None:
@@ -560,6 +657,58 @@ class QuotaLedger:
             state.flushed = ZERO
         state.dirty = True
         self._dirty.append(state)
+
+    # -- removal ---------------------------------------------------------------------------------
+
+    def delete(self, config_id: str) -> bool:
+        """Remove ``config_id`` with its counters, limit and alert state; True if it existed.
+
+        Atomic under the ledger's lock. A later record for the id creates it afresh (subject to
+        ``max_configs``), with no limit.
+        """
+        with self._lock:
+            return self._drop(config_id)
+
+    def _drop(self, config_id: str) -> bool:
+        # Under the lock.
+        state = self._states.pop(config_id, None)
+        if state is None:
+            return False
+        if state.limit is None and config_id != OVERFLOW_CONFIG_ID:
+            self._unlimited -= 1
+        return True
+
+    def expire_idle(self, now: float | None = None) -> int:
+        """Remove the configs without a limit idle for ``idle_config_seconds``; how many went.
+
+        Does nothing (returns 0) when ``idle_config_seconds`` is None.
+        """
+        if self._idle_seconds is None:
+            return 0
+        if now is None:
+            now = self._clock()
+        with self._lock:
+            return self._sweep(now)
+
+    def _sweep(self, now: float) -> int:
+        # Under the lock: one pass over the configs, at most every quarter of the idle time.
+        idle = self._idle_seconds
+        assert idle is not None
+        self._next_sweep = now + idle / 4
+        cutoff = now - idle
+        states = self._states
+        stale = [
+            config_id
+            for config_id, state in states.items()
+            if state.limit is None
+            and state.last_updated is not None
+            and state.last_updated <= cutoff
+            and config_id != OVERFLOW_CONFIG_ID
+        ]
+        for config_id in stale:
+            del states[config_id]
+        self._unlimited -= len(stale)
+        return len(stale)
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -650,6 +799,8 @@ class QuotaLedger:
         if now is None:
             now = self._clock()
         with self._lock:
+            if now >= self._next_sweep and self._idle_seconds is not None:
+                self._sweep(now)
             rows: list[MetricRow] = []
             append = rows.append
             for state in self._states.values():
@@ -780,7 +931,7 @@ class QuotaLedger:
                         continue
                     if sync.deleted:
                         if not state.dirty:  # deleted by another process (or the CLI)
-                            del states[sync.config_id]
+                            self._drop(sync.config_id)
                     else:  # lost (a store node restarted empty): send our share again
                         self._reseed(state)
                     continue
@@ -833,6 +984,8 @@ class QuotaLedger:
         state = self._states[sync.config_id] = _ConfigState(
             sync.config_id, sync.provider, period, tz, now
         )
+        if record is None or record.limit is None:
+            self._unlimited += 1  # counted like a config created here (see max_configs)
         state.flushed = ZERO
         state.dirty = False
         state.epoch = sync.epoch
@@ -868,11 +1021,6 @@ class QuotaLedger:
         if active:
             self._wake()
         return True
-
-    def forget(self, config_id: str) -> bool:
-        """Drop ``config_id`` from this ledger (its store entry is the caller's business)."""
-        with self._lock:
-            return self._states.pop(config_id, None) is not None
 
     def pending_count(self) -> int:
         """Configs queued for the flusher."""

@@ -18,10 +18,16 @@ from opentelemetry.trace import SpanContext
 
 from otel_llm_quota import environment_variables as env
 from otel_llm_quota._claims import FleetAlerts
-from otel_llm_quota._env import env_bool, env_seconds, env_str
+from otel_llm_quota._env import env_bool, env_positive_int, env_seconds, env_str
 from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota._handlers import DEFAULT_QUEUE_SIZE, AnyAlertHandler, HandlerDispatcher
-from otel_llm_quota._ledger import DEFAULT_PERIOD, DEFAULT_THRESHOLD_PERCENT, Clock, QuotaLedger
+from otel_llm_quota._ledger import (
+    DEFAULT_MAX_CONFIGS,
+    DEFAULT_PERIOD,
+    DEFAULT_THRESHOLD_PERCENT,
+    Clock,
+    QuotaLedger,
+)
 from otel_llm_quota._models import Alert, QuotaInfo, SpanRef
 from otel_llm_quota._monitor import Monitor, MonitorThread
 from otel_llm_quota._periods import resolve_timezone
@@ -124,6 +130,11 @@ class LLMProviderManager:
             deliveries and the handlers' ``aclose()``; whatever still runs then is abandoned.
         handler_queue_size: notifications each handler's queue holds before the oldest is
             dropped (default 1000; counted in ``handler_dropped``).
+        max_configs: configs without a limit (created by usage) kept at most; the usage of new
+            ids beyond it counts in the ``_overflow`` config (``OTEL_LLM_QUOTA_MAX_CONFIGS``,
+            default 2000, the SDK's default metric cardinality limit).
+        idle_config_seconds: remove configs without a limit after this long without usage
+            (``OTEL_LLM_QUOTA_IDLE_CONFIG_SECONDS``, default: never).
     """
 
     def __init__(
@@ -140,7 +151,21 @@ class LLMProviderManager:
         store_timeout_seconds: float = _DEFAULT_STORE_TIMEOUT_SECONDS,
         shutdown_timeout_seconds: float | None = None,
         handler_queue_size: int = DEFAULT_QUEUE_SIZE,
+        max_configs: int | None = None,
+        idle_config_seconds: float | None = None,
     ) -> None:
+        sizing: dict[str, Any] = {
+            "max_configs": (
+                env_positive_int(env.OTEL_LLM_QUOTA_MAX_CONFIGS, DEFAULT_MAX_CONFIGS)
+                if max_configs is None
+                else max_configs
+            ),
+            "idle_config_seconds": (
+                env_seconds(env.OTEL_LLM_QUOTA_IDLE_CONFIG_SECONDS, None)
+                if idle_config_seconds is None
+                else idle_config_seconds
+            ),
+        }
         if timezone is None:
             # Only the variable's value falls back (with a warning); a bad argument raises.
             timezone = env_str(env.OTEL_LLM_QUOTA_TIMEZONE)
@@ -153,7 +178,9 @@ class LLMProviderManager:
                     timezone,
                 )
                 timezone = None
-        self._ledger = QuotaLedger(clock=clock, timezone=timezone, default_period=default_period)
+        self._ledger = QuotaLedger(
+            clock=clock, timezone=timezone, default_period=default_period, **sizing
+        )
         cooldown = (
             env_seconds(
                 env.OTEL_LLM_QUOTA_ALERT_COOLDOWN_SECONDS,
@@ -507,14 +534,26 @@ class LLMProviderManager:
             self._ledger.restart_epoch(cid, epoch)
 
     async def delete_config(self, config_id: str) -> bool:
-        """Remove ``config_id``: its usage, limit and alert state, here and in the store (every
-        process drops it at its next sync). Usage recorded later creates it afresh. Returns
-        False if it was unknown."""
+        """Remove ``config_id``: its usage, limit, thresholds and alert state; True if it existed.
+
+        A firing alert of the config is gone with it (no resolved notification). Usage recorded
+        later for the id creates it again from zero, without a limit. With a store the config
+        is removed there too (raises ``StoreError`` if the store cannot be reached), and every
+        other process drops it at its next sync.
+        """
         sync = self._sync
         found = False
         if sync is not None:
             found = await sync.run(sync.store.delete(config_id))
-        return self._ledger.forget(config_id) or found
+        return self._ledger.delete(config_id) or found
+
+    def delete_config_sync(self, config_id: str) -> bool:
+        """The synchronous form of ``delete_config`` (waits up to the store's own timeouts)."""
+        sync = self._sync
+        found = False
+        if sync is not None:
+            found = sync.call(sync.store.delete(config_id), _FINAL_FLUSH_SECONDS * 2)
+        return self._ledger.delete(config_id) or found
 
     # -- monitoring ------------------------------------------------------------------------------
 

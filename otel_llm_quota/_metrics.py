@@ -17,6 +17,7 @@ in every replica (aggregate them with ``max``), while ``llm.quota.tokens`` and
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 import weakref
@@ -45,6 +46,10 @@ DEFAULT_MAX_CONFIGS: Final = 10_000
 _SERIES_PER_CONFIG: Final = 32
 
 _Attributes = dict[str, str | float]
+
+_VIEW_HAS_CARDINALITY_LIMIT: Final = (
+    "aggregation_cardinality_limit" in inspect.signature(View.__init__).parameters
+)
 
 
 class _ConfigAttributes:
@@ -168,6 +173,12 @@ class QuotaMetrics:
             unit="s",
             description="Duration of the last successful flush and refresh with the store.",
         )
+        meter.create_observable_counter(
+            n.METRIC_OVERFLOW_RECORDS,
+            callbacks=[self._observe_overflow],
+            unit="{record}",
+            description="Usage records counted in the _overflow config: max_configs was reached.",
+        )
 
     def _at_fork_reinit(self) -> None:
         # In a forked child: a collecting thread of the parent may have held the lock.
@@ -206,6 +217,9 @@ class QuotaMetrics:
         now = ledger.clock()
         rows = ledger.metric_rows(now)
         with self._lock:
+            if len(self._attrs) > 2 * len(rows) + 64:  # deleted or expired configs: let them go
+                live = {row[0] for row in rows}
+                self._attrs = {k: v for k, v in self._attrs.items() if k in live}
             attributes = self._attributes
             bases = [attributes(row[0], row[1]).base for row in rows]
             self._rows, self._now = rows, now
@@ -283,6 +297,13 @@ class QuotaMetrics:
             )
         return out
 
+    def _observe_overflow(self, options: CallbackOptions) -> Iterable[Observation]:
+        manager = self._manager()
+        if manager is None:
+            return []
+        count = manager.ledger.overflowed_records
+        return [Observation(count)] if count else []
+
     def _observe_handler_failures(self, options: CallbackOptions) -> Iterable[Observation]:
         manager = self._manager()
         if manager is None:
@@ -356,10 +377,14 @@ def quota_metric_views(max_configs: int = DEFAULT_MAX_CONFIGS) -> list[View]:
     """SDK views that raise the cardinality limit of the ``llm.quota.*`` instruments.
 
     Pass them to ``opentelemetry.sdk.metrics.MeterProvider(views=...)`` so that ``max_configs``
-    configurations report without series falling into the SDK's overflow bucket.
+    configurations report without series falling into the SDK's overflow bucket. With an SDK
+    older than 1.45.2, which has no per-instrument cardinality limit (so nothing to raise), the
+    list is empty.
     """
     if type(max_configs) is not int or max_configs < 1:
         raise ValueError(f"max_configs must be a positive int, got {max_configs!r}")
+    if not _VIEW_HAS_CARDINALITY_LIMIT:
+        return []
     return [
         View(
             instrument_name="llm.quota.*",

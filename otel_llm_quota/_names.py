@@ -31,6 +31,7 @@ __all__ = [
     "METRIC_HANDLER_DROPPED",
     "METRIC_HANDLER_FAILURES",
     "METRIC_LIMIT",
+    "METRIC_OVERFLOW_RECORDS",
     "METRIC_REMAINING",
     "METRIC_REQUESTS",
     "METRIC_STORE_ERRORS",
@@ -76,6 +77,7 @@ METRIC_STORE_PENDING: Final = "llm.quota.store.pending"
 METRIC_STORE_ERRORS: Final = "llm.quota.store.errors"
 METRIC_STORE_FLUSH_DURATION: Final = "llm.quota.store.flush.duration"
 METRIC_HANDLER_DROPPED: Final = "llm.quota.handler.dropped"
+METRIC_OVERFLOW_RECORDS: Final = "llm.quota.overflow.records"
 
 # -- events ----------------------------------------------------------------------------------------
 EVENT_THRESHOLD: Final = "llm.quota.threshold"

@@ -12,11 +12,30 @@ Counting once:
   (the ``anthropic`` SDK's own span and OpenLLMetry's span, which sit in separate traces): the
   first one to end is counted, later ones are duplicates. Between half and all of the last
   ``max_tracked_responses`` response ids are remembered (two generations of half that size).
+* **framework spans without a response id.** A framework's instrumentation (OpenLLMetry's
+  LangChain) repeats a call's usage on its own span, in another trace than the provider-level span
+  (openai-v2's) and, for a streamed call, without the response id. Such a span (its scope is in
+  ``Conventions.framework_scopes``, it has usage and no response id) is paired with a provider
+  span (another scope, with a response id) of the same provider, request model and input/output
+  token counts that ended within ``FRAMEWORK_MATCH_SECONDS``: whichever ends second is not
+  counted. Each provider span pairs with at most one framework span. The pairing starts with the
+  first framework span's ``on_start`` (before it, no span is remembered for it).
 * **innermost wins within a trace.** When a span with usage ends, its parent is marked; a marked
   span is not counted (a framework's outer span repeating the inner span's usage) and passes the
   mark to its own parent, so any ancestor is skipped too. Children end before their parents, so
   the innermost span is the one that counts. At most ``max_tracked_responses`` marks are kept,
   the same way.
+
+Long response ids (over 64 characters) are remembered by a 16-byte BLAKE2b digest, so the
+tables stay small whatever the ids' size (20 KB ids would otherwise be kept whole).
+
+Fast path and portable path: ``on_end`` reads a few SDK internals (``span._attributes._dict``,
+``span._status._status_code``, ``_context``, ``_parent``, ``_instrumentation_scope``,
+``_end_time``) because the
+public properties cost a Python-level call each. At construction the processor ends one probe span
+on a private ``TracerProvider`` and checks that those internals say what the public API says; if
+an SDK release renamed one, it logs one warning and reads every span through the public API
+instead (slower, same results), rather than failing on every span.
 
 Bad values (a token count that is a string, float, bool, negative or absurdly large; a config id
 that is not a string) are skipped, never guessed at; each skip is counted in ``stats`` and in the
@@ -26,20 +45,23 @@ that is not a string) are skipped, never guessed at; each skip is counted in ``s
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from opentelemetry import context as otel_context
-from opentelemetry import metrics
+from opentelemetry import metrics, trace
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import Status, StatusCode
 
 from otel_llm_quota._context import QUOTA_CONFIG_CONTEXT_KEY, ContextUse
 from otel_llm_quota._conventions import (
@@ -69,6 +91,12 @@ _ERROR: Final = StatusCode.ERROR
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _UNSEEN: Final = object()
 _Scopes = InstrumentationScope | None | frozenset[InstrumentationScope | None]
+FRAMEWORK_MATCH_SECONDS: Final = 60.0
+"""How far apart the end times of a framework span and the provider span it repeats may be."""
+_FRAMEWORK_MATCH_NS: Final = int(FRAMEWORK_MATCH_SECONDS * 1e9)
+_MatchKey = tuple[str | bytes | None, str | bytes | None, int | None, int | None]
+_MAX_KEPT_ID_CHARS: Final = 64
+"""Response ids longer than this are remembered by their digest (see ``_id_key``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,15 +182,25 @@ class QuotaSpanProcessor(SpanProcessor):
         self._default_config_id = check_config_id(default_config_id)
         self._lock = threading.Lock()
         self._half = max(max_tracked_responses // 2, 1)
-        # response id -> the instrumentation scope (or scopes) that reported it
-        self._seen_new: dict[str, _Scopes] = {}
-        self._seen_old: dict[str, _Scopes] = {}
+        # response id (or its digest) -> the instrumentation scope (or scopes) that reported it
+        self._seen_new: dict[str | bytes, _Scopes] = {}
+        self._seen_old: dict[str | bytes, _Scopes] = {}
         self._marks_new: dict[int, None] = {}
         self._marks_old: dict[int, None] = {}
+        # Framework/provider pairing: key -> (unpaired spans, latest end time in ns); two
+        # generations each, like the tables above. Only touched under the lock.
+        self._framework_scopes = frozenset(conv.framework_scopes)
+        self._watching = bool(self._framework_scopes)  # for the first framework span's start
+        self._pairing = False
+        self._providers_new: dict[_MatchKey, tuple[int, int]] = {}
+        self._providers_old: dict[_MatchKey, tuple[int, int]] = {}
+        self._frameworks_new: dict[_MatchKey, tuple[int, int]] = {}
+        self._frameworks_old: dict[_MatchKey, tuple[int, int]] = {}
         self._input_first = conv.input_tokens[0] if conv.input_tokens else ""
         self._output_first = conv.output_tokens[0] if conv.output_tokens else ""
         self._provider_first = conv.provider[0] if conv.provider else ""
         self._response_first = conv.response_id[0] if conv.response_id else ""
+        self._request_model_first = conv.request_model[0] if conv.request_model else ""
         self._rule_cache: dict[tuple[str | None, str | None, int], tuple[object, str | None]] = {}
         self._tickets = itertools.count()
         self._ticket = self._tickets.__next__
@@ -185,6 +223,15 @@ class QuotaSpanProcessor(SpanProcessor):
             description="LLM spans not counted because their usage was already counted",
         )
 
+        if not _fast_path_applies():
+            _logger.warning(
+                "opentelemetry-sdk: the span internals the quota processor reads directly are "
+                "not as expected; reading spans through the public API instead (slower)"
+            )
+            # An instance attribute: the SDK calls processor.on_end, found here first.
+            self.on_end = self._on_end_portable  # type: ignore[method-assign]
+            self._pairing, self._watching = bool(self._framework_scopes), False
+
     def _at_fork_reinit(self) -> None:
         # In a forked child: a thread of the parent may have held the lock at fork time. The
         # dedupe tables are kept: the child's spans are new responses anyway.
@@ -193,8 +240,22 @@ class QuotaSpanProcessor(SpanProcessor):
     # -- SpanProcessor ---------------------------------------------------------------------------
 
     def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
-        """Stamp the id of the enclosing ``quota_config`` block on the span, if there is one
-        (and the span has no usable ``llm.quota.config_id`` of its own)."""
+        """Stamp the id of the enclosing ``quota_config`` block on the span, if there is one.
+
+        Until the first span of a framework scope starts, also look at each span's scope: the
+        framework pairing (module docstring) costs nothing in apps without such a framework, and a
+        framework span starts before the provider span it wraps, so none is missed.
+        """
+        if self._watching:
+            try:
+                # Private, like on_end's reads (checked by the probe; the portable path pairs
+                # from the start instead of watching): the public property costs a call.
+                scope = span._instrumentation_scope
+                if scope is not None and scope.name in self._framework_scopes:
+                    self._watching = False
+                    self._pairing = True
+            except Exception:  # never break the app's span
+                self._fail("on_start")
         if not ContextUse.used:
             return
         try:
@@ -278,6 +339,8 @@ class QuotaSpanProcessor(SpanProcessor):
             # (counted = tickets - duplicates).
             self._ticket()
             if response_id is not None:
+                if len(response_id) > _MAX_KEPT_ID_CHARS:
+                    response_id = _id_key(response_id)
                 # Remembered even for a span skipped as an ancestor: a third span with the same id
                 # elsewhere (another instrumentation's, in another trace) is the same response.
                 # The entry is the span's instrumentation scope, an object its tracer shares with
@@ -301,6 +364,16 @@ class QuotaSpanProcessor(SpanProcessor):
                 if len(marks) >= self._half:
                     self._marks_old = marks
                     self._marks_new = {}
+            if self._pairing and (input_tokens is not None or output_tokens is not None):
+                duplicate = self._pair_framework(
+                    span,
+                    attributes,
+                    provider,
+                    response_id is not None,
+                    input_tokens,
+                    output_tokens,
+                    duplicate,
+                )
             if duplicate:
                 with self._lock:
                     self._duplicates += 1
@@ -346,6 +419,15 @@ class QuotaSpanProcessor(SpanProcessor):
                 )
         except Exception:  # the processor must never break the app
             self._fail("on_end")
+
+    def _on_end_portable(self, span: ReadableSpan) -> None:
+        """``on_end`` through the span's public API: used when the SDK's internals moved."""
+        try:
+            view = _PublicSpan(span)
+        except Exception:  # the processor must never break the app
+            self._fail("on_end")
+            return
+        QuotaSpanProcessor.on_end(self, cast(ReadableSpan, view))
 
     def shutdown(self) -> None:
         """Stop counting (idempotent). Nothing is buffered, so nothing is lost."""
@@ -500,7 +582,7 @@ class QuotaSpanProcessor(SpanProcessor):
         operation = _first_str(attributes, self._conventions.operation)
         return operation is not None and operation in self._conventions.non_model_operations
 
-    def _seen_again(self, response_id: str, scope: InstrumentationScope | None) -> bool:
+    def _seen_again(self, response_id: str | bytes, scope: InstrumentationScope | None) -> bool:
         """A response id seen before from another scope object: is this span a duplicate?
 
         Yes if another instrumentation already reported it (the anthropic SDK's span and
@@ -526,6 +608,73 @@ class QuotaSpanProcessor(SpanProcessor):
                 return False
             seen[response_id] = scopes | {scope}
             return True
+
+    def _pair_framework(
+        self,
+        span: ReadableSpan,
+        attributes: Mapping[str, Any],
+        provider: str | None,
+        has_response_id: bool,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        duplicate: bool,
+    ) -> bool:
+        """Is this span a duplicate, given the framework/provider pairing (module docstring)?
+
+        ``duplicate`` is what the response-id and nesting rules decided. A provider span that
+        counts is remembered, for a framework span ending later; a framework span that counts
+        likewise. A framework span found to be a duplicate by those rules still takes its
+        provider twin out of the table, so that the twin cannot pair with another span.
+        """
+        scope = span._instrumentation_scope
+        framework = scope is not None and scope.name in self._framework_scopes
+        if framework:
+            if has_response_id and not duplicate:
+                return False  # counts; its provider twin, same id, will be deduped by the id
+        elif duplicate or not has_response_id:
+            # Without an id a provider span cannot be told from another call: nothing to pair.
+            return duplicate
+        model = attributes.get(self._request_model_first)
+        if model.__class__ is not str or not model:
+            model = _first_str(attributes, self._conventions.request_model)
+        # Long strings are kept as digests, as response ids are: the table is bounded in bytes.
+        key: _MatchKey = (
+            _id_key(provider)
+            if provider is not None and len(provider) > _MAX_KEPT_ID_CHARS
+            else provider,
+            _id_key(model) if model is not None and len(model) > _MAX_KEPT_ID_CHARS else model,
+            input_tokens,
+            output_tokens,
+        )
+        end = span._end_time or 0
+        if framework:
+            twins = (self._providers_new, self._providers_old)
+        else:
+            twins = (self._frameworks_new, self._frameworks_old)
+        with self._lock:
+            for table in twins:
+                found = table.get(key)
+                if found is not None and abs(end - found[1]) <= _FRAMEWORK_MATCH_NS:
+                    if found[0] > 1:
+                        table[key] = (found[0] - 1, found[1])
+                    else:
+                        del table[key]
+                    return True
+            if duplicate:
+                return True
+            if framework:
+                new = self._frameworks_new
+                found = new.get(key)
+                new[key] = (1 if found is None else found[0] + 1, end)
+                if len(new) >= self._half:
+                    self._frameworks_old, self._frameworks_new = new, {}
+            else:
+                new = self._providers_new
+                found = new.get(key)
+                new[key] = (1 if found is None else found[0] + 1, end)
+                if len(new) >= self._half:
+                    self._providers_old, self._providers_new = new, {}
+        return False
 
     def _pass_mark(self, span: ReadableSpan) -> None:
         """A marked span (an ancestor of a counted span) passes the mark on to its parent."""
@@ -577,3 +726,88 @@ def _first_str(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> str | No
         if type(value) is str and value:
             return value
     return None
+
+
+def _id_key(response_id: str) -> bytes:
+    """A 16-byte digest standing for a long response id in the dedupe tables.
+
+    Keyed BLAKE2b is not needed: a collision needs 2**64 ids, and a collision only makes two
+    responses count once. Ids that are not valid UTF-8 (lone surrogates) are digested as is.
+    """
+    return hashlib.blake2b(response_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+class _PublicSpan:
+    """The span fields ``on_end`` reads, taken from a span's public API (the portable path)."""
+
+    __slots__ = (
+        "_attributes",
+        "_context",
+        "_end_time",
+        "_instrumentation_scope",
+        "_parent",
+        "_status",
+        "_status_code",
+        "resource",
+    )
+
+    def __init__(self, span: ReadableSpan) -> None:
+        self._attributes = span.attributes
+        self._context = span.context
+        self._end_time = span.end_time
+        self._parent = span.parent
+        self._instrumentation_scope = span.instrumentation_scope
+        self._status = self  # so that ``_status._status_code`` reads the public status code
+        self._status_code = span.status.status_code
+        self.resource = span.resource
+
+
+class _ProbeCatcher(SpanProcessor):
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.spans.append(span)
+
+
+def _fast_path_applies() -> bool:
+    """End a child span on a private provider: do the SDK internals ``on_end`` reads agree with
+    the public API? False on any difference or error (then ``on_end`` uses ``_PublicSpan``)."""
+    try:
+        catcher = _ProbeCatcher()
+        provider = TracerProvider(
+            sampler=ALWAYS_ON, resource=Resource.get_empty(), shutdown_on_exit=False
+        )
+        provider.add_span_processor(catcher)
+        tracer = provider.get_tracer("otel_llm_quota.probe")
+        parent = tracer.start_span("probe-parent")
+        child = tracer.start_span(
+            "probe", context=trace.set_span_in_context(parent), attributes={"probe": 1}
+        )
+        child.set_status(Status(StatusCode.ERROR))
+        child.end()
+        parent.end()
+        span = catcher.spans[0]
+        attrs = span._attributes
+        attributes: Mapping[str, Any]  # read exactly as on_end reads it
+        if attrs.__class__ is BoundedAttributes:
+            attributes = attrs._dict
+        elif attrs is None:
+            attributes = _EMPTY
+        else:
+            attributes = attrs
+        parent_context = parent.get_span_context()
+        return bool(
+            dict(attributes) == dict(span.attributes or _EMPTY) == {"probe": 1}
+            and span._status._status_code is span.status.status_code is _ERROR
+            and span._context == span.context == child.get_span_context()
+            and span._parent == span.parent == parent_context
+            and span._parent is not None
+            and span._parent.span_id == parent_context.span_id
+            and span._instrumentation_scope is span.instrumentation_scope
+            and span._instrumentation_scope is not None
+            and span._end_time == span.end_time
+            and span._end_time is not None
+        )
+    except Exception:
+        return False

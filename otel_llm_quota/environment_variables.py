@@ -59,6 +59,26 @@ OTEL_LLM_QUOTA_SEND_RESOLVED: Final = "OTEL_LLM_QUOTA_SEND_RESOLVED"
 Default: ``true``.
 """
 
+OTEL_LLM_QUOTA_MAX_CONFIGS: Final = "OTEL_LLM_QUOTA_MAX_CONFIGS"
+"""
+.. envvar:: OTEL_LLM_QUOTA_MAX_CONFIGS
+
+How many quota configs without a limit (the ones spans and usage create, one per new config id
+or provider) a manager keeps. Beyond it, the usage of a new id is counted in the reserved config
+``_overflow`` (nothing is lost; one warning is logged and ``llm.quota.overflow.records`` counts
+those records), the way the OpenTelemetry SDK's metric cardinality limit works. Configs given a
+limit are not counted and never refused. Default: ``2000``, the OpenTelemetry SDK's default
+cardinality limit per instrument (raise both together: ``quota_metric_views(max_configs)``).
+"""
+
+OTEL_LLM_QUOTA_IDLE_CONFIG_SECONDS: Final = "OTEL_LLM_QUOTA_IDLE_CONFIG_SECONDS"
+"""
+.. envvar:: OTEL_LLM_QUOTA_IDLE_CONFIG_SECONDS
+
+Seconds after which a quota config without a limit that has had no usage is removed (it comes
+back, from zero, with its next usage). Default: unset, configs are kept.
+"""
+
 # -- alert handlers (otel_llm_quota.handlers) ------------------------------------------------
 # Secrets (URLs with tokens, keys, passwords) are read here only when the argument is not given,
 # and never appear in logs, exception messages or reprs.

@@ -46,8 +46,8 @@ def test_eight_threads_times_100k_calls_are_exact() -> None:
 def test_racing_first_use_of_the_same_configs_loses_nothing() -> None:
     # Creating a config takes several steps (validation, period bounds): threads that meet on a
     # new id must end up counting into one state, not overwrite each other's.
-    manager = LLMProviderManager()
     ids = [f"cfg-{i}" for i in range(3000)]
+    manager = LLMProviderManager(max_configs=len(ids))  # above the default cap of 2,000
     start = threading.Barrier(THREADS)
 
     def work() -> None:

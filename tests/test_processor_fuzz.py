@@ -58,6 +58,10 @@ def _first_str(attrs: dict[str, Any], keys: tuple[str, ...]) -> str | None:
     return None
 
 
+def _usable(value: object) -> bool:
+    return type(value) is str and 0 < len(value) <= 256 and not value.isspace()
+
+
 def _expected(spans: list[dict[str, Any]]) -> dict[str, list[int]]:
     """config id -> [input, output, other, successes, failures]."""
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
@@ -72,11 +76,11 @@ def _expected(spans: list[dict[str, Any]]) -> dict[str, list[int]]:
         is_llm_span = any(key in attrs for key in (*C.provider, *TOKEN_KEYS))
         if not has_usage and not (failed and is_llm_span):
             continue
+        # The resolution order: a usable config id attribute, else a usable provider, else the
+        # default ("unknown"); blank or over-long values fall through, never lose the tokens.
         config = attrs.get("llm.quota.config_id")
-        if type(config) is not str or not 0 < len(config) <= 256:
-            config = provider or "unknown"
-        if not config.strip():
-            continue  # the ledger refuses a blank id: the span is dropped, not miscounted
+        if not _usable(config):
+            config = provider if _usable(provider) else "unknown"
         row = totals[config]
         row[0] += inp or 0
         row[1] += out or 0

@@ -51,6 +51,14 @@ def instrument(combo: str, provider: TracerProvider) -> None:
         from opentelemetry.instrumentation.anthropic import AnthropicInstrumentor
 
         instrumentor = AnthropicInstrumentor()
+    elif combo == "langchain_openai_v2":
+        # LangChain's ChatOpenAI traced twice: by OpenLLMetry's LangChain instrumentation (a
+        # framework span) and by openai-v2 underneath (the provider span), in separate traces.
+        from opentelemetry.instrumentation.langchain import LangchainInstrumentor
+        from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor as V2
+
+        V2().instrument(tracer_provider=provider)
+        instrumentor = LangchainInstrumentor()
     elif combo == "anthropic_sdk":
         return  # the SDK's own spans only
     else:
@@ -137,6 +145,36 @@ def openai_scenarios(port: int) -> dict[str, Scenario]:
     }
 
 
+def langchain_scenarios(port: int) -> dict[str, Scenario]:
+    from langchain_openai import ChatOpenAI
+
+    def llm() -> ChatOpenAI:
+        return ChatOpenAI(
+            model="gpt-4o-mini",
+            base_url=f"http://127.0.0.1:{port}/v1",
+            api_key="sk-test",  # type: ignore[arg-type]
+            max_retries=0,
+            stream_usage=True,  # the streamed usage chunk (stream_options.include_usage)
+        )
+
+    def nonstream() -> None:
+        llm().invoke("Say hello")
+
+    def stream() -> None:
+        for _ in llm().stream("Say hello"):
+            pass
+
+    async def astream() -> None:
+        async for _ in llm().astream("Say hello"):
+            pass
+
+    return {
+        "nonstream": twice(nonstream),
+        "stream": twice(stream),
+        "async": lambda: asyncio.run(astream()),
+    }
+
+
 def anthropic_scenarios(port: int) -> dict[str, Scenario]:
     import anthropic
 
@@ -204,7 +242,10 @@ def main() -> None:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     instrument(combo, provider)
-    scenarios = (anthropic_scenarios if "anthropic" in combo else openai_scenarios)(port)
+    if combo.startswith("langchain"):
+        scenarios = langchain_scenarios(port)
+    else:
+        scenarios = (anthropic_scenarios if "anthropic" in combo else openai_scenarios)(port)
     spans: dict[str, list[str]] = {}
     for name, scenario in scenarios.items():
         exporter.clear()

@@ -51,6 +51,15 @@ ANTHROPIC_BOTH = {**ANTHROPIC, "error": (0, 0, 0, 0, 2)}
 # message_delta's cumulative 5): we count what the span says.
 ANTHROPIC_OPENLLMETRY_ONLY = {**ANTHROPIC, "stream": (26, 12, 0, 2, 0)}
 
+# LangChain's ChatOpenAI under OpenLLMetry's LangChain instrumentation and openai-v2: two spans
+# per call in separate traces; a streamed call's LangChain span has no response id, so it is
+# paired with openai-v2's by provider, request model and token counts. Each call counts once.
+LANGCHAIN = {
+    "nonstream": (22, 14, 0, 2, 0),  # paired by response id
+    "stream": (22, 14, 0, 2, 0),  # paired by provider, model and tokens
+    "async": (11, 7, 0, 1, 0),  # astream
+}
+
 COMBOS: dict[str, tuple[list[str], dict[str, str], dict[str, tuple[int, ...]], int]] = {
     # combo: (modules it needs, env, expected quotas, duplicate spans)
     "openai_v2": (["opentelemetry.instrumentation.openai_v2"], {}, OPENAI, 1),
@@ -62,6 +71,16 @@ COMBOS: dict[str, tuple[list[str], dict[str, str], dict[str, tuple[int, ...]], i
     ),
     "openllmetry_openai": (["opentelemetry.instrumentation.openai"], {}, OPENAI, 1),
     "openinference_openai": (["openinference.instrumentation.openai"], {}, OPENAI, 1),
+    "langchain_openai_v2": (
+        [
+            "langchain_openai",
+            "opentelemetry.instrumentation.langchain",
+            "opentelemetry.instrumentation.openai_v2",
+        ],
+        {},
+        LANGCHAIN,
+        5,
+    ),
     "anthropic_sdk": (["anthropic"], {}, ANTHROPIC, 1),
     "openllmetry_anthropic": (["opentelemetry.instrumentation.anthropic"], {}, ANTHROPIC_BOTH, 8),
     "openllmetry_anthropic_sdk_off": (
