@@ -45,9 +45,10 @@ class EvaluationResult:
     """The earliest POSIX time a time-based change (repeat, period end) is due; ``inf`` if none."""
     examined: int
     """How many configurations needed a look under the lock (the rest were skipped lock-free)."""
-    changes: list[tuple[_ConfigState, str, list[Alert]]] = field(default_factory=list)
+    changes: list[tuple[_ConfigState, str, list[Alert], int]] = field(default_factory=list)
     """With ``encoder``: each config whose alert state changed, with its encoded state before
-    the pass and the pass's notifications for it (for the fleet's claims, see ``_claims``)."""
+    the pass, the pass's notifications for it and the alert record version it was evaluated
+    from (for the fleet's claims, see ``_claims``)."""
 
 
 def _resolved(
@@ -103,7 +104,11 @@ def evaluate(state: _ConfigState, now: float, cooldown: float, send_resolved: bo
             if total >= tokens
         ]
     )
-    if active:
+    # Within one window usage only grows: a total below an active (or held) threshold means
+    # its limit or thresholds changed, or, with a shared store, that this replica's view of the
+    # fleet's usage is behind the replica that notified. Only the first is a reason to resolve.
+    levels_changed = state.alert_levels != state.threshold_tokens
+    if active and levels_changed:
         gone = [t for t in active if t not in crossed]
         if gone:
             if send_resolved:
@@ -113,7 +118,7 @@ def evaluate(state: _ConfigState, now: float, cooldown: float, send_resolved: bo
             for t in gone:
                 del active[t]
     held = state.held
-    if held:
+    if held and levels_changed:
         for t in [t for t in held if t not in crossed]:
             del held[t]  # fell below again before it could be notified: nothing to tell
     sent = state.sent
@@ -155,6 +160,7 @@ def evaluate(state: _ConfigState, now: float, cooldown: float, send_resolved: bo
     if not held:
         state.held = None
     state.trigger_span = None
+    state.alert_levels = state.threshold_tokens
     state.arm()
     return alerts
 
@@ -221,7 +227,7 @@ def evaluate_ledger(
     this pass are not sent, and it is looked at again at the next pass; the others' are.
     """
     alerts: list[Alert] = []
-    changes: list[tuple[_ConfigState, str, list[Alert]]] = []
+    changes: list[tuple[_ConfigState, str, list[Alert], int]] = []
     next_due = math.inf
     examined = 0
     lock = ledger.lock
@@ -234,11 +240,12 @@ def evaluate_ledger(
         try:
             with lock:
                 before = None if encoder is None else encoder(state)
+                version = state.alert_version
                 found = evaluate(state, now, cooldown, send_resolved)
                 due = _next_due(state, cooldown)
                 if encoder is not None and (found or encoder(state) != before):
                     assert before is not None
-                    changes.append((state, before, found))
+                    changes.append((state, before, found, version))
         except Exception:  # a bug or bad data in one config must not cost the others alerts
             _logger.exception(
                 "otel-llm-quota: evaluating the alerts of config %r failed; its notifications "

@@ -44,9 +44,12 @@ __all__ = ["Change", "FleetAlerts", "encode"]
 
 _logger = logging.getLogger(__name__)
 
-Change = tuple[_ConfigState, str, list[Alert]]
-"""A config whose alert state a pass changed: (state, its state before the pass, the pass's
-notifications for it)."""
+Change = tuple[_ConfigState, str, list[Alert], int]
+"""A config whose alert state a pass changed: (state, its encoded state before the pass, the
+pass's notifications for it, the alert record version that state was evaluated from)."""
+
+Won = tuple[_ConfigState, list[Alert], list[str]]
+"""Notifications this replica claimed for one config, with their pending entries' ids."""
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -69,6 +72,7 @@ def encode(state: _ConfigState) -> str:
         "h": _keys(state.held),
         "l": state.last_alert_sent,
         "p": state.alert_pending or [],
+        "lv": None if state.alert_levels is None else list(state.alert_levels),
     }
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
@@ -79,8 +83,16 @@ def _floats(values: Any) -> dict[float, float] | None:
     return {float(k): float(v) for k, v in values.items()}
 
 
-def adopt(state: _ConfigState, record: AlertRecord) -> bool:
-    """Take the stored alert state (call under the lock); False if it is stale or unreadable."""
+def adopt(state: _ConfigState, record: AlertRecord, *, force: bool = False) -> bool:
+    """Take the stored alert state (call under the lock); False if it is stale or unreadable.
+
+    ``force``: the record is the store's current one (a lost compare-and-set answered it), so
+    it replaces the local state even if its version is not newer."""
+    if not force and record.version <= state.alert_version:
+        return False
+    if record.version == 0:  # the store has no record (it lost the config): ours stands
+        state.alert_version = 0
+        return False
     try:
         doc = json.loads(record.data)
         window = doc.get("w")
@@ -90,6 +102,8 @@ def adopt(state: _ConfigState, record: AlertRecord) -> bool:
         last = doc.get("l")
         pending = list(doc.get("p") or []) or None
         period_start = doc.get("ps")
+        levels = doc.get("lv")
+        levels = None if levels is None else tuple(int(v) for v in levels)
     except (ValueError, TypeError, AttributeError):
         _logger.warning("unreadable alert record for config %r; ignored", state.config_id)
         return False
@@ -99,6 +113,7 @@ def adopt(state: _ConfigState, record: AlertRecord) -> bool:
     state.active, state.sent, state.held = active, sent, held
     state.last_alert_sent = None if last is None else float(last)
     state.alert_pending = pending
+    state.alert_levels = levels
     if window is not None and (int(window[0]), int(window[1])) == (here.start, here.epoch):
         state.alert_generation = state.generation
         state.alert_period_start = state.period_start
@@ -178,18 +193,13 @@ class FleetAlerts:
         should run a pass."""
         lock = self._ledger.lock
         now = self._ledger.clock()
-        writer = self._sync.writer
         wake = False
         with lock:
             for state, record in synced:
-                if (
-                    record is not None
-                    and record.version > state.alert_version
-                    and adopt(state, record)
-                ):
+                if record is not None and adopt(state, record):
                     wake = True
                 pending = state.alert_pending
-                if pending and any(p["by"] != writer and p["u"] <= now for p in pending):
+                if pending and any(p["u"] <= now for p in pending):
                     self._takeover[state.config_id] = state
                     wake = True
         return wake
@@ -197,17 +207,23 @@ class FleetAlerts:
     # -- called by the monitor ------------------------------------------------------------------
 
     def candidates(self) -> list[Change]:
-        """Changes to write that no pass produced: takeovers and states the store missed."""
+        """Changes to write that no pass produced: states the store could not take earlier."""
         out: list[Change] = []
         with self._ledger.lock:
-            for cid, state in list(self._uncommitted.items()):
-                out.append((state, "", []))
-                del self._uncommitted[cid]
+            for state in self._uncommitted.values():
+                out.append((state, "", [], state.alert_version))
+            self._uncommitted.clear()
         return out
 
-    async def claim(self, changes: Iterable[Change]) -> list[tuple[_ConfigState, list[Alert]]]:
-        """Write each change; return the notifications this replica won, per config."""
-        won: list[tuple[_ConfigState, list[Alert]]] = []
+    async def claim(self, changes: Iterable[Change]) -> list[Won]:
+        """Write each change with a compare-and-set on the version it was evaluated from;
+        return the notifications this replica won, per config.
+
+        Must not run concurrently with another ``claim`` of the same manager (the monitor
+        serialises its passes in fleet mode). A lost compare-and-set adopts the stored state
+        and asks for another pass (``retry``), which evaluates from it.
+        """
+        won: list[Won] = []
         lock = self._ledger.lock
         store = self._sync.store
         now = self._ledger.clock()
@@ -215,12 +231,13 @@ class FleetAlerts:
         writer = self._sync.writer
         changes = list(changes)
         takeovers = self._take_takeovers()
-        for state, before, alerts in changes:
+        for state, before, alerts, version in changes:
             with lock:
+                ids: list[str] = []
                 if alerts:
                     entries = [_pending_entry(a, writer, until) for a in alerts]
+                    ids = [e["id"] for e in entries]
                     state.alert_pending = (state.alert_pending or []) + entries
-                version = state.alert_version
                 data = encode(state)
             if not alerts and data == before:
                 continue
@@ -238,7 +255,7 @@ class FleetAlerts:
                         store.url,
                         exc,
                     )
-                    won.append((state, alerts))
+                    won.append((state, alerts, ids))
                 with lock:
                     self._uncommitted[state.config_id] = state
                 continue
@@ -246,18 +263,24 @@ class FleetAlerts:
                 if ok:
                     state.alert_version = record.version
                 else:
-                    adopt(state, record)
+                    # Another replica (or this one's flusher, adopting it) got there first: its
+                    # state stands, and covers what this pass would have sent.
+                    adopt(state, record, force=True)
+                    self.retry = True
             if ok:
                 self.claims_won += 1
                 if alerts:
-                    won.append((state, alerts))
+                    won.append((state, alerts, ids))
             else:
                 self.claims_lost += 1
         for state in takeovers:
             taken = await self._take_over(state, writer, until)
-            if taken:
-                won.append((state, taken))
+            if taken is not None:
+                won.append(taken)
         return won
+
+    retry = False
+    """Set when a claim was lost: the monitor runs another pass soon, from the adopted state."""
 
     def _take_takeovers(self) -> list[_ConfigState]:
         with self._ledger.lock:
@@ -265,14 +288,16 @@ class FleetAlerts:
             self._takeover.clear()
         return states
 
-    async def _take_over(self, state: _ConfigState, writer: str, until: float) -> list[Alert]:
+    async def _take_over(self, state: _ConfigState, writer: str, until: float) -> Won | None:
         lock = self._ledger.lock
         now = self._ledger.clock()
         with lock:
             pending = state.alert_pending or []
-            expired = [p for p in pending if p["by"] != writer and p["u"] <= now]
+            # Passes are serialised: any entry whose lease ran out is an orphan, this writer's
+            # own included (a pass cut short by a crash of its loop).
+            expired = [p for p in pending if p["u"] <= now]
             if not expired:
-                return []
+                return None
             for p in expired:
                 p["by"], p["u"] = writer, until
             version = state.alert_version
@@ -282,11 +307,11 @@ class FleetAlerts:
                 self._sync.store.compare_and_set_alert(state.config_id, version, data)
             )
         except Exception:
-            return []  # retried when the next sync sees the lease still expired
+            return None  # retried when the next sync sees the lease still expired
         with lock:
             if not ok:
-                adopt(state, record)
-                return []
+                adopt(state, record, force=True)
+                return None
             state.alert_version = record.version
             alerts = [_alert_from(state, p) for p in expired]
         self.takeovers += len(alerts)
@@ -296,17 +321,19 @@ class FleetAlerts:
             len(alerts),
             state.config_id,
         )
-        return alerts
+        return state, alerts, [p["id"] for p in expired]
 
-    async def delivered(self, state: _ConfigState, alerts: list[Alert]) -> None:
-        """Confirm delivery: remove this replica's pending entries of ``state`` (retrying a
-        lost compare-and-set a few times)."""
+    async def delivered(self, state: _ConfigState, ids: list[str]) -> None:
+        """Confirm delivery: remove the pending entries ``ids`` of ``state`` (retrying a lost
+        compare-and-set a few times)."""
+        if not ids:
+            return
         lock = self._ledger.lock
-        writer = self._sync.writer
+        done = set(ids)
         for _ in range(5):
             with lock:
                 pending = state.alert_pending or []
-                keep = [p for p in pending if p["by"] != writer]
+                keep = [p for p in pending if p["id"] not in done]
                 if len(keep) == len(pending):
                     return
                 state.alert_pending = keep or None
@@ -324,4 +351,4 @@ class FleetAlerts:
                 if ok:
                     state.alert_version = record.version
                     return
-                adopt(state, record)
+                adopt(state, record, force=True)

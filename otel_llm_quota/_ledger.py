@@ -83,6 +83,7 @@ class _ConfigState:
     __slots__ = (
         "active",
         "alert_generation",
+        "alert_levels",
         "alert_pending",
         "alert_period_start",
         "alert_version",
@@ -160,6 +161,9 @@ class _ConfigState:
         # generation (period) they belong to, and the last notification time per threshold.
         self.active: dict[float, float] | None = None
         self.alert_generation = 0
+        # The threshold token levels the alert state was last evaluated against (a change means
+        # the limit or thresholds changed: the only way an active threshold can be "gone").
+        self.alert_levels: tuple[int, ...] | None = None
         self.alert_period_start = self.period_start
         self.sent: dict[float, float] | None = None
         # Thresholds crossed again within their cooldown -> when they may fire again.
@@ -929,9 +933,10 @@ class QuotaLedger:
                 if not sync.exists:
                     if state is None or not state.stored:
                         continue
-                    if sync.deleted:
-                        if not state.dirty:  # deleted by another process (or the CLI)
-                            self._drop(sync.config_id)
+                    if sync.deleted:  # deleted by another process (or the CLI)
+                        self._drop(sync.config_id)
+                        if state.dirty:  # usage since this process's last flush: a new config
+                            self._renew(state, now)
                     else:  # lost (a store node restarted empty): send our share again
                         self._reseed(state)
                     continue
@@ -939,8 +944,16 @@ class QuotaLedger:
                     state = self._from_store(sync, now)
                 state.stored = True
                 record = sync.record
-                if record is not None and not state.record_dirty:
-                    self._adopt_settings(state, record, now)
+                if not state.record_dirty:
+                    if record is not None:
+                        self._adopt_settings(state, record, now)
+                    elif state.limit is not None and state.stored:
+                        # Settings this process had from the store are gone there: the config
+                        # was deleted and usage re-created it bare. Follow the store.
+                        state.limit = None
+                        state.threshold_tokens = ()
+                        state.arm()
+                        self._unlimited += 1
                 if state.provider is None and sync.provider is not None:
                     state.provider = sync.provider
                 if now >= state.period_end:
@@ -1044,6 +1057,19 @@ class QuotaLedger:
                 state.dirty = False
                 state.record_dirty = False
 
+    def _renew(self, old: _ConfigState, now: float) -> None:
+        # Under the lock: ``old`` was deleted in the store while this process had usage not yet
+        # flushed: that usage (only) starts the config again, with no settings, as any usage
+        # recorded after the delete would.
+        assert old.flushed is not None
+        unflushed = sub_counts(old.own(), old.flushed)
+        if unflushed == ZERO:
+            return
+        state = self._create(old.config_id, old.provider, now)
+        state.successes, state.failures, state.input, state.output, state.other = unflushed
+        state.total = min(unflushed[2] + unflushed[3] + unflushed[4], MAX_PERIOD_TOKENS)
+        state.last_updated = old.last_updated
+
     def _reseed(self, state: _ConfigState) -> None:
         # Under the lock: the store no longer has this config; queue this process's share of
         # its current window (and its settings) to be sent again.
@@ -1052,6 +1078,7 @@ class QuotaLedger:
         state.others = ZERO
         state.others_life = ZERO
         state.total = min(state.input + state.output + state.other, MAX_PERIOD_TOKENS)
+        state.epoch = 0  # the store starts the config afresh at epoch 0: the same window
         state.stored = False
         state.alert_version = 0
         state.record_dirty = state.limit is not None

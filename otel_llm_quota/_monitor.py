@@ -55,6 +55,7 @@ class Monitor:
         self._handlers = handlers
         self.cooldown_seconds = cooldown_seconds
         self.send_resolved = send_resolved
+        self._fleet_lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
@@ -81,6 +82,11 @@ class Monitor:
         return await self._pass()
 
     async def _pass(self) -> list[Alert]:
+        if self.fleet is not None:
+            return await self._fleet_pass()
+        return await self._pass_once()
+
+    async def _pass_once(self) -> list[Alert]:
         fleet = self.fleet
         result = evaluate_ledger(
             self._ledger,
@@ -97,13 +103,36 @@ class Monitor:
             return result.alerts
         # A shared store: dispatch only the notifications this replica claimed (see _claims).
         won = await fleet.claim([*result.changes, *fleet.candidates()])
-        alerts = [alert for _, found in won for alert in found]
+        alerts = [alert for _, found, _ in won for alert in found]
         if alerts:
             await self._dispatcher.dispatch(self._handlers(), alerts)
-        for state, found in won:
-            await fleet.delivered(state, found)
+        for state, _, ids in won:
+            await fleet.delivered(state, ids)
         self.passes += 1
         return alerts
+
+    async def _fleet_pass(self) -> list[Alert]:
+        # Passes of one manager run one at a time in fleet mode, whatever loop or thread they
+        # come from: a claim must start from the state its evaluation saw.
+        lock = self._fleet_lock
+        if not lock.acquire(blocking=False):
+            acquired = asyncio.get_running_loop().run_in_executor(None, lock.acquire)
+            try:
+                await asyncio.shield(acquired)
+            except asyncio.CancelledError:  # release what the worker thread will still get
+                acquired.add_done_callback(lambda f: lock.release() if f.result() else None)
+                raise
+        try:
+            fleet = self.fleet
+            assert fleet is not None
+            fleet.retry = False
+            alerts = await self._pass_once()
+            if fleet.retry:  # a claim was lost: evaluate again from the adopted state
+                fleet.retry = False
+                alerts += await self._pass_once()
+            return alerts
+        finally:
+            lock.release()
 
     fleet: FleetAlerts | None = None
     """Set by the manager when it shares a store with other processes."""
@@ -175,6 +204,7 @@ class Monitor:
 
     def reinit_after_fork(self) -> None:
         """In a forked child: the parent's event loop and task do not run here."""
+        self._fleet_lock = threading.Lock()  # a parent's pass may have held it
         self._task = None
         self._loop = None
         self._event = None

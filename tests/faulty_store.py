@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +27,13 @@ class FaultyStore:
         self.down = False
         self.lose_replies = 0
         self.calls: list[str] = []
+        self.raise_in_read: BaseException | None = None
+        """Raised once by the next ``read`` (then cleared)."""
+        self.hold_cas: str | None = None
+        """A config id whose next compare-and-set waits for ``release_cas`` (latency); ``held``
+        is set once it waits."""
+        self.held = threading.Event()
+        self.release_cas = threading.Event()
 
     @property
     def url(self) -> str:
@@ -53,6 +62,9 @@ class FaultyStore:
 
     async def read(self, wanted: Sequence[tuple[str, int]]) -> list[ConfigSync]:
         self._gate("read")
+        error, self.raise_in_read = self.raise_in_read, None
+        if error is not None:
+            raise error
         return await self.inner.read(wanted)
 
     async def config_ids(self) -> list[str]:
@@ -75,6 +87,10 @@ class FaultyStore:
         self, config_id: str, expected_version: int, data: str
     ) -> tuple[bool, AlertRecord]:
         self._gate("compare_and_set_alert")
+        if config_id == self.hold_cas:
+            self.hold_cas = None
+            self.held.set()
+            await asyncio.to_thread(self.release_cas.wait)
         return await self.inner.compare_and_set_alert(config_id, expected_version, data)
 
     async def aclose(self) -> None:

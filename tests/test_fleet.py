@@ -10,7 +10,9 @@ Synchronisation is explicit: ``aflush()`` returns once a sync with the store suc
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -311,7 +313,7 @@ async def test_a_claim_whose_winner_died_is_delivered_by_another(
     assert fleet_a is not None
     result = evaluate_ledger(a.ledger, clock(), a.cooldown_seconds, True, encoder=encode)
     won = await fleet_a.claim(result.changes)
-    assert [len(found) for _, found in won] == [1]
+    assert [len(found) for _, found, _ in won] == [1]
     await sync_all(b)
     assert await b.check_quotas() == []  # A's lease still runs: B must not send it
     clock.advance(fleet_a.lease_seconds + 1)
@@ -431,3 +433,131 @@ async def test_a_config_lost_by_the_store_is_rebuilt_a_deleted_one_is_dropped(
     start = await window_start(a, "lost")
     lost, kept = await store.read([("lost", start), ("kept", start)])
     assert (lost.window_counts[2], kept.window_counts[2]) == (130, 130)  # not 2x where kept
+
+
+async def test_a_replica_behind_the_fleet_does_not_resolve_its_alert(fleet: Fleet) -> None:
+    """B has A's alert record but not yet the usage that fired it: usage never went down, so
+    nobody may send a resolved notification (nor fire again)."""
+    store = MemoryStore()
+    a, b = fleet(store), fleet(store)
+    ha, hb = recorder(a), recorder(b)
+    await a.set_quota_limit("c", 100)
+    await sync_all(a, b)
+    a.record_usage("c", input_tokens=90)
+    assert [x.state for x in await a.check_quotas()] == [AlertState.FIRING]
+    await b.aflush()  # B reads A's alert record; A's usage is not in the store yet
+    assert await b.check_quotas() == []
+    await sync_all(a, b)
+    assert await b.check_quotas() == []
+    assert await a.check_quotas() == []
+    assert [x.state for x in ha.alerts + hb.alerts] == [AlertState.FIRING]
+    for m in (a, b):
+        quota = await m.get_quota_usage("c")
+        assert quota is not None
+        assert (quota.alert_state, quota.total_tokens) == (AlertState.FIRING, 90)
+
+
+async def test_a_claim_overtaken_by_another_replica_is_not_sent_twice(fleet: Fleet) -> None:
+    """A's pass changes two configs; while its claim of the first is in flight, B claims and
+    sends both, and A's flusher adopts B's records. A must send neither."""
+    store = MemoryStore()
+    slow = FaultyStore(store)
+    a, b = fleet(slow), fleet(store)
+    ha, hb = recorder(a), recorder(b)
+    for cid in ("c1", "c2"):
+        await a.set_quota_limit(cid, 100)
+        a.record_usage(cid, input_tokens=90)
+    await sync_all(a, b)
+    slow.hold_cas = "c1"
+    pass_a = asyncio.create_task(a.check_quotas())
+    await asyncio.to_thread(slow.held.wait)  # A's claim of c1 is in flight
+    assert sorted(x.config_id for x in await b.check_quotas()) == ["c1", "c2"]
+    await a.aflush()  # A's periodic sync adopts B's records
+    slow.release_cas.set()
+    assert await pass_a == []
+    assert len(ha.alerts) == 0
+    assert sorted(x.config_id for x in hb.alerts) == ["c1", "c2"]
+
+
+async def test_concurrent_passes_of_one_manager_send_each_notification_once(
+    fleet: Fleet,
+) -> None:
+    store = MemoryStore()
+    a = fleet(store)
+    handler = recorder(a)
+    ids = [f"c{i}" for i in range(20)]
+    for cid in ids:
+        await a.set_quota_limit(cid, 100, thresholds=(50, 90))
+    await sync_all(a)
+
+    def passes() -> None:
+        for _ in range(5):
+            asyncio.run(a.check_quotas())
+
+    for tokens in (60, 35):  # 60%: fires 50; 95%: fires 90
+        for cid in ids:
+            a.record_usage(cid, input_tokens=tokens)
+        threads = [threading.Thread(target=passes) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    sent = [(x.config_id, x.threshold_percent) for x in handler.alerts]
+    assert sorted(sent) == sorted((cid, t) for cid in ids for t in (50.0, 90.0))
+
+
+async def test_an_emptied_store_after_a_reset_gets_the_right_window(fleet: Fleet) -> None:
+    inner = MemoryStore()
+    faulty = FaultyStore(inner)
+    a, b = fleet(faulty), fleet(faulty)
+    await a.set_quota_limit("x", 1000)
+    await a.reset_quota_cache("x")  # epoch 1
+    await sync_all(a, b)  # both in the reset's window
+    a.record_usage("x", input_tokens=100)
+    b.record_usage("x", input_tokens=200)
+    await sync_all(a, b)
+    faulty.inner = MemoryStore()  # restarted empty: epoch 0 again
+    await sync_all(a, b, rounds=3)
+    a.record_usage("x", input_tokens=20)
+    await sync_all(a, b)
+    for m in (a, b):
+        quota = await m.get_quota_usage("x")
+        assert quota is not None
+        assert quota.total_tokens == 320
+    late = fleet(faulty)
+    quota = await late.get_quota_usage("x")
+    assert quota is not None
+    assert quota.total_tokens == 320
+
+
+async def test_a_delete_racing_with_unflushed_usage_leaves_one_view(fleet: Fleet) -> None:
+    store = MemoryStore()
+    a, b = fleet(store), fleet(store)
+    await a.set_quota_limit("c", 1000)
+    await sync_all(a, b)
+    b.record_usage("c", input_tokens=500)
+    await sync_all(a, b)
+    b.record_usage("c", input_tokens=1)  # pending in B when A deletes
+    assert await a.delete_config("c")
+    await sync_all(b, a, rounds=3)
+    for m in (a, b):
+        quota = await m.get_quota_usage("c")
+        assert quota is not None
+        assert (quota.total_tokens, quota.quota_limit) == (1, None)
+
+
+async def test_the_flusher_survives_a_store_raising_cancelled_error(fleet: Fleet) -> None:
+    inner = MemoryStore()
+    faulty = FaultyStore(inner)
+    a = fleet(faulty)
+    a.record_usage("c", input_tokens=5)
+    assert await a.aflush()
+    faulty.raise_in_read = asyncio.CancelledError()  # in the next refresh of "c"
+    assert await a.aflush(timeout_seconds=10)  # the failed sync is retried
+    assert a.store_sync is not None
+    assert a.store_sync.running
+    assert a.store_sync.errors["read"] == 1
+    a.record_usage("c", input_tokens=7)
+    await a.aclose()
+    [sync] = await inner.read([("c", 0)])
+    assert sync.lifetime[2] == 12

@@ -344,7 +344,10 @@ class StoreSync:
                 touched += self._fold(zip(syncs, [t[1] for t in again], strict=True))
             if touched and self._on_synced is not None:
                 self._on_synced(touched)
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            # A store's CancelledError (or any error) must not end the flusher: count, retry.
+            if isinstance(exc, asyncio.CancelledError) and self._cancelled():
+                raise
             self.errors[op] += 1
             if not self._failing:
                 self._failing = True
@@ -363,6 +366,13 @@ class StoreSync:
             self._failing = False
             _logger.info("otel-llm-quota: store %s reachable again", self.store.url)
         return True
+
+    @staticmethod
+    def _cancelled() -> bool:
+        """Whether the flusher's own task is being cancelled (not a store's stray error)."""
+        task = asyncio.current_task()
+        cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+        return bool(cancelling()) if callable(cancelling) else False
 
     def _fold(
         self, pairs: Iterable[tuple[ConfigSync, int]]

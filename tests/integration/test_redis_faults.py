@@ -4,6 +4,7 @@ server, a proxy that drops replies). Nothing lost, nothing counted twice."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -149,3 +150,52 @@ def test_the_key_prefix_comes_from_the_environment(
     monkeypatch.setenv("OTEL_LLM_QUOTA_STORE_KEY_PREFIX", "app2:")
     assert open_store(redis_url).key_prefix == "app2:"  # type: ignore[attr-defined]
     assert open_store(redis_url, key_prefix="x:").key_prefix == "x:"  # type: ignore[attr-defined]
+
+
+async def test_concurrent_passes_on_redis_send_each_notification_at_most_once(
+    redis_url: str,
+) -> None:
+    """check_quotas from six threads at once while usage climbs through ten thresholds: no
+    notification twice, and every config's last threshold notified (passes of one manager
+    are serialised in fleet mode; without that, claims overtook each other here)."""
+    import collections
+    import threading
+
+    got: collections.Counter[tuple[str, float]] = collections.Counter()
+    lock = threading.Lock()
+
+    def handler(config_id: str, quota: object) -> None:
+        with lock:
+            got[(config_id, quota.alert_threshold)] += 1  # type: ignore[attr-defined]
+
+    manager = LLMProviderManager(store=redis_url, flush_interval_seconds=0.05)
+    manager.add_alert_handler(handler)
+    ids = [f"c{i}" for i in range(30)]
+    try:
+        for cid in ids:
+            await manager.set_quota_limit(cid, 100, thresholds=tuple(range(10, 101, 10)))
+        assert await manager.aflush()
+        stop = threading.Event()
+
+        def passes() -> None:
+            async def run() -> None:
+                while not stop.is_set():
+                    await manager.check_quotas()
+
+            asyncio.run(run())
+
+        threads = [threading.Thread(target=passes) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for _ in range(10):
+            for cid in ids:
+                manager.record_usage(cid, input_tokens=10)
+            await asyncio.sleep(0.05)  # pacing the load; nothing waits on it
+        stop.set()
+        for t in threads:
+            t.join()
+        await manager.check_quotas()  # whatever the threads had not looked at yet
+    finally:
+        await manager.aclose()
+    assert [key for key, n in got.items() if n > 1] == []
+    assert sorted(cid for cid, t in got if t == 100.0) == sorted(ids)
