@@ -522,7 +522,8 @@ class LLMProviderManager:
 
         Limits, thresholds and lifetime totals are kept; a firing alert is resolved. With a
         store the reset is fleet-wide (a new, empty window every process moves to within a
-        flush interval); raises ``StoreError`` if the store cannot be reached.
+        flush interval); raises ``StoreError`` if the store cannot be reached (after the
+        store's own timeout: 2 s for Redis, ``busy_timeout_ms`` for SQLite).
         """
         sync = self._sync
         if sync is None:
@@ -611,7 +612,9 @@ class LLMProviderManager:
         """Stop the monitor (loop or thread) after a final pass that delivers what is pending,
         then close the handlers that hold connections (``aclose()``, all at once). Idempotent.
 
-        Takes at most ``shutdown_timeout_seconds`` in all.
+        Takes at most ``shutdown_timeout_seconds`` in all, then, with a store, up to 5 s more
+        for the final flush (what is pending reaches the store; past that it is lost with the
+        process, and a warning says so).
         """
         if self._closed:
             return
@@ -645,7 +648,8 @@ class LLMProviderManager:
         """Synchronous close for apps that used ``start_monitoring_thread`` (and at exit).
 
         The handlers' ``aclose()`` runs on the monitor thread's loop before it ends. Takes at
-        most ``shutdown_timeout_seconds`` (a little more for the thread to end): whatever is
+        most ``shutdown_timeout_seconds`` (a little more for the thread to end; with a store,
+        up to 5 s more for the final flush): whatever is
         still running then is abandoned, so interpreter exit never hangs on a handler.
         """
         if self._closed:
