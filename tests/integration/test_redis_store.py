@@ -30,6 +30,7 @@ from otel_llm_quota.stores import (
     Window,
     open_store,
 )
+from otel_llm_quota.stores._base import TOMBSTONE_SECONDS
 from otel_llm_quota.stores._redis import RedisStore
 
 pytestmark = pytest.mark.integration
@@ -272,9 +273,11 @@ async def test_cluster_spreads_configs_over_every_master(
     assert rec.version == 1
     for i in ids:
         assert await store.delete(i)
+    left: list[str] = []
     for node in redis_cluster.nodes:
         with node.client() as direct:
-            assert direct.keys("llm_quota:{*") == []
+            left += direct.keys("llm_quota:{*")
+    assert sorted(left) == sorted(store.config_key_base(i) + "gone" for i in ids)  # tombstones
 
 
 async def test_a_dead_cluster_master_fails_the_flush_with_store_error(
@@ -430,7 +433,8 @@ async def test_keys_expire_and_delete_removes_every_key(
         assert direct.scard(f"{base}writers") == 2
     assert await store.delete("a")
     with redis_server.client() as direct:
-        assert direct.keys(f"{base}*") == []
+        assert direct.keys(f"{base}*") == [f"{base}gone"]  # only the tombstone is left
+        assert TOMBSTONE_SECONDS - 100 < direct.ttl(f"{base}gone") <= TOMBSTONE_SECONDS
         assert direct.smembers("llm_quota:configs") == set()
 
 
