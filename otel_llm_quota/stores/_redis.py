@@ -123,13 +123,17 @@ end
 local CFG = {'id', 'epoch', 'provider', 'record', 'ls', 'lf', 'li', 'lo', 'lx', 'av', 'ad'}
 """
 
-# ARGV: writer seq, then 4 per config: key base, config id, provider ('' = none, else
-# '+name'), "start epoch ttl(0 = none) s f i o x".
-# A replay (the writer's mark >= seq) changes nothing but the mark's expiry. The window gets
-# its EXPIRE at every write; it is added to the windows set (and expired members pruned) only
-# when it is new: when the read of the reported window found nothing (same window), else when
-# the first HINCRBY returns its own increment; likewise for a writer's first mark on a config.
-# A config new to the store gets its id and loses its tombstone.
+# ARGV: writer seq, then one per config: "start epoch ttl(0 = none) s f i o x blen plen" and a
+# newline, then the key base (blen bytes), the provider (plen bytes, 0: none) and the config id
+# (one argument per config: redis-py packs each argument in Python, at a cost per argument).
+# A replay (the writer's mark >= seq) changes nothing but the mark's expiry. An applied delta
+# reads the window it adds to (the reported one when the epochs agree: no second read), adds
+# in Lua (``add``: exact decimal strings, as a double only below 10^15) and writes the window's
+# and the lifetime's new values with one HSET each, where HINCRBY would cost one call per
+# counter (a redis.call costs a few µs). The window gets its EXPIRE at every write; it is
+# added to the windows set (and expired members pruned) only when the read found it empty;
+# likewise for a writer's first mark on a config. A config new to the store gets its id and
+# loses its tombstone.
 _APPLY_LUA = (
     "#!lua flags=allow-cross-slot-keys\n"
     + _STATE_LUA
@@ -141,15 +145,34 @@ local function prune(set)
     if redis.call('EXISTS', k) == 0 then redis.call('SREM', set, k) end
   end
 end
+local function add(a, b)
+  if string.len(a) < 16 and string.len(b) < 16 then
+    return string.format('%d', tonumber(a) + tonumber(b))
+  end
+  local r, carry, i, j = {}, 0, string.len(a), string.len(b)
+  while i > 0 or j > 0 or carry > 0 do
+    local d = carry
+    if i > 0 then d = d + string.byte(a, i) - 48 end
+    if j > 0 then d = d + string.byte(b, j) - 48 end
+    r[#r + 1] = d % 10
+    carry = (d - d % 10) / 10
+    i = i - 1
+    j = j - 1
+  end
+  return string.reverse(table.concat(r))
+end
 local writer, seq = ARGV[1], ARGV[2]
 local seqn = tonumber(seq)
 local out = {}
 local n = {}
-for j = 3, #ARGV, 4 do
-  local b = ARGV[j]
+for j = 3, #ARGV do
+  local a = ARGV[j]
+  local n1, n2, n3, n4, n5, n6, n7, n8, blen, plen, at = string.match(a,
+    '^(-?%d+) (-?%d+) (%d+) (-?%d+) (-?%d+) (-?%d+) (-?%d+) (-?%d+) (%d+) (%d+)\\n()')
+  n[1], n[2], n[3], n[4], n[5], n[6], n[7], n[8] = n1, n2, n3, n4, n5, n6, n7, n8
+  blen, plen = tonumber(blen), tonumber(plen)
+  local b = string.sub(a, at, at + blen - 1)
   local cfg = b .. 'cfg'
-  local k = 0
-  for v in string.gmatch(ARGV[j + 3], '%S+') do k = k + 1; n[k] = v end
   local mark = b .. 'wr:' .. writer
   local old = redis.call('SET', mark, seq, 'EX', '{MARK_TTL}', 'GET')
   local applied = not (old and tonumber(old) >= seqn)
@@ -159,9 +182,16 @@ for j = 3, #ARGV, 4 do
     prune(b .. 'writers')
   end
   local c = redis.call('HMGET', cfg, unpack(CFG))
-  if not c[3] and ARGV[j + 2] ~= '' then
-    c[3] = string.sub(ARGV[j + 2], 2)
-    redis.call('HSET', cfg, 'provider', c[3])
+  local u = {}
+  if not c[1] then
+    u[1] = 'id'
+    u[2] = string.sub(a, at + blen + plen)
+    redis.call('DEL', b .. 'gone')
+  end
+  if not c[3] and plen > 0 then
+    c[3] = string.sub(a, at + blen, at + blen + plen - 1)
+    u[#u + 1] = 'provider'
+    u[#u + 1] = c[3]
   end
   local same = (c[2] or '0') == n[2]
   local flag = '0'
@@ -169,44 +199,45 @@ for j = 3, #ARGV, 4 do
   local text, w = reply(flag, b, n[1], c)
   if applied then
     local win = b .. 'w:' .. n[1] .. ':' .. n[2]
-    local fresh = nil
-    if same then fresh = not (w[1] or w[2] or w[3] or w[4] or w[5]) end
-    local wrote = false
+    if not same then w = redis.call('HMGET', win, 's', 'f', 'i', 'o', 'x') end
+    local h = {}
     for i = 1, 5 do
       local v = n[3 + i]
       if v ~= '0' then
-        local r = redis.call('HINCRBY', win, F[i], v)
-        if fresh == nil then fresh = (r == tonumber(v)) end
-        redis.call('HINCRBY', cfg, L[i], v)
-        wrote = true
+        h[#h + 1] = F[i]
+        h[#h + 1] = add(w[i] or '0', v)
+        u[#u + 1] = L[i]
+        u[#u + 1] = add(c[4 + i] or '0', v)
       end
     end
-    if wrote then
+    if #h > 0 then
+      redis.call('HSET', win, unpack(h))
       if n[3] ~= '0' then redis.call('EXPIRE', win, n[3]) end
-      if fresh and redis.call('SADD', b .. 'windows', win) == 1 then prune(b .. 'windows') end
+      if not (w[1] or w[2] or w[3] or w[4] or w[5])
+        and redis.call('SADD', b .. 'windows', win) == 1 then
+        prune(b .. 'windows')
+      end
     end
   end
-  if not c[1] then
-    redis.call('HSET', cfg, 'id', ARGV[j + 1])
-    redis.call('DEL', b .. 'gone')
-  end
+  if #u > 0 then redis.call('HSET', cfg, unpack(u)) end
   out[#out + 1] = text
 end
 return out
 """
 )
 
-# ARGV: 2 per config: key base, window start. Only reads.
+# ARGV: one per config: "<window start> <key base>". Only reads.
 _READ_LUA = (
     "#!lua flags=no-writes,allow-cross-slot-keys\n"
     + _STATE_LUA
     + """
 local out = {}
-for j = 1, #ARGV, 2 do
-  local b = ARGV[j]
+for j = 1, #ARGV do
+  local sp = string.find(ARGV[j], ' ', 1, true)
+  local b = string.sub(ARGV[j], sp + 1)
   local c = redis.call('HMGET', b .. 'cfg', unpack(CFG))
   if c[1] then
-    out[#out + 1] = (reply('0', b, ARGV[j + 1], c))
+    out[#out + 1] = (reply('0', b, string.sub(ARGV[j], 1, sp - 1), c))
   elseif redis.call('EXISTS', b .. 'gone') == 1 then
     out[#out + 1] = 'D'
   else
@@ -287,8 +318,17 @@ def _config_keys(prefix: str, config_id: str) -> tuple[bytes, bytes, bytes, int]
     return base + b"cfg", base, config_id.encode(), key_slot(base)
 
 
-_Item = tuple[bytes, int, tuple[bytes, ...]]
-"""One config's part of a chunked script call: its config hash key, its slot, its ARGV."""
+_Item = tuple[bytes, int, bytes]
+"""One config's part of a chunked script call: its config hash key, its slot, its argument."""
+
+
+@functools.lru_cache(maxsize=65536)
+def _apply_tail(prefix: str, config_id: str, provider: str | None) -> tuple[bytes, bytes]:
+    """``(b" <blen> <plen>\\n" + key base + provider + config id, the config id)`` as bytes:
+    the end of a config's apply argument, after its numbers (cached)."""
+    _, base, raw_id, _ = _config_keys(prefix, config_id)
+    name = b"" if provider is None else provider.encode()
+    return b" %d %d\n" % (len(base), len(name)) + base + name + raw_id, raw_id
 
 
 def _parse(config_id: str, reply: bytes | str, counts: Counts | None = None) -> ConfigSync:
@@ -332,12 +372,6 @@ def _record_json(record: ConfigRecord) -> str:
         },
         separators=(",", ":"),
     )
-
-
-@functools.lru_cache(maxsize=1024)
-def _provider_arg(provider: str) -> bytes:
-    """``+<provider>`` as bytes: the apply script's provider argument (cached)."""
-    return ("+" + provider).encode()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -612,8 +646,7 @@ class RedisStore:
             for first in range(0, len(indices), size):
                 part = indices[first : first + size]
                 args: list[Any] = list(head)
-                for n in part:
-                    args.extend(items[n][2])
+                args += [items[n][2] for n in part]
                 calls.append((node, part, items[part[0]][0], args))
         replies: list[Any]
         if isinstance(self._client, RedisCluster):
@@ -658,15 +691,17 @@ class RedisStore:
             return []
         prefix = self._prefix
         items: list[_Item] = []
+        ids: list[bytes] = []
         for d in deltas:
             w, c = d.window, d.counts
             ttl = 0 if w.ttl_seconds is None else max(1, w.ttl_seconds)
-            key, base, config_id, slot = _config_keys(prefix, d.config_id)
-            provider = b"" if d.provider is None else _provider_arg(d.provider)
-            numbers = f"{w.start} {w.epoch} {ttl} {c[0]} {c[1]} {c[2]} {c[3]} {c[4]}".encode()
-            items.append((key, slot, (base, config_id, provider, numbers)))
+            key, _, _, slot = _config_keys(prefix, d.config_id)
+            tail, raw_id = _apply_tail(prefix, d.config_id, d.provider)
+            ids.append(raw_id)
+            numbers = b"%d %d %d %d %d %d %d %d" % (w.start, w.epoch, ttl, *c)
+            items.append((key, slot, numbers + tail))
         head = (batch.writer.encode(), str(batch.seq).encode())
-        index = ("SADD", self._index, *{d.config_id for d in deltas})
+        index = ("SADD", self._index, *ids)
         try:
             replies = await self._chunked(self._apply_script, head, items, (index,))
             return [
@@ -687,7 +722,7 @@ class RedisStore:
         items: list[_Item] = []
         for config_id, start in wanted:
             key, base, _, slot = _config_keys(prefix, config_id)
-            items.append((key, slot, (base, b"%d" % int(start))))
+            items.append((key, slot, b"%d " % int(start) + base))
         try:
             replies = await self._chunked(_READ, (), items)
             return [
