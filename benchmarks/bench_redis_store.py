@@ -34,14 +34,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from _redis import RedisClusterServers, RedisServer
 
 from otel_llm_quota.stores import Delta, FlushBatch, Window
 from otel_llm_quota.stores._redis import RedisStore
 
+ROOT = Path(__file__).resolve().parent.parent
 WINDOW = Window(1_700_000_000, 0, 2 * 86400)
 DEFAULT_BASELINE = "b3ee122"
 """The last revision with one script call per delta."""
@@ -59,7 +59,8 @@ def _baseline_module(revision: str) -> ModuleType:
     path = Path(tempfile.mkdtemp()) / "_redis_baseline.py"
     path.write_text(text)
     spec = importlib.util.spec_from_file_location("_redis_baseline", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
