@@ -98,10 +98,10 @@ _ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 # (the scripts carry the ``allow-cross-slot-keys`` flag, which lets a script touch keys of
 # several slots of its own node; ``KEYS[1]``, one config's hash, only routes the call). Each
 # config's keys are named from its key base ``P{T}:`` passed in ``ARGV``.
-# Counts travel as strings: Lua numbers are doubles, while HINCRBY and HMGET on strings keep
-# 64-bit integers exact. So the scripts never add counts themselves: they return each config's
-# state as read *before* its increments, with a flag saying whether the delta was applied and
-# to the reported window, and the client adds the delta it sent (exact Python integers).
+# Counts travel as decimal strings: Lua numbers are doubles, exact only below 2**53. The apply
+# script adds them as strings (``add``) to write them, but its reply carries each config's
+# state as read *before* the delta, with a flag saying whether the delta was applied and to the
+# reported window, and the client adds the delta it sent (exact Python integers).
 #
 # Each config's reply is one string: ``<flag> <epoch> <window s f i o x> <lifetime s f i o x>
 # <alert version> <provider length> <record length>`` (a length of -1: none), a newline, then
