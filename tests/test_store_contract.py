@@ -11,6 +11,7 @@ import pytest
 from store_backends import BACKENDS
 
 from otel_llm_quota.stores import (
+    AlertRecord,
     ConfigRecord,
     Delta,
     FlushBatch,
@@ -19,6 +20,7 @@ from otel_llm_quota.stores import (
 )
 
 W = Window(1_700_000_000, 0, 7200)
+ONE = (1, 0, 2, 0, 0)
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -123,6 +125,54 @@ async def test_delete_removes_everything(store: QuotaStore) -> None:
     # Recreated from scratch by later usage (the writer's idempotency marks are gone too).
     [a] = await store.apply(batch("w", 1, Delta("a", W, (1, 0, 2, 0, 0))))
     assert a.window_counts == (1, 0, 2, 0, 0)
+
+
+async def test_delete_leaves_a_tombstone_that_later_usage_lifts(store: QuotaStore) -> None:
+    await store.put_config(ConfigRecord("a", "x", 10, (80.0,), "month", "UTC", 1.0))
+    await store.apply(batch("w", 1, Delta("a", W, (1, 0, 10, 0, 0)), Delta("b", W, ONE)))
+    assert await store.delete("a") is True
+    [a, b, never] = await store.read([("a", W.start), ("b", W.start), ("never", W.start)])
+    assert not a.exists
+    assert a.deleted  # deleted: processes that still count it drop it
+    assert b.exists
+    assert not b.deleted
+    assert not never.exists
+    assert not never.deleted  # neither known nor deleted: lost (processes send it again)
+    # Usage after the delete creates the config afresh and lifts the tombstone.
+    [a] = await store.apply(batch("w", 2, Delta("a", W, ONE)))
+    assert a.exists
+    assert not a.deleted
+    assert a.window_counts == ONE
+    assert a.lifetime == ONE
+    [a] = await store.read([("a", W.start)])
+    assert a.exists
+    assert not a.deleted
+    assert await store.delete("a") is True  # and a second delete leaves a tombstone again
+    [a] = await store.read([("a", W.start)])
+    assert a.deleted
+
+
+async def test_a_config_recreated_by_its_settings_is_not_deleted(store: QuotaStore) -> None:
+    await store.apply(batch("w", 1, Delta("a", W, ONE)))
+    assert await store.delete("a") is True
+    record = ConfigRecord("a", "x", 10, (80.0,), "month", "UTC", 1.0)
+    await store.put_config(record)
+    [a] = await store.read([("a", W.start)])
+    assert a.exists
+    assert not a.deleted
+    assert a.record == record
+    assert a.lifetime == (0,) * 5
+
+
+async def test_compare_and_set_on_no_record_with_a_version_loses(store: QuotaStore) -> None:
+    # A replica that still holds version 3 of a config deleted meanwhile: it loses, and the
+    # current record it is shown is the empty one, so its next try (version 0) can win.
+    won, rec = await store.compare_and_set_alert("a", 3, '{"x":1}')
+    assert not won
+    assert rec == AlertRecord(0, "")
+    won, rec = await store.compare_and_set_alert("a", 0, '{"x":1}')
+    assert won
+    assert rec == AlertRecord(1, '{"x":1}')
 
 
 async def test_alert_compare_and_set(store: QuotaStore) -> None:

@@ -15,31 +15,41 @@ share one Redis; ``T`` is the hex BLAKE2b digest (128 bits) of the UTF-8 config 
     P{T}:windows          set    names of the window keys (for delete; expired ones pruned
                                  when a new window appears)
     P{T}:writers          set    names of the writer-mark keys (for delete; pruned likewise)
+    P{T}:gone             string the tombstone ``delete`` leaves (``TOMBSTONE_SECONDS``), lifted
+                                 by a write that creates the config again
     Pconfigs              set    every config id (its own slot)
     Pinstance             string the store's instance id (``SET NX``)
 
 The lifetime counters and the alert record live in the config hash rather than in hashes of
-their own: a flush then reads a config's whole state with two ``HMGET`` (config, window), which
-keeps one delta's script near ten Redis calls (the apply budget is 10 µs per config).
+their own: a flush then reads a config's whole state with two ``HMGET`` (config, window).
 
 Every key of one configuration carries the hash tag ``{T}``, so in a cluster they live in one
-slot and one Lua script can change them atomically. The tag is a digest rather than the config
-id itself because an id may contain ``{`` and ``}``, which would end the tag early and split a
-config's keys over slots; the real id is kept in the ``cfg`` hash and in ``Pconfigs``. For the
-same reason the key prefix may not contain braces.
+slot. The tag is a digest rather than the config id itself because an id may contain ``{`` and
+``}``, which would end the tag early and split a config's keys over slots; the real id is kept
+in the ``cfg`` hash and in ``Pconfigs``. For the same reason the key prefix may not contain
+braces.
 
-A flush is one script call per delta, sent in non-transactional pipelines of ``chunk_size``
-calls (in a cluster redis-py splits a pipeline by node). Each script compares the writer's mark
-with the batch's seq, adds the counts only when the seq is newer, and returns the fleet state,
-so a batch retried after a timeout counts once. Each pipeline ends with one ``SADD Pconfigs`` of
-its config ids (idempotent; outside the scripts because the index has a slot of its own: a
-``delete`` racing with a flush of the same config may leave the index out of step: its id
-listed with no state, which reads as ``exists=False``, or, in a cluster, where the parts of a
-pipeline run on their nodes in parallel, state whose id is missing until the config's next
-flush lists it again). The store itself never retries: the flusher
-does, with the same idempotency key; socket timeouts (2 s by default) make a dead server fail
-fast. Every redis-py error becomes ``StoreError``, whose message names the redacted URL and the
-operation, never a password or a TLS key path.
+A flush is one script call per chunk of ``chunk_size`` deltas, which loops over its deltas: on
+one Redis the calls go in one non-transactional pipeline; in a cluster the deltas are grouped
+by the master that holds their slot (redis-py's slot map) and each master's calls are sent to
+it directly, all at once. The scripts are flagged ``allow-cross-slot-keys`` (Redis 7.0), which
+lets a script touch keys of any slot its node holds; every key of one delta is in one slot, so
+a slot that moved away (a resharding) fails the call at a delta's first command, never halfway
+through a delta, and the store reads the slot map again before its next call. For each delta
+the script compares the writer's mark with the batch's seq, adds the counts only when the seq
+is newer (so a batch retried after a timeout counts once), and returns the config's state as it
+read it before adding, the client adding the counts it sent (Lua numbers are doubles, the
+client's integers exact). Redis does not undo the writes of a script that fails: if one fails
+halfway (a moved slot), the deltas before the failure are applied and marked, so the flusher's
+retry of the same batch skips them and applies the rest. The flush ends with one ``SADD
+Pconfigs`` of its config ids (idempotent; outside the scripts because the index has a slot of
+its own: a ``delete`` racing with a flush of the same config may leave the index out of step:
+its id listed with no state, which reads as ``exists=False``, or, in a cluster, where the
+masters run their parts in parallel, state whose id is missing until the config's next flush
+lists it again). ``read`` is the same with a read-only script. The store itself never retries:
+the flusher does, with the same idempotency key; socket timeouts (2 s by default) make a dead
+server fail fast. Every redis-py error becomes ``StoreError``, whose message names the redacted
+URL and the operation, never a password or a TLS key path.
 """
 
 from __future__ import annotations
@@ -53,18 +63,22 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from otel_llm_quota.stores._base import (
+    TOMBSTONE_SECONDS,
     ZERO,
     AlertRecord,
     ConfigRecord,
     ConfigSync,
+    Counts,
     FlushBatch,
     StoreError,
+    add_counts,
 )
 from otel_llm_quota.stores._url import redact_url
 
@@ -79,102 +93,183 @@ _DEFAULT_MARK_TTL_SECONDS: Final = 7 * 24 * 3600
 _CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 
-# Lua, kept to Redis 7.0 commands. Each script gets one key, the config hash ``P{T}:cfg``, and
-# names the config's other keys from it (``b`` is ``P{T}:``): they are in the same slot, which
-# is all a cluster needs, and the window to report depends on the epoch the script reads.
-# Counts are passed and returned as strings: Lua numbers are doubles, while HINCRBY and HMGET on
-# strings keep 64-bit integers exact. Numbers travel space-separated in one argument and one
-# reply string, which costs the Python client far less than one argument or reply per number.
+# Lua, kept to Redis 7.0 commands. A flush or a read is one script call per chunk of configs
+# (``chunk_size``): on one Redis a chunk is any configs, in a cluster the configs of one master
+# (the scripts carry the ``allow-cross-slot-keys`` flag, which lets a script touch keys of
+# several slots of its own node; ``KEYS[1]``, one config's hash, only routes the call). Each
+# config's keys are named from its key base ``P{T}:`` passed in ``ARGV``.
+# Counts travel as decimal strings: Lua numbers are doubles, exact only below 2**53. The apply
+# script adds them as strings (``add``) to write them, but its reply carries each config's
+# state as read *before* the delta, with a flag saying whether the delta was applied and to the
+# reported window, and the client adds the delta it sent (exact Python integers).
+#
+# Each config's reply is one string: ``<flag> <epoch> <window s f i o x> <lifetime s f i o x>
+# <alert version> <provider length> <record length>`` (a length of -1: none), a newline, then
+# the provider, the record JSON and the alert data, back to back. ``flag``: 0 not applied (or
+# a read), 1 applied to another window than the reported one (the store's epoch moved on), 3
+# applied to the reported window. A config the store does not know reads ``U`` (unknown) or
+# ``D`` (deleted: its tombstone ``P{T}:gone`` is there).
 
-_COMMON_LUA = """
+_STATE_LUA = """
+local function reply(flag, b, start, c)
+  local ep = c[2] or '0'
+  local w = redis.call('HMGET', b .. 'w:' .. start .. ':' .. ep, 's', 'f', 'i', 'o', 'x')
+  local p, r, a = c[3], c[4], c[11] or ''
+  return table.concat({flag, ep, w[1] or '0', w[2] or '0', w[3] or '0', w[4] or '0',
+    w[5] or '0', c[5] or '0', c[6] or '0', c[7] or '0', c[8] or '0', c[9] or '0',
+    c[10] or '0', p and string.len(p) or -1, r and string.len(r) or -1}, ' ')
+    .. '\\n' .. (p or '') .. (r or '') .. a, w
+end
+local CFG = {'id', 'epoch', 'provider', 'record', 'ls', 'lf', 'li', 'lo', 'lx', 'av', 'ad'}
+"""
+
+# ARGV: writer seq, then one per config: "start epoch ttl(0 = none) s f i o x blen plen" and a
+# newline, then the key base (blen bytes), the provider (plen bytes, 0: none) and the config id
+# (one argument per config: redis-py packs each argument in Python, at a cost per argument).
+# A replay (the writer's mark >= seq) changes nothing but the mark's expiry. An applied delta
+# reads the window it adds to (the reported one when the epochs agree: no second read), adds
+# in Lua (``add``: exact decimal strings, as a double only below 10^15) and writes the window's
+# and the lifetime's new values with one HSET each, where HINCRBY would cost one call per
+# counter (a redis.call costs a few µs). The window gets its EXPIRE at every write; it is
+# added to the windows set (and expired members pruned) only when the read found it empty;
+# likewise for a writer's first mark on a config. A config new to the store gets its id and
+# loses its tombstone.
+_APPLY_LUA = (
+    "#!lua flags=allow-cross-slot-keys\n"
+    + _STATE_LUA
+    + """
 local F = {'s', 'f', 'i', 'o', 'x'}
 local L = {'ls', 'lf', 'li', 'lo', 'lx'}
-local b = string.sub(KEYS[1], 1, -4)
 local function prune(set)
   for _, k in ipairs(redis.call('SMEMBERS', set)) do
     if redis.call('EXISTS', k) == 0 then redis.call('SREM', set, k) end
   end
 end
-local function state(start)
-  local c = redis.call('HMGET', KEYS[1], 'id', 'epoch', 'provider', 'record',
-    'ls', 'lf', 'li', 'lo', 'lx', 'av', 'ad')
-  local ep = c[2] or '0'
-  local w = redis.call('HMGET', b .. 'w:' .. start .. ':' .. ep, 's', 'f', 'i', 'o', 'x')
-  local t = {ep}
-  for i = 1, 5 do t[1 + i] = w[i] or '0' end
-  for i = 1, 5 do t[6 + i] = c[4 + i] or '0' end
-  t[12] = c[10] or '0'
-  return c, {table.concat(t, ' '), c[3], c[4], c[11]}
+local function add(a, b)
+  if string.len(a) < 16 and string.len(b) < 16 then
+    return string.format('%d', tonumber(a) + tonumber(b))
+  end
+  local r, carry, i, j = {}, 0, string.len(a), string.len(b)
+  while i > 0 or j > 0 or carry > 0 do
+    local d = carry
+    if i > 0 then d = d + string.byte(a, i) - 48 end
+    if j > 0 then d = d + string.byte(b, j) - 48 end
+    r[#r + 1] = d % 10
+    carry = (d - d % 10) / 10
+    i = i - 1
+    j = j - 1
+  end
+  return string.reverse(table.concat(r))
 end
-"""
-
-# ARGV: config_id writer seq provider('' = none, else '+name')
-#       "start epoch ttl(0 = none) s f i o x"
-# A replay (the writer's mark >= seq) changes nothing but the mark's expiry. The window is new
-# when the first HINCRBY returns its own increment: only then is it added to the windows set
-# (and expired members pruned); likewise for a writer's first mark on this config.
-_APPLY_LUA = (
-    _COMMON_LUA
-    + """
+local writer, seq = ARGV[1], ARGV[2]
+local seqn = tonumber(seq)
+local out = {}
 local n = {}
-for v in string.gmatch(ARGV[5], '%S+') do n[#n + 1] = v end
-local mark = b .. 'wr:' .. ARGV[2]
-local old = redis.call('SET', mark, ARGV[3], 'EX', '{MARK_TTL}', 'GET')
-if old and tonumber(old) >= tonumber(ARGV[3]) then
-  redis.call('SET', mark, old, 'EX', '{MARK_TTL}')
-else
-  if not old and redis.call('SADD', b .. 'writers', mark) == 1 then prune(b .. 'writers') end
-  local win = b .. 'w:' .. n[1] .. ':' .. n[2]
-  local fresh = nil
-  for i = 1, 5 do
-    local v = n[3 + i]
-    if v ~= '0' then
-      local r = redis.call('HINCRBY', win, F[i], v)
-      if fresh == nil then fresh = (r == tonumber(v)) end
-      redis.call('HINCRBY', KEYS[1], L[i], v)
+for j = 3, #ARGV do
+  local a = ARGV[j]
+  local n1, n2, n3, n4, n5, n6, n7, n8, blen, plen, at = string.match(a,
+    '^(-?%d+) (-?%d+) (%d+) (-?%d+) (-?%d+) (-?%d+) (-?%d+) (-?%d+) (%d+) (%d+)\\n()')
+  n[1], n[2], n[3], n[4], n[5], n[6], n[7], n[8] = n1, n2, n3, n4, n5, n6, n7, n8
+  blen, plen = tonumber(blen), tonumber(plen)
+  local b = string.sub(a, at, at + blen - 1)
+  local cfg = b .. 'cfg'
+  local mark = b .. 'wr:' .. writer
+  local old = redis.call('SET', mark, seq, 'EX', '{MARK_TTL}', 'GET')
+  local applied = not (old and tonumber(old) >= seqn)
+  if not applied then
+    redis.call('SET', mark, old, 'EX', '{MARK_TTL}')
+  elseif not old and redis.call('SADD', b .. 'writers', mark) == 1 then
+    prune(b .. 'writers')
+  end
+  local c = redis.call('HMGET', cfg, unpack(CFG))
+  local u = {}
+  if not c[1] then
+    u[1] = 'id'
+    u[2] = string.sub(a, at + blen + plen)
+    redis.call('DEL', b .. 'gone')
+  end
+  if not c[3] and plen > 0 then
+    c[3] = string.sub(a, at + blen, at + blen + plen - 1)
+    u[#u + 1] = 'provider'
+    u[#u + 1] = c[3]
+  end
+  local same = (c[2] or '0') == n[2]
+  local flag = '0'
+  if applied then flag = same and '3' or '1' end
+  local text, w = reply(flag, b, n[1], c)
+  if applied then
+    local win = b .. 'w:' .. n[1] .. ':' .. n[2]
+    if not same then w = redis.call('HMGET', win, 's', 'f', 'i', 'o', 'x') end
+    local h = {}
+    for i = 1, 5 do
+      local v = n[3 + i]
+      if v ~= '0' then
+        h[#h + 1] = F[i]
+        h[#h + 1] = add(w[i] or '0', v)
+        u[#u + 1] = L[i]
+        u[#u + 1] = add(c[4 + i] or '0', v)
+      end
+    end
+    if #h > 0 then
+      redis.call('HSET', win, unpack(h))
+      if n[3] ~= '0' then redis.call('EXPIRE', win, n[3]) end
+      if not (w[1] or w[2] or w[3] or w[4] or w[5])
+        and redis.call('SADD', b .. 'windows', win) == 1 then
+        prune(b .. 'windows')
+      end
     end
   end
-  if fresh ~= nil then
-    if n[3] ~= '0' then redis.call('EXPIRE', win, n[3]) end
-    if fresh and redis.call('SADD', b .. 'windows', win) == 1 then prune(b .. 'windows') end
+  if #u > 0 then redis.call('HSET', cfg, unpack(u)) end
+  out[#out + 1] = text
+end
+return out
+"""
+)
+
+# ARGV: one per config: "<window start> <key base>". Only reads.
+_READ_LUA = (
+    "#!lua flags=no-writes,allow-cross-slot-keys\n"
+    + _STATE_LUA
+    + """
+local out = {}
+for j = 1, #ARGV do
+  local sp = string.find(ARGV[j], ' ', 1, true)
+  local b = string.sub(ARGV[j], sp + 1)
+  local c = redis.call('HMGET', b .. 'cfg', unpack(CFG))
+  if c[1] then
+    out[#out + 1] = (reply('0', b, string.sub(ARGV[j], 1, sp - 1), c))
+  elseif redis.call('EXISTS', b .. 'gone') == 1 then
+    out[#out + 1] = 'D'
+  else
+    out[#out + 1] = 'U'
   end
 end
-local c, reply = state(n[1])
-if not c[1] then redis.call('HSET', KEYS[1], 'id', ARGV[1]) end
-if not c[3] and ARGV[4] ~= '' then
-  reply[2] = string.sub(ARGV[4], 2)
-  redis.call('HSET', KEYS[1], 'provider', reply[2])
-end
-return reply
+return out
 """
 )
 
-# ARGV: start. Only reads.
-_READ_LUA = (
-    _COMMON_LUA
-    + """
-local c, reply = state(ARGV[1])
-if not c[1] then return {false, false, false, false} end
-return reply
-"""
-)
-
-# ARGV: config_id expected_version data
+# ARGV: config_id expected_version data. A win creates the config if need be (and lifts its
+# tombstone, as every write that creates a config does).
 _CAS_LUA = """
 local c = redis.call('HMGET', KEYS[1], 'av', 'ad', 'id')
 local v = tonumber(c[1] or '0')
 if v ~= tonumber(ARGV[2]) then return {0, tostring(v), c[2]} end
 redis.call('HSET', KEYS[1], 'av', tostring(v + 1), 'ad', ARGV[3], 'id', ARGV[1])
+if not c[3] then redis.call('DEL', string.sub(KEYS[1], 1, -4) .. 'gone') end
 return {1, tostring(v + 1), ARGV[3]}
 """
 
 # ARGV: config_id
 _RESET_LUA = """
-redis.call('HSETNX', KEYS[1], 'id', ARGV[1])
+if redis.call('HSETNX', KEYS[1], 'id', ARGV[1]) == 1 then
+  redis.call('DEL', string.sub(KEYS[1], 1, -4) .. 'gone')
+end
 return redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 """
 
-# DEL in slices: unpack() has a stack limit.
+# ARGV: tombstone seconds. DEL in slices: unpack() has a stack limit. The tombstone is left
+# whether or not the config existed (an operator may delete a config the store lost while
+# processes still count it: they drop it too).
 _DELETE_LUA = """
 local b = string.sub(KEYS[1], 1, -4)
 local existed = redis.call('EXISTS', KEYS[1])
@@ -186,6 +281,7 @@ for _, set in ipairs({b .. 'windows', b .. 'writers'}) do
   redis.call('DEL', set)
 end
 redis.call('DEL', KEYS[1])
+redis.call('SET', b .. 'gone', '1', 'EX', ARGV[1])
 return existed
 """
 
@@ -215,10 +311,48 @@ def _tag(config_id: str) -> str:
 
 
 @functools.lru_cache(maxsize=65536)
-def _apply_keys(prefix: str, config_id: str) -> tuple[bytes, bytes]:
-    """``(P{T}:cfg, config id)`` as bytes (cached): redis-py sends bytes as they are, where
-    each str argument costs it an encode per flush."""
-    return f"{prefix}{{{_tag(config_id)}}}:cfg".encode(), config_id.encode()
+def _config_keys(prefix: str, config_id: str) -> tuple[bytes, bytes, bytes, int]:
+    """``(P{T}:cfg, P{T}:, config id, cluster slot)``, the strings as bytes (cached): redis-py
+    sends bytes as they are, where each str argument costs it an encode per flush."""
+    base = f"{prefix}{{{_tag(config_id)}}}:".encode()
+    return base + b"cfg", base, config_id.encode(), key_slot(base)
+
+
+_Item = tuple[bytes, int, bytes]
+"""One config's part of a chunked script call: its config hash key, its slot, its argument."""
+
+
+@functools.lru_cache(maxsize=65536)
+def _apply_tail(prefix: str, config_id: str, provider: str | None) -> tuple[bytes, bytes]:
+    """``(b" <blen> <plen>\\n" + key base + provider + config id, the config id)`` as bytes:
+    the end of a config's apply argument, after its numbers (cached)."""
+    _, base, raw_id, _ = _config_keys(prefix, config_id)
+    name = b"" if provider is None else provider.encode()
+    return b" %d %d\n" % (len(base), len(name)) + base + name + raw_id, raw_id
+
+
+def _parse(config_id: str, reply: bytes | str, counts: Counts | None = None) -> ConfigSync:
+    """The ``ConfigSync`` of one config's reply string (see the Lua comments); ``counts`` is
+    the delta the apply script was given, added here to what the script read before it."""
+    if isinstance(reply, str):  # a client with decode_responses=True
+        reply = reply.encode()
+    head, _, tail = reply.partition(b"\n")
+    if head == b"U":
+        return ConfigSync(config_id, False, 0, None, ZERO, ZERO, None, None)
+    if head == b"D":
+        return ConfigSync(config_id, False, 0, None, ZERO, ZERO, None, None, deleted=True)
+    flag, e, s0, s1, s2, s3, s4, l0, l1, l2, l3, l4, version, plen, rlen = map(int, head.split())
+    window: Counts = (s0, s1, s2, s3, s4)
+    lifetime: Counts = (l0, l1, l2, l3, l4)
+    if counts is not None and flag & 1:
+        lifetime = add_counts(lifetime, counts)
+        if flag & 2:
+            window = add_counts(window, counts)
+    provider = None if plen < 0 else _decoded(tail[:plen])
+    plen = max(plen, 0)
+    record = None if rlen < 0 else _record_from_json(tail[plen : plen + rlen])
+    alert = None if version == 0 else AlertRecord(version, tail[plen + max(rlen, 0) :].decode())
+    return ConfigSync(config_id, True, e, provider, window, lifetime, record, alert)
 
 
 def _text(value: Any) -> str:
@@ -238,12 +372,6 @@ def _record_json(record: ConfigRecord) -> str:
         },
         separators=(",", ":"),
     )
-
-
-@functools.lru_cache(maxsize=1024)
-def _provider_arg(provider: str) -> bytes:
-    """``+<provider>`` as bytes: the apply script's provider argument (cached)."""
-    return ("+" + provider).encode()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -286,7 +414,8 @@ class RedisStore:
     ``writer_mark_ttl_seconds`` (7 days by default) is how long a writer's idempotency mark on
     a config outlives the writer's last batch: a retry needs it for seconds, but each process
     (each writer id) leaves one small key per config it flushed until then, so a fleet whose
-    processes restart often may want it shorter. ``chunk_size`` deltas go in one pipeline.
+    processes restart often may want it shorter. ``chunk_size`` deltas (or reads) go in one
+    script call.
     """
 
     def __init__(
@@ -367,6 +496,7 @@ class RedisStore:
         self._instance = f"{self._prefix}instance"
         self._closed = False
         self._initialized = not self._cluster
+        self._slots_stale = False
         self._init_lock = asyncio.Lock()
 
     @classmethod
@@ -467,24 +597,79 @@ class RedisStore:
                 raise reply
         return replies[: len(calls)]
 
-    def _sync(self, config_id: str, reply: Sequence[Any]) -> ConfigSync:
-        """A ConfigSync from a script's reply ``[numbers, provider, record, alert data]``
-        (``[nil]`` for an unknown config); numbers: epoch, window s f i o x, lifetime s f i o
-        x, alert version (0: none)."""
-        nums, provider, record, alert = reply
-        if nums is None:
-            return ConfigSync(config_id, False, 0, None, ZERO, ZERO, None, None)
-        e, s0, s1, s2, s3, s4, l0, l1, l2, l3, l4, version = map(int, nums.split())
-        return ConfigSync(
-            config_id,
-            True,
-            e,
-            None if provider is None else _decoded(provider),
-            (s0, s1, s2, s3, s4),
-            (l0, l1, l2, l3, l4),
-            None if record is None else _record_from_json(record),
-            None if version == 0 else AlertRecord(version, _text(alert or "")),
-        )
+    async def _eval_on(
+        self, script: _Script, node: ClusterNode, key: bytes, args: list[Any]
+    ) -> Any:
+        """One EVALSHA on one cluster master (``key`` routes it), again after a SCRIPT LOAD if
+        the master answers NOSCRIPT."""
+        assert isinstance(self._client, RedisCluster)
+        command = ("EVALSHA", script.sha_bytes, b"1", key, *args)
+        try:
+            return await self._client.execute_command(*command, target_nodes=node)
+        except NoScriptError:
+            await self._client.script_load(script.text)
+            return await self._client.execute_command(*command, target_nodes=node)
+
+    async def _chunked(
+        self,
+        script: _Script,
+        head: tuple[bytes, ...],
+        items: Sequence[_Item],
+        extra: Sequence[tuple[Any, ...]] = (),
+    ) -> list[Any]:
+        """Run ``script`` over ``items`` in calls of at most ``chunk_size`` items (ARGV: ``head``
+        then each item's arguments), which return one reply per item; returns them in the
+        items' order. One Redis: one pipeline of every call, then ``extra``. A cluster: the
+        items grouped by the master that holds their slot, every call (and ``extra``) sent at
+        once; after an error the slot map is read again before the next call (a slot may have
+        moved: a script cannot follow a MOVED)."""
+        await self._ready()
+        groups: list[tuple[ClusterNode | None, list[int]]]
+        if isinstance(self._client, RedisCluster):
+            if self._slots_stale:
+                await self._client.nodes_manager.initialize()
+                self._slots_stale = False
+            by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+            node_of = self._client.nodes_manager.get_node_from_slot
+            for n, item in enumerate(items):
+                master = node_of(item[1])
+                entry = by_node.get(master.name)
+                if entry is None:
+                    entry = by_node[master.name] = (master, [])
+                entry[1].append(n)
+            groups = list(by_node.values())
+        else:
+            groups = [(None, list(range(len(items))))]
+        calls: list[tuple[ClusterNode | None, list[int], bytes, list[Any]]] = []
+        size = self._chunk
+        for node, indices in groups:
+            for first in range(0, len(indices), size):
+                part = indices[first : first + size]
+                args: list[Any] = list(head)
+                args += [items[n][2] for n in part]
+                calls.append((node, part, items[part[0]][0], args))
+        replies: list[Any]
+        if isinstance(self._client, RedisCluster):
+            client = self._client
+            results = await asyncio.gather(
+                *(self._eval_on(script, node, key, args) for node, _, key, args in calls if node),
+                *(client.execute_command(*command) for command in extra),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    self._slots_stale = True
+                    raise result
+            replies = list(results[: len(calls)])
+        else:
+            replies = await self._eval_many(
+                script, [((key,), args) for _, _, key, args in calls], extra
+            )
+        out: list[Any] = [None] * len(items)
+        for (_, part, _, _), reply in zip(calls, replies, strict=True):
+            for n, one in zip(part, reply, strict=True):
+                out[n] = one
+        return out
 
     # -- the protocol ---------------------------------------------------------------------
 
@@ -504,61 +689,55 @@ class RedisStore:
         return mine if previous is None else _text(previous)
 
     async def apply(self, batch: FlushBatch) -> list[ConfigSync]:
-        """One script call per delta, pipelined by ``chunk_size``; see the module doc."""
-        out: list[ConfigSync] = []
-        writer, seq = batch.writer.encode(), str(batch.seq).encode()
-        prefix = self._prefix
+        """One script call per chunk of deltas (in a cluster: per chunk of one master's), then
+        one ``SADD`` of the index; see the module doc."""
         deltas = batch.deltas
+        if not deltas:
+            return []
+        prefix = self._prefix
+        items: list[_Item] = []
+        ids: list[bytes] = []
+        for d in deltas:
+            w, c = d.window, d.counts
+            ttl = 0 if w.ttl_seconds is None else max(1, w.ttl_seconds)
+            key, _, _, slot = _config_keys(prefix, d.config_id)
+            tail, raw_id = _apply_tail(prefix, d.config_id, d.provider)
+            ids.append(raw_id)
+            numbers = b"%d %d %d %d %d %d %d %d" % (w.start, w.epoch, ttl, *c)
+            items.append((key, slot, numbers + tail))
+        head = (batch.writer.encode(), str(batch.seq).encode())
+        index = ("SADD", self._index, *ids)
         try:
-            for first in range(0, len(deltas), self._chunk):
-                chunk = deltas[first : first + self._chunk]
-                calls: list[tuple[Sequence[Any], Sequence[Any]]] = []
-                for d in chunk:
-                    w, c = d.window, d.counts
-                    ttl = 0 if w.ttl_seconds is None else max(1, w.ttl_seconds)
-                    key, config_id = _apply_keys(prefix, d.config_id)
-                    calls.append(
-                        (
-                            (key,),
-                            (
-                                config_id,
-                                writer,
-                                seq,
-                                b"" if d.provider is None else _provider_arg(d.provider),
-                                f"{w.start} {w.epoch} {ttl} {c[0]} {c[1]} {c[2]} {c[3]} "
-                                f"{c[4]}".encode(),
-                            ),
-                        )
-                    )
-                ids = {d.config_id for d in chunk}
-                replies = await self._eval_many(
-                    self._apply_script, calls, [("SADD", self._index, *ids)]
-                )
-                for d, reply in zip(chunk, replies, strict=True):
-                    out.append(self._sync(d.config_id, reply))
+            replies = await self._chunked(self._apply_script, head, items, (index,))
+            return [
+                _parse(d.config_id, reply, d.counts)
+                for d, reply in zip(deltas, replies, strict=True)
+            ]
         except _ERRORS as exc:
             raise self._error(f"apply (writer {batch.writer!r}, seq {batch.seq})", exc) from None
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
+        except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as exc:
             raise self._error("apply (bad data in the store)", exc) from None
-        return out
 
     async def read(self, wanted: Sequence[tuple[str, int]]) -> list[ConfigSync]:
-        """One read-only script call per ``(config_id, window_start)``, pipelined."""
-        out: list[ConfigSync] = []
+        """One read-only script call per chunk of ``(config_id, window_start)`` (in a cluster:
+        per chunk of one master's)."""
+        if not wanted:
+            return []
+        prefix = self._prefix
+        items: list[_Item] = []
+        for config_id, start in wanted:
+            key, base, _, slot = _config_keys(prefix, config_id)
+            items.append((key, slot, b"%d " % int(start) + base))
         try:
-            for first in range(0, len(wanted), self._chunk):
-                chunk = wanted[first : first + self._chunk]
-                calls: list[tuple[Sequence[Any], Sequence[Any]]] = []
-                for config_id, start in chunk:
-                    calls.append(((self.config_key_base(config_id) + "cfg",), (str(int(start)),)))
-                replies = await self._eval_many(_READ, calls)
-                for (config_id, _), reply in zip(chunk, replies, strict=True):
-                    out.append(self._sync(config_id, reply))
+            replies = await self._chunked(_READ, (), items)
+            return [
+                _parse(config_id, reply)
+                for (config_id, _), reply in zip(wanted, replies, strict=True)
+            ]
         except _ERRORS as exc:
             raise self._error("read", exc) from None
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
+        except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as exc:
             raise self._error("read (bad data in the store)", exc) from None
-        return out
 
     async def config_ids(self) -> list[str]:
         """The members of ``Pconfigs``, sorted."""
@@ -570,7 +749,8 @@ class RedisStore:
         return sorted(_text(m) for m in members)
 
     async def put_config(self, record: ConfigRecord) -> None:
-        """HSET the record (and the provider when it has one), then SADD the index."""
+        """HSET the record (and the provider when it has one), DEL the tombstone (a config
+        created afresh), then SADD the index."""
         base = self.config_key_base(record.config_id)
         fields: dict[str, str] = {"id": record.config_id, "record": _record_json(record)}
         if record.provider is not None:
@@ -578,6 +758,7 @@ class RedisStore:
         try:
             await self._ready()
             await self._client.hset(base + "cfg", mapping=fields)  # type: ignore[arg-type]
+            await self._client.delete(base + "gone")
             await self._client.sadd(self._index, record.config_id)
         except _ERRORS as exc:
             raise self._error(f"put_config ({record.config_id!r})", exc) from None
@@ -594,9 +775,12 @@ class RedisStore:
 
     async def delete(self, config_id: str) -> bool:
         """One script deletes every key of the config (windows and writer marks through their
-        sets), then SREM the index."""
+        sets) and leaves its tombstone ``P{T}:gone`` for ``TOMBSTONE_SECONDS``, then SREM the
+        index."""
         try:
-            existed = await self._eval(_DELETE, (self.config_key_base(config_id) + "cfg",), ())
+            existed = await self._eval(
+                _DELETE, (self.config_key_base(config_id) + "cfg",), (str(TOMBSTONE_SECONDS),)
+            )
             await self._client.srem(self._index, config_id)
         except _ERRORS as exc:
             raise self._error(f"delete ({config_id!r})", exc) from None

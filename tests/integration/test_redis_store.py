@@ -21,6 +21,7 @@ from _redis import (
     free_port,
     require_redis,
 )
+from redis.crc import key_slot
 
 from otel_llm_quota.stores import (
     ConfigRecord,
@@ -30,6 +31,7 @@ from otel_llm_quota.stores import (
     Window,
     open_store,
 )
+from otel_llm_quota.stores._base import TOMBSTONE_SECONDS
 from otel_llm_quota.stores._redis import RedisStore
 
 pytestmark = pytest.mark.integration
@@ -272,9 +274,11 @@ async def test_cluster_spreads_configs_over_every_master(
     assert rec.version == 1
     for i in ids:
         assert await store.delete(i)
+    left: list[str] = []
     for node in redis_cluster.nodes:
         with node.client() as direct:
-            assert direct.keys("llm_quota:{*") == []
+            left += direct.keys("llm_quota:{*")
+    assert sorted(left) == sorted(store.config_key_base(i) + "gone" for i in ids)  # tombstones
 
 
 async def test_a_dead_cluster_master_fails_the_flush_with_store_error(
@@ -430,7 +434,8 @@ async def test_keys_expire_and_delete_removes_every_key(
         assert direct.scard(f"{base}writers") == 2
     assert await store.delete("a")
     with redis_server.client() as direct:
-        assert direct.keys(f"{base}*") == []
+        assert direct.keys(f"{base}*") == [f"{base}gone"]  # only the tombstone is left
+        assert TOMBSTONE_SECONDS - 100 < direct.ttl(f"{base}gone") <= TOMBSTONE_SECONDS
         assert direct.smembers("llm_quota:configs") == set()
 
 
@@ -457,3 +462,84 @@ async def test_expired_windows_are_pruned_from_the_windows_set(
     await store.apply(FlushBatch("w", 2, (Delta("a", Window(W.start + 3600, 0, 7200), ZERO1),)))
     with redis_server.client() as direct:
         assert direct.smembers(f"{base}windows") == {f"{base}w:{W.start + 3600}:0"}
+
+
+# -- chunked scripts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("topology", ["single", "cluster"])
+async def test_small_chunks_keep_every_reply_in_its_place(
+    request: pytest.FixtureRequest, stores: list[RedisStore], topology: str
+) -> None:
+    # Deltas are grouped by master and cut into chunks of chunk_size: each reply must still go
+    # back to its own delta, replays and new configs mixed, unknown and deleted ones in a read.
+    url = request.getfixturevalue("redis_url" if topology == "single" else "redis_cluster_url")
+    store = opened(stores, url, chunk_size=7)
+    ids = [f"cfg-{n}" for n in range(45)]
+    first = FlushBatch("w", 1, tuple(Delta(i, W, (1, 0, n, 0, 0)) for n, i in enumerate(ids)))
+    await store.apply(FlushBatch("w", 1, first.deltas[::3]))  # a third of them: replays below
+    synced = await store.apply(first)
+    assert [s.window_counts for s in synced] == [(1, 0, n, 0, 0) for n in range(45)]
+    assert all(s.exists and not s.deleted for s in synced)
+    assert await store.delete("cfg-10")
+    read = await store.read([(i, W.start) for i in ["nope", *ids, "cfg-10"]])
+    assert [s.config_id for s in read] == ["nope", *ids, "cfg-10"]
+    assert [s.lifetime[2] for s in read[1:-1]] == [0 if n == 10 else n for n in range(45)]
+    assert (read[0].exists, read[0].deleted) == (False, False)
+    assert (read[11].exists, read[11].deleted) == (False, True)
+    assert read[-1] == read[11]
+
+
+async def test_counts_beyond_2_to_the_53_stay_exact(
+    redis_url: str, stores: list[RedisStore]
+) -> None:
+    # The script adds decimal strings (Lua numbers are doubles): no count may be rounded.
+    store = opened(stores, redis_url)
+    big = 2**61 + 3
+    for seq in (1, 2, 3):
+        [a] = await store.apply(one(seq=seq, counts=(1, 0, big, 999_999_999_999_999, 0)))
+    assert a.window_counts == (3, 0, 3 * big, 3 * 999_999_999_999_999, 0)
+    assert a.lifetime == a.window_counts
+    [a] = await store.read([("a", W.start)])
+    assert a.window_counts == (3, 0, 3 * big, 3 * 999_999_999_999_999, 0)
+
+
+async def test_a_moved_slot_fails_one_flush_and_its_retry_counts_once(
+    stores: list[RedisStore],
+) -> None:
+    # A master's chunk runs as one script there; a slot that moved to another master since the
+    # store read the slot map fails the script at that config (keys before it stay applied).
+    # The store then reads the slot map again, and the flusher's retry of the same batch skips
+    # what was applied and applies the rest, each delta once.
+    require_redis()
+    with RedisClusterServers() as cluster:  # a cluster of its own: a slot is moved
+        store = opened(stores, cluster.url)
+        await store.apply(one("warm-up"))  # the store reads the slot map
+        owners: dict[int, RedisServer] = {}
+        for node in cluster.nodes:
+            with node.client() as direct:
+                for start, end, master, *_ in direct.execute_command("CLUSTER", "SLOTS"):
+                    if int(master[1]) == node.port:
+                        owners.update(dict.fromkeys(range(int(start), int(end) + 1), node))
+        moved = "moved-config"
+        slot = key_slot(store.config_key_base(moved).encode())
+        old_owner = owners[slot]
+        new_owner = next(n for n in cluster.nodes if n is not old_owner)
+        with new_owner.client() as direct:
+            new_id = direct.execute_command("CLUSTER", "MYID")
+        for node in cluster.nodes:
+            with node.client() as direct:
+                direct.execute_command("CLUSTER", "SETSLOT", slot, "NODE", new_id)
+        before = [f"on-old-{n}" for n in range(200)]
+        before = [
+            i for i in before if owners[key_slot(store.config_key_base(i).encode())] is old_owner
+        ][:5]
+        ids = [*before, moved]
+        batch = FlushBatch("w", 1, tuple(Delta(i, W, (1, 0, 7, 0, 0)) for i in ids))
+        with pytest.raises(StoreError, match="apply"):
+            await store.apply(batch)
+        synced = await store.apply(batch)
+        assert [s.window_counts for s in synced] == [(1, 0, 7, 0, 0)] * len(ids)
+        with new_owner.client() as direct:
+            assert direct.exists(store.config_key_base(moved) + "cfg")
+        await store.aclose()
