@@ -259,6 +259,7 @@ class StoreSync:
                 wake.clear()
                 with self._waiters_lock:
                     waiters, self._waiters = self._waiters, []
+                cycle_started = time.monotonic()
                 ok = await self._cycle()
                 self._first_sync.set()
                 for future in waiters:
@@ -273,7 +274,11 @@ class StoreSync:
                         ok = await self._cycle()
                     return
                 failures = 0 if ok else failures + 1
-                delay = self.flush_interval
+                # Fixed rate: a cycle starts every interval, however long the last one took
+                # (so a record is in every other process's view within two intervals), with a
+                # pause of a tenth of it at least, so a slow store never gets cycles back to back.
+                elapsed = time.monotonic() - cycle_started
+                delay = max(self.flush_interval - elapsed, self.flush_interval / 10)
                 if failures:
                     delay = min(self.flush_interval * 2**failures, _MAX_BACKOFF_SECONDS)
                     delay *= random.uniform(0.5, 1.0)
