@@ -59,7 +59,7 @@ def run(stores: list[str], rounds: int) -> None:
         managers[url] = LLMProviderManager(store=url, flush_interval_seconds=1.0)
     for m in managers.values():
         m.set_quota_limit_sync("openai-prod", 10**15, thresholds=(50, 80, 95))
-    results = interleaved_cpu({k: record_loop(m) for k, m in managers.items()}, 100_000, rounds)
+    results = interleaved_cpu({k: record_loop(m) for k, m in managers.items()}, 200_000, rounds)
     base = results["memory (no store)"]
     print("record_usage (ns/call, CPU of the recording thread):")
     for name, value in results.items():
