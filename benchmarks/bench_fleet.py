@@ -36,9 +36,7 @@ CONFIGS = 10_000
 
 def bench_flush(url: str, runs: int = 5) -> tuple[float, float]:
     """(median seconds of a flush of 10,000 dirty configs, of a refresh-only flush)."""
-    manager = LLMProviderManager(
-        store=url, flush_interval_seconds=3600, max_configs=2 * CONFIGS
-    )
+    manager = LLMProviderManager(store=url, flush_interval_seconds=3600, max_configs=2 * CONFIGS)
     try:
         ids = [f"cfg-{i:05d}" for i in range(CONFIGS)]
         for cid in ids:

@@ -14,10 +14,8 @@ on the other core is not charged to the hot path; medians of interleaved rounds.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,22 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_processor import LLM_REQUEST, LLM_RESPONSE, batch, lifecycle, provider
+from bench_processor import interleaved as interleaved_cpu  # CPU time of the thread, medians
 
 from otel_llm_quota import LLMProviderManager, QuotaSpanProcessor
-
-
-def interleaved_cpu(
-    cases: dict[str, Callable[[int], None]], n: int, rounds: int
-) -> dict[str, float]:
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    for loop in cases.values():
-        loop(max(n // 10, 1))
-    for _ in range(rounds):
-        for name, loop in cases.items():
-            start = time.thread_time()
-            loop(n)
-            samples[name].append((time.thread_time() - start) / n)
-    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def record_loop(manager: LLMProviderManager) -> Callable[[int], None]:

@@ -242,9 +242,7 @@ class FleetAlerts:
             if not alerts and data == before:
                 continue
             try:
-                ok, record = await self._sync.run(
-                    store.compare_and_set_alert(state.config_id, version, data)
-                )
+                ok = await self._write(state, version, data)
             except Exception as exc:
                 if alerts:
                     self.unclaimed_deliveries += len(alerts)
@@ -259,14 +257,10 @@ class FleetAlerts:
                 with lock:
                     self._uncommitted[state.config_id] = state
                 continue
-            with lock:
-                if ok:
-                    state.alert_version = record.version
-                else:
-                    # Another replica (or this one's flusher, adopting it) got there first: its
-                    # state stands, and covers what this pass would have sent.
-                    adopt(state, record, force=True)
-                    self.retry = True
+            if not ok:
+                # Another replica (or this one's flusher, adopting it) got there first: its state
+                # stands, and covers what this pass would have sent.
+                self.retry = True
             if ok:
                 self.claims_won += 1
                 if alerts:
@@ -281,6 +275,20 @@ class FleetAlerts:
 
     retry = False
     """Set when a claim was lost: the monitor runs another pass soon, from the adopted state."""
+
+    async def _write(self, state: _ConfigState, version: int, data: str) -> bool:
+        """Compare-and-set ``state``'s alert record from ``version``: True (and the new version
+        kept) if it won; False, with the stored state adopted, if another writer was first.
+        Store errors propagate."""
+        ok, record = await self._sync.run(
+            self._sync.store.compare_and_set_alert(state.config_id, version, data)
+        )
+        with self._ledger.lock:
+            if ok:
+                state.alert_version = record.version
+            else:
+                adopt(state, record, force=True)
+        return ok
 
     def _take_takeovers(self) -> list[_ConfigState]:
         with self._ledger.lock:
@@ -303,16 +311,11 @@ class FleetAlerts:
             version = state.alert_version
             data = encode(state)
         try:
-            ok, record = await self._sync.run(
-                self._sync.store.compare_and_set_alert(state.config_id, version, data)
-            )
+            if not await self._write(state, version, data):
+                return None
         except Exception:
             return None  # retried when the next sync sees the lease still expired
         with lock:
-            if not ok:
-                adopt(state, record, force=True)
-                return None
-            state.alert_version = record.version
             alerts = [_alert_from(state, p) for p in expired]
         self.takeovers += len(alerts)
         _logger.warning(
@@ -340,15 +343,9 @@ class FleetAlerts:
                 version = state.alert_version
                 data = encode(state)
             try:
-                ok, record = await self._sync.run(
-                    self._sync.store.compare_and_set_alert(state.config_id, version, data)
-                )
+                if await self._write(state, version, data):
+                    return
             except Exception:
                 with lock:
                     self._uncommitted[state.config_id] = state
                 return
-            with lock:
-                if ok:
-                    state.alert_version = record.version
-                    return
-                adopt(state, record, force=True)
