@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
 from otel_llm_quota import ConfigError, LLMProviderManager, load_config
-from otel_llm_quota.stores import MemoryStore, open_store, redact_url
+from otel_llm_quota.stores import MemoryStore, StoreError, open_store, redact_url
 
 
 def test_redact_url_hides_passwords_and_query_strings() -> None:
@@ -77,5 +78,24 @@ async def test_the_manager_section_takes_the_shutdown_and_queue_settings() -> No
     try:
         assert setup.manager._shutdown_timeout == 7
         assert setup.manager._dispatcher.queue_size == 5
+    finally:
+        await setup.manager.aclose()
+
+
+async def test_an_unusable_sqlite_file_is_an_error_naming_it_or_in_memory_when_lenient(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "no" / "such" / "dir" / "quota.db"
+    url = f"sqlite:///{missing}"
+    with pytest.raises(StoreError, match=str(missing.parent)):
+        LLMProviderManager(store=url)  # strict: the app's own code sees it at start-up
+    monkeypatch.setenv("OTEL_LLM_QUOTA_STORE", url)
+    with caplog.at_level(logging.ERROR):
+        setup = load_config(strict=False)  # the zero-code path
+    try:
+        assert setup.manager.store is None
+        assert str(missing.parent) in caplog.text
+        setup.manager.record_usage("x", input_tokens=3)
+        assert (await setup.manager.get_quota_usage("x")).total_tokens == 3  # type: ignore[union-attr]
     finally:
         await setup.manager.aclose()
