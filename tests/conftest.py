@@ -3,6 +3,7 @@ and real Redis servers on 127.0.0.1 for the store tests (helpers in tests/_redis
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timezone
 
@@ -14,6 +15,8 @@ from _redis import (
     redis_servers,
     require_redis,
 )
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from otel_llm_quota import LLMProviderManager
 from otel_llm_quota.testing import FakeClock, RecordingAlertHandler
@@ -36,6 +39,26 @@ async def manager(
     async with LLMProviderManager(clock=clock, cooldown_seconds=3600) as mgr:
         mgr.add_alert_handler(recorder)
         yield mgr
+
+
+@pytest.fixture
+def reader() -> InMemoryMetricReader:
+    return InMemoryMetricReader()
+
+
+@pytest.fixture
+def meter_provider(reader: InMemoryMetricReader) -> Iterator[MeterProvider]:
+    provider = MeterProvider(metric_readers=[reader])
+    yield provider
+    provider.shutdown()
+
+
+@pytest.fixture
+def no_quota_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove every ``OTEL_LLM_QUOTA_*`` variable of the environment for the test."""
+    for name in list(os.environ):
+        if name.startswith("OTEL_LLM_QUOTA_"):
+            monkeypatch.delenv(name)
 
 
 # Redis: one server and one 3-master cluster for the whole session, emptied before each test that

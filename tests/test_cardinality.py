@@ -7,7 +7,7 @@ import gc
 import logging
 import threading
 import tracemalloc
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -143,18 +143,6 @@ def test_hostile_providers_on_spans_stay_within_the_cap(clock: FakeClock) -> Non
     assert sum(t[2] for t in got.values()) == 1000
     provider.shutdown()
     manager.close()
-
-
-@pytest.fixture
-def reader() -> InMemoryMetricReader:
-    return InMemoryMetricReader()
-
-
-@pytest.fixture
-def meter_provider(reader: InMemoryMetricReader) -> Iterator[MeterProvider]:
-    provider = MeterProvider(metric_readers=[reader])
-    yield provider
-    provider.shutdown()
 
 
 def points(reader: InMemoryMetricReader, name: str) -> dict[frozenset[tuple[str, Any]], float]:

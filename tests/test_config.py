@@ -28,18 +28,6 @@ from otel_llm_quota import (
 from otel_llm_quota._autoinstrument import post_instrument
 from otel_llm_quota.testing import RecordingAlertHandler
 
-ENV_VARS = (
-    "OTEL_LLM_QUOTA_CONFIG_FILE",
-    "OTEL_LLM_QUOTA_LIMITS",
-    "OTEL_LLM_QUOTA_THRESHOLDS",
-    "OTEL_LLM_QUOTA_PERIOD",
-    "OTEL_LLM_QUOTA_ALERT_HANDLERS",
-    "OTEL_LLM_QUOTA_DEFAULT_CONFIG_ID",
-    "OTEL_LLM_QUOTA_MAX_TRACKED_RESPONSES",
-    "OTEL_LLM_QUOTA_ENABLED",
-    "OTEL_LLM_QUOTA_METRICS_ENABLED",
-)
-
 CREATED: list[RecordingAlertHandler] = []
 
 
@@ -73,9 +61,7 @@ FULL = {
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
+def clean_env(no_quota_env: None) -> Iterator[None]:
     CREATED.clear()
     yield
     _registration._reset_for_tests()

@@ -28,27 +28,12 @@ from otel_llm_quota.handlers import (
     WebhookAlertHandler,
 )
 
-ENV_VARS = (
-    "OTEL_LLM_QUOTA_CONFIG_FILE",
-    "OTEL_LLM_QUOTA_LIMITS",
-    "OTEL_LLM_QUOTA_THRESHOLDS",
-    "OTEL_LLM_QUOTA_PERIOD",
-    "OTEL_LLM_QUOTA_ALERT_HANDLERS",
-    "OTEL_LLM_QUOTA_DEFAULT_CONFIG_ID",
-    "OTEL_LLM_QUOTA_MAX_TRACKED_RESPONSES",
-    "OTEL_LLM_QUOTA_ENABLED",
-    "OTEL_LLM_QUOTA_METRICS_ENABLED",
-    "OTEL_LLM_QUOTA_TIMEZONE",
-    "OTEL_LLM_QUOTA_SEND_RESOLVED",
-)
 TOKEN = "T0KEN-xoxb-5550123-SECRETPATH"
 HMAC = "hmac-shared-s3cr3t"
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
+def clean_env(no_quota_env: None) -> Iterator[None]:
     yield
     _registration._reset_for_tests()
 

@@ -13,7 +13,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -130,18 +129,6 @@ async def test_a_call_slower_than_the_next_alert_is_not_a_timeout_and_order_hold
         assert seen == [("c00", AlertState.FIRING), ("c00", AlertState.RESOLVED)]
         assert manager.handler_timeouts == {}
         assert manager.handler_failures == {}
-
-
-@pytest.fixture
-def reader() -> InMemoryMetricReader:
-    return InMemoryMetricReader()
-
-
-@pytest.fixture
-def meter_provider(reader: InMemoryMetricReader) -> Iterator[MeterProvider]:
-    provider = MeterProvider(metric_readers=[reader])
-    yield provider
-    provider.shutdown()
 
 
 def dropped_points(reader: InMemoryMetricReader) -> dict[frozenset[tuple[str, object]], float]:
