@@ -316,3 +316,92 @@ def test_import_otel_llm_quota_does_not_import_the_cli() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+# -- check-config ----------------------------------------------------------------------------
+
+GOOD_CONFIG = """\
+store: {url: "sqlite:///STORE", busy_timeout_ms: 100}
+quotas:
+  - {config_id: gpt, limit: 1000, thresholds: [50, 90], period: day}
+  - {config_id: claude, limit: 500}
+rules:
+  - {config_id: gpt, match: {provider: openai}}
+handlers:
+  - logging
+"""
+
+
+def test_check_config_accepts_a_good_file_without_opening_its_store(tmp_path: Path) -> None:
+    db = tmp_path / "never" / "created.db"
+    config = tmp_path / "quotas.yaml"
+    config.write_text(GOOD_CONFIG.replace("STORE", str(db)))
+    result = invoke("check-config", str(config))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "OK: 2 quotas, 1 rules, 1 handlers\n"
+    db.parent.mkdir()
+    assert invoke("check-config", str(config)).exit_code == 0
+    assert not db.exists()  # validated, never opened
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "store: {url: 'sqlite:///q.db', bogus: 1}\n",
+            ["{file}: 'url': got an unexpected keyword argument 'bogus'"],
+        ),
+        ("store: 'foo://x'\n", ["{file}: store: unknown store URL 'foo://x'"]),
+        ("store: 'sqlite://host/q.db'\n", ["{file}: store: a SQLite store URL has no host"]),
+        (
+            "quotas:\n  - {config_id: gpt, limit: -5}\n  - {config_id: ok, limit: 10}\n"
+            "handlers: [nosuchhandler]\n",
+            [
+                "{file}: quotas[0] ('gpt'): quota_limit must be >= 0, got -5",
+                "{file}: handlers[0]: unknown handler type 'nosuchhandler'",
+            ],
+        ),
+        ("bogus_top: 1\n", ["{file}: unknown top-level keys: ['bogus_top']"]),
+        ("quotas: [\n  - {", ["{file}: not valid YAML"]),
+    ],
+)
+def test_check_config_prints_each_error_and_exits_1(
+    tmp_path: Path, text: str, expected: list[str]
+) -> None:
+    config = tmp_path / "quotas.yaml"
+    config.write_text(text)
+    result = invoke("check-config", str(config))
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == len(expected), result.stderr
+    for line, start in zip(lines, expected, strict=True):
+        assert line.startswith("Error: " + start.format(file=config)), line
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "q.db").exists()
+
+
+def test_check_config_of_a_missing_file(tmp_path: Path) -> None:
+    assert_one_line_error(
+        invoke("check-config", str(tmp_path / "nope.yaml")), "nope.yaml", "cannot read"
+    )
+
+
+def test_load_config_validate_only_checks_the_store_without_opening_it(tmp_path: Path) -> None:
+    from otel_llm_quota import ConfigError, load_config
+
+    db = tmp_path / "q.db"
+    setup = load_config({"store": f"sqlite:///{db}"}, environment=False, validate_only=True)
+    try:
+        assert setup.manager.store is None
+        assert not db.exists()
+    finally:
+        setup.manager.close()
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'nope'"):
+        load_config(
+            {"store": {"url": f"sqlite:///{db}", "nope": 1}}, environment=False, validate_only=True
+        )
+    redis = load_config({"store": UNREACHABLE}, environment=False, validate_only=True)
+    redis.manager.close()
+    assert redis.manager.store is None
+    with pytest.raises(ConfigError, match="unknown store URL"):
+        load_config({"store": "memcached://x"}, environment=False, validate_only=True)
