@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from otel_llm_quota import LLMProviderManager, QuotaInfo
-from otel_llm_quota.cli import cli
+from otel_llm_quota.cli import _status, cli
 from otel_llm_quota.cli._status import format_duration, seconds_to_exhaustion, usage_colour
 
 UNREACHABLE = "redis://127.0.0.1:1/0"
@@ -111,6 +111,28 @@ def test_status_table_shows_every_config(store: str) -> None:
     assert "2 (1)" in gpt  # requests (failed)
     assert "claude" in lines
     assert "42/—" in lines["claude"]
+
+
+def test_watch_refreshes_from_the_store_until_ctrl_c(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written(store)
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:  # the watch loop's sleep: another process writes, Ctrl-C
+        pauses.append(seconds)
+        if len(pauses) == 1:
+            other = LLMProviderManager(store=store)
+            other.record_usage("gpt", input_tokens=1_000)
+            other.close()
+        else:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_status, "_sleep", pause)
+    result = invoke("status", "--watch", "--interval", "0.5", "--store", store)
+    assert result.exit_code == 0, result.output
+    assert pauses == [0.5, 0.5]
+    assert "7,105/10.0k" in result.stdout  # the frame after the refresh
 
 
 def test_status_reads_the_store_from_the_environment(store: str) -> None:

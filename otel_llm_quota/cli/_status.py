@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 _NONE = "—"
+_sleep = time.sleep  # the pause of the --watch loop (the tests step it by hand)
 
 
 def usage_colour(info: QuotaInfo) -> str:
@@ -183,7 +184,7 @@ def status(store: str | None, watch: bool, as_json: bool, interval: float) -> No
         try:
             with Live(render(manager.ledger.get_all(), url, time.time()), console=console) as live:
                 while True:
-                    time.sleep(interval)
+                    _sleep(interval)
                     manager.flush()  # the fleet's totals as of now
                     live.update(render(manager.ledger.get_all(), url, time.time()))
         except KeyboardInterrupt:
