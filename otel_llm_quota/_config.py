@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ from otel_llm_quota._validation import (
     check_limit,
     check_positive_seconds,
 )
-from otel_llm_quota.stores import StoreError, open_store, redact_url
+from otel_llm_quota.stores import MemoryStore, StoreError, open_store, redact_url
 
 __all__ = ["ConfigError", "QuotaSetup", "build_handler", "load_config", "read_config_file"]
 
@@ -464,6 +465,7 @@ def load_config(
     environment: bool = True,
     strict: bool = True,
     manager: LLMProviderManager | None = None,
+    validate_only: bool = False,
 ) -> QuotaSetup:
     """Build a manager (quotas, handlers), processor options and monitor settings.
 
@@ -473,6 +475,9 @@ def load_config(
     each bad section or entry is logged, skipped and listed in ``QuotaSetup.errors``, and the
     rest (including the environment's settings when the file cannot be read) still applies.
     Every error names its file or variable and the key, never the values.
+
+    ``validate_only`` checks the store URL and options without opening the store (no file
+    created, no connection; ``otel-llm-quota check-config``): the manager then has no store.
     """
     collect = _Collector(strict)
     data: dict[str, Any] = {}
@@ -491,7 +496,7 @@ def load_config(
             parsed = read_config_file(source)
         unknown = set(parsed) - _SECTIONS
         if unknown:
-            raise ConfigError(f"unknown top-level keys: {_keys(unknown)}")
+            raise ConfigError(f"unknown top-level keys: {_keys(unknown)}", source=collect.source)
         data = parsed
 
     collect.run(None, read)
@@ -533,7 +538,10 @@ def load_config(
                 key=key,
             )
         try:
-            manager_kwargs["store"] = open_store(url, **options)
+            if validate_only:
+                _check_store(url, options)
+            else:
+                manager_kwargs["store"] = open_store(url, **options)
         except (TypeError, ValueError, ImportError, StoreError) as exc:
             # The stores name themselves by their redacted URL; a raw one never shows.
             reason = str(exc).replace(url, redact_url(url))
@@ -661,6 +669,31 @@ def load_config(
         collect.run(None, env_handlers, source=env.OTEL_LLM_QUOTA_ALERT_HANDLERS)
     setup.errors = collect.errors
     return setup
+
+
+def _check_store(url: str, options: dict[str, Any]) -> None:
+    """Raise what ``open_store(url, **options)`` would for a bad URL or option, without opening
+    the store: the scheme, the SQLite path and the options' names are checked, nothing else."""
+    from otel_llm_quota.stores._url import _REDIS_SCHEMES
+
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "sqlite":
+        from otel_llm_quota.stores._sqlite import SQLiteStore, _path_from_url
+
+        path, query = _path_from_url(url)
+        inspect.signature(SQLiteStore).bind(path, **{**query, **options})
+    elif scheme in _REDIS_SCHEMES:
+        try:
+            from otel_llm_quota.stores._redis import RedisStore
+        except ImportError as exc:  # redis-py missing
+            raise ImportError(
+                "the Redis store needs redis-py: pip install 'otel-llm-quota[redis]'"
+            ) from exc
+        inspect.signature(RedisStore).bind(url, **options)
+    elif scheme == "memory":
+        inspect.signature(MemoryStore).bind(**options)
+    else:
+        open_store(url)  # raises the unknown-scheme ValueError before opening anything
 
 
 def _bool(value: object, name: str) -> bool:
