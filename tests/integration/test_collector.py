@@ -121,8 +121,9 @@ async def collector(tmp_path: Path) -> AsyncIterator[Collector]:
         ["otelcol-config.yaml"],
         ["otelcol-config.yaml", "otelcol-forward.yaml"],
         ["otelcol-config.yaml", "otelcol-events-file.yaml"],
+        ["otelcol-config.yaml", "otelcol-genai-tokens.yaml"],
     ],
-    ids=["main", "with-forward-overlay", "with-events-file-overlay"],
+    ids=["main", "with-forward-overlay", "with-events-file-overlay", "with-genai-tokens-overlay"],
 )
 def test_shipped_collector_configs_validate(configs: list[str], tmp_path: Path) -> None:
     """The collector accepts its configuration files (and builds every component they name)."""
