@@ -53,7 +53,13 @@ fi
 echo "build-collector: building $binary (takes a few minutes the first time)" >&2
 start=$SECONDS
 rm -f "$stamp"
-"$builder" --config "$manifest" >>"$log" 2>&1 || fail "ocb --config $manifest"
+# GOFLAGS -e reaches the builder's `go mod tidy` (go build has no -e and ignores it): tidy then
+# tolerates a module that only a component's own tests import and that the module proxy does not
+# serve (fileexporter's tests import otlpencodingextension, refused by the proxy this project is
+# built behind). Those tests are never built; a missing module that the collector does import
+# still fails the build, in go build.
+GOFLAGS="${GOFLAGS:+$GOFLAGS }-e" "$builder" --config "$manifest" >>"$log" 2>&1 \
+  || fail "ocb --config $manifest"
 [ -x "$binary" ] || fail "ocb (no binary at $binary)"
 "$binary" components >>"$log" 2>&1 || fail "$binary components"
 echo "$want" >"$stamp"

@@ -117,15 +117,24 @@ async def collector(tmp_path: Path) -> AsyncIterator[Collector]:
 
 @pytest.mark.parametrize(
     "configs",
-    [["otelcol-config.yaml"], ["otelcol-config.yaml", "otelcol-forward.yaml"]],
-    ids=["main", "with-forward-overlay"],
+    [
+        ["otelcol-config.yaml"],
+        ["otelcol-config.yaml", "otelcol-forward.yaml"],
+        ["otelcol-config.yaml", "otelcol-events-file.yaml"],
+        ["otelcol-config.yaml", "otelcol-genai-tokens.yaml"],
+    ],
+    ids=["main", "with-forward-overlay", "with-events-file-overlay", "with-genai-tokens-overlay"],
 )
-def test_shipped_collector_configs_validate(configs: list[str]) -> None:
+def test_shipped_collector_configs_validate(configs: list[str], tmp_path: Path) -> None:
     """The collector accepts its configuration files (and builds every component they name)."""
     binary = require_binary(str(COLLECTOR_BINARY), "run `make collector` (needs Go)")
+    overlay_env = {
+        "OTELCOL_FORWARD_ENDPOINT": "http://127.0.0.1:4318",
+        "OTELCOL_EVENTS_FILE": str(tmp_path / "events.jsonl"),
+    }
     result = subprocess.run(
         [binary, "validate", *(f"--config={CONFIG_DIR / name}" for name in configs)],
-        env={**os.environ, "OTELCOL_FORWARD_ENDPOINT": "http://127.0.0.1:4318"},
+        env={**os.environ, **overlay_env},
         capture_output=True,
         text=True,
         timeout=60,
