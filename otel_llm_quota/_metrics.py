@@ -24,7 +24,13 @@ import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
-from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
+from opentelemetry.metrics import (
+    CallbackOptions,
+    MeterProvider,
+    Observation,
+    get_meter,
+    get_meter_provider,
+)
 from opentelemetry.sdk.metrics.view import View
 
 from otel_llm_quota import _names as n
@@ -73,8 +79,10 @@ class _ConfigAttributes:
 class QuotaMetrics:
     """Observable instruments that report a manager's quotas (see the README's metrics table).
 
-    Create it with ``instrument_metrics``. It holds the manager weakly: once the manager is
-    garbage-collected, or after ``shutdown()``, the instruments report nothing.
+    An ``LLMProviderManager`` creates one itself (``metrics=True``, the default); get it, or one
+    for another meter provider, with ``instrument_metrics``. It holds the manager weakly: once the
+    manager is garbage-collected or closed, or after ``shutdown()``, the instruments report
+    nothing.
 
     Args:
         manager: the ``LLMProviderManager`` to report.
@@ -90,6 +98,7 @@ class QuotaMetrics:
         self._now = 0.0
         self._attrs: dict[str, _ConfigAttributes] = {}
         self._closed = False
+        self._meter_provider = meter_provider
         reinit_after_fork(self._at_fork_reinit)
         meter = get_meter(n.METER_NAME, __version__, meter_provider=meter_provider)
         # The first instrument's callback takes the snapshot the others of the same collection
@@ -183,6 +192,10 @@ class QuotaMetrics:
     def _at_fork_reinit(self) -> None:
         # In a forked child: a collecting thread of the parent may have held the lock.
         self._lock = threading.Lock()
+
+    def _reopen(self) -> None:
+        with self._lock:
+            self._closed = False
 
     def shutdown(self) -> None:
         """Stop reporting (the instruments stay registered but observe nothing). Idempotent."""
@@ -365,12 +378,56 @@ def instrument_metrics(
     """Report ``manager``'s quotas as OpenTelemetry metrics through ``meter_provider``.
 
     ``meter_provider`` defaults to the global one (``opentelemetry.metrics.get_meter_provider``).
+    A manager already reports through the global provider (or its ``meter_provider``) unless it
+    was created with ``metrics=False``: for that provider this returns the manager's existing
+    ``QuotaMetrics`` rather than registering the instruments twice (resumed if it had been shut
+    down); for another provider it creates one more ``QuotaMetrics``, which the manager's
+    ``close()`` shuts down too.
     Values are read from the ledger when the provider's readers collect, so recording usage costs
     nothing extra. With more than ~2,000 configurations, give the SDK ``MeterProvider`` the views
     of ``quota_metric_views`` (the SDK's default cardinality limit is 2,000 series per
     instrument). Call ``shutdown()`` on the result to stop reporting.
     """
-    return QuotaMetrics(manager, meter_provider)
+    with _exports_lock:
+        exports = _exports.setdefault(manager, [])
+        for metrics in exports:
+            if _same_provider(metrics._meter_provider, meter_provider):
+                metrics._reopen()
+                return metrics
+        metrics = QuotaMetrics(manager, meter_provider)
+        exports.append(metrics)
+        return metrics
+
+
+# The QuotaMetrics of each manager, so that one manager never registers its instruments twice
+# with one meter provider (the SDK would keep the first callbacks and drop the second's).
+_exports_lock = threading.Lock()
+_exports: weakref.WeakKeyDictionary[LLMProviderManager, list[QuotaMetrics]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _same_provider(existing: MeterProvider | None, requested: MeterProvider | None) -> bool:
+    """Whether instruments created through ``existing`` report to ``requested`` (None: global).
+
+    Instruments created through the global provider before the application set it were created
+    on the API's proxy, which forwards them to the provider set later.
+    """
+    if existing is requested:
+        return True
+    current = get_meter_provider()
+    return (existing is None and requested is current) or (
+        requested is None and existing is current
+    )
+
+
+def shutdown_metrics(manager: LLMProviderManager, keep: QuotaMetrics | None = None) -> None:
+    """Shut down every ``QuotaMetrics`` of ``manager`` but ``keep`` (its close calls this)."""
+    with _exports_lock:
+        exports = list(_exports.get(manager, ()))
+    for metrics in exports:
+        if metrics is not keep:
+            metrics.shutdown()
 
 
 def quota_metric_views(max_configs: int = DEFAULT_MAX_CONFIGS) -> list[View]:
