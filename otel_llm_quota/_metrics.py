@@ -31,7 +31,6 @@ from opentelemetry.metrics import (
     get_meter,
     get_meter_provider,
 )
-from opentelemetry.sdk.metrics.view import View
 
 from otel_llm_quota import _names as n
 from otel_llm_quota._fork import reinit_after_fork
@@ -39,6 +38,8 @@ from otel_llm_quota._ledger import MetricRow
 from otel_llm_quota.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from opentelemetry.sdk.metrics.view import View
+
     from otel_llm_quota._manager import LLMProviderManager
     from otel_llm_quota.stores._flusher import StoreSync
 
@@ -52,10 +53,6 @@ DEFAULT_MAX_CONFIGS: Final = 10_000
 _SERIES_PER_CONFIG: Final = 32
 
 _Attributes = dict[str, str | float]
-
-_VIEW_HAS_CARDINALITY_LIMIT: Final = (
-    "aggregation_cardinality_limit" in inspect.signature(View.__init__).parameters
-)
 
 
 class _ConfigAttributes:
@@ -440,7 +437,11 @@ def quota_metric_views(max_configs: int = DEFAULT_MAX_CONFIGS) -> list[View]:
     """
     if type(max_configs) is not int or max_configs < 1:
         raise ValueError(f"max_configs must be a positive int, got {max_configs!r}")
-    if not _VIEW_HAS_CARDINALITY_LIMIT:
+    # Imported here: the SDK's metrics package costs ~20 ms to import, which an application that
+    # never builds these views (or has no SDK metrics at all) should not pay at start-up.
+    from opentelemetry.sdk.metrics.view import View
+
+    if "aggregation_cardinality_limit" not in inspect.signature(View.__init__).parameters:
         return []
     return [
         View(
