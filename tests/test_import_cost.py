@@ -1,4 +1,4 @@
-"""``import otel_llm_quota`` loads only what a manager needs (figures: benchmarks/bench_import.py)."""
+"""``import otel_llm_quota`` loads only what a manager needs (figures: benchmarks/bench_import)."""
 
 from __future__ import annotations
 
