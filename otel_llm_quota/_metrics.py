@@ -18,10 +18,11 @@ in every replica (aggregate them with ``max``), while ``llm.quota.tokens`` and
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final
 
 from opentelemetry.metrics import (
@@ -44,6 +45,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from otel_llm_quota.stores._flusher import StoreSync
 
 __all__ = ["DEFAULT_MAX_CONFIGS", "QuotaMetrics", "instrument_metrics", "quota_metric_views"]
+
+_logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONFIGS: Final = 10_000
 """Configurations a ``quota_metric_views`` view makes room for by default."""
@@ -97,7 +100,8 @@ class QuotaMetrics:
         self._closed = False
         self._meter_provider = meter_provider
         reinit_after_fork(self._at_fork_reinit)
-        meter = get_meter(n.METER_NAME, __version__, meter_provider=meter_provider)
+        meter = _SharedInstruments.of(meter_provider)
+        self._shared = meter
         # The first instrument's callback takes the snapshot the others of the same collection
         # read: the SDK calls observable callbacks one after the other, in creation order.
         meter.create_observable_gauge(
@@ -185,6 +189,7 @@ class QuotaMetrics:
             unit="{record}",
             description="Usage records counted in the _overflow config: max_configs was reached.",
         )
+        meter.join(self)
 
     def _at_fork_reinit(self) -> None:
         # In a forked child: a collecting thread of the parent may have held the lock.
@@ -193,6 +198,7 @@ class QuotaMetrics:
     def _reopen(self) -> None:
         with self._lock:
             self._closed = False
+        self._shared.join(self)
 
     def shutdown(self) -> None:
         """Stop reporting (the instruments stay registered but observe nothing). Idempotent."""
@@ -200,6 +206,7 @@ class QuotaMetrics:
             self._closed = True
             self._rows = []
             self._attrs = {}
+        self._shared.leave(self)
 
     # -- snapshot --------------------------------------------------------------------------------
 
@@ -398,8 +405,92 @@ def instrument_metrics(
 
 # The QuotaMetrics of each manager, so that one manager never registers its instruments twice
 # with one meter provider (the SDK would keep the first callbacks and drop the second's).
-_exports_lock = threading.Lock()
+_exports_lock = threading.RLock()
 _exports: weakref.WeakKeyDictionary[LLMProviderManager, list[QuotaMetrics]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+_Callback = Callable[[CallbackOptions], Iterable[Observation]]
+
+
+class _SharedInstruments:
+    """The ``llm.quota.*`` instruments of one meter provider, shared by every ``QuotaMetrics``.
+
+    The SDK registers an instrument name once per meter: a second ``create_observable_gauge``
+    of the same name returns the first instrument and drops the new callbacks, so a second
+    manager reporting through the same provider would report nothing. Each instrument is created
+    once here, and its callback asks every member in turn (in creation order, so each member's
+    usage callback, which takes its snapshot, still runs before its other callbacks).
+    """
+
+    def __init__(self, meter_provider: MeterProvider | None) -> None:
+        self._meter = get_meter(n.METER_NAME, __version__, meter_provider=meter_provider)
+        self._created: set[str] = set()
+        self._members: tuple[QuotaMetrics, ...] = ()  # replaced under the lock, read without
+
+    @classmethod
+    def of(cls, meter_provider: MeterProvider | None) -> _SharedInstruments:
+        """The instruments that report to ``meter_provider`` (None: the global provider)."""
+        global _global_instruments
+        with _exports_lock:
+            current = get_meter_provider()
+            target = current if meter_provider is None else meter_provider
+            shared = _instruments_by_provider.get(target)
+            if shared is None and target is current:
+                shared = _global_instruments  # created through the proxy, forwarded to it
+            if shared is None:
+                shared = cls(meter_provider)
+                if meter_provider is None:
+                    _global_instruments = shared
+                else:
+                    _instruments_by_provider[meter_provider] = shared
+            return shared
+
+    def join(self, member: QuotaMetrics) -> None:
+        with _exports_lock:
+            if member not in self._members:
+                self._members = (*self._members, member)
+
+    def leave(self, member: QuotaMetrics) -> None:
+        with _exports_lock:
+            self._members = tuple(m for m in self._members if m is not member)
+
+    def _create(
+        self, kind: str, name: str, callback: _Callback, unit: str, description: str
+    ) -> None:
+        with _exports_lock:
+            if name in self._created:
+                return
+            self._created.add(name)
+        method = callback.__name__  # each member's own bound method of that name is asked
+        getattr(self._meter, kind)(
+            name, callbacks=[self._fan_out(method)], unit=unit, description=description
+        )
+
+    def _fan_out(self, method: str) -> _Callback:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            for member in self._members:
+                try:
+                    yield from getattr(member, method)(options)
+                except Exception:  # one manager's failure must not hide the others' series
+                    _logger.debug("otel-llm-quota: %s failed", method, exc_info=True)
+
+        return observe
+
+    def create_observable_gauge(
+        self, name: str, callbacks: list[_Callback], unit: str, description: str
+    ) -> None:
+        self._create("create_observable_gauge", name, callbacks[0], unit, description)
+
+    def create_observable_counter(
+        self, name: str, callbacks: list[_Callback], unit: str, description: str
+    ) -> None:
+        self._create("create_observable_counter", name, callbacks[0], unit, description)
+
+
+_global_instruments: _SharedInstruments | None = None
+_instruments_by_provider: weakref.WeakKeyDictionary[MeterProvider, _SharedInstruments] = (
     weakref.WeakKeyDictionary()
 )
 

@@ -450,3 +450,24 @@ def test_a_manager_created_before_the_global_provider_reports_through_it() -> No
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["[('c', 7)]", "[]"]
+
+
+async def test_managers_sharing_a_meter_provider_all_report(
+    clock: FakeClock, reader: InMemoryMetricReader, meter_provider: MeterProvider
+) -> None:
+    # The SDK registers each instrument name once per meter: without sharing the instruments,
+    # the second manager's callbacks were dropped and it reported nothing.
+    first = LLMProviderManager(clock=clock, meter_provider=meter_provider)
+    second = LLMProviderManager(clock=clock, meter_provider=meter_provider)
+    try:
+        first.set_quota_limit_sync("a", 100, provider="openai")
+        second.set_quota_limit_sync("b", 100, provider="openai")
+        second.record_usage("b", provider="openai", input_tokens=3)
+        assert _usage(reader) == {attrs("a"): 0, attrs("b"): 3}
+        first.close()  # a closed manager leaves; one created after it reports
+        third = LLMProviderManager(clock=clock, meter_provider=meter_provider)
+        third.set_quota_limit_sync("c", 100, provider="openai")
+        assert _usage(reader) == {attrs("b"): 3, attrs("c"): 0}
+        third.close()
+    finally:
+        second.close()
