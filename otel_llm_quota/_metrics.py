@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -403,9 +404,19 @@ def instrument_metrics(
         return metrics
 
 
-# The QuotaMetrics of each manager, so that one manager never registers its instruments twice
-# with one meter provider (the SDK would keep the first callbacks and drop the second's).
+# The QuotaMetrics of each manager, so that one manager never reports twice through one meter
+# provider (its series would be observed twice per collection).
 _exports_lock = threading.RLock()
+
+
+def _reinit_exports_lock() -> None:
+    # In a forked child: another thread of the parent may have held the lock.
+    global _exports_lock
+    _exports_lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_exports_lock)
 _exports: weakref.WeakKeyDictionary[LLMProviderManager, list[QuotaMetrics]] = (
     weakref.WeakKeyDictionary()
 )
