@@ -14,6 +14,7 @@ from datetime import tzinfo
 from types import TracebackType
 from typing import Any, Literal
 
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import SpanContext
 
 from otel_llm_quota import environment_variables as env
@@ -28,6 +29,7 @@ from otel_llm_quota._ledger import (
     Clock,
     QuotaLedger,
 )
+from otel_llm_quota._metrics import instrument_metrics, shutdown_metrics
 from otel_llm_quota._models import Alert, QuotaInfo, SpanRef
 from otel_llm_quota._monitor import Monitor, MonitorThread
 from otel_llm_quota._periods import resolve_timezone
@@ -135,6 +137,12 @@ class LLMProviderManager:
             default 2000, the SDK's default metric cardinality limit).
         idle_config_seconds: remove configs without a limit after this long without usage
             (``OTEL_LLM_QUOTA_IDLE_CONFIG_SECONDS``, default: never).
+        metrics: report the quotas as ``llm.quota.*`` metrics (``OTEL_LLM_QUOTA_METRICS_ENABLED``,
+            default true): observable instruments read at collection time, so free until a
+            reader collects, and without an SDK configured they report nowhere. ``close()``
+            stops them; ``instrument_metrics(manager)`` returns them.
+        meter_provider: where the metrics go (default: the global one, also when the
+            application sets it only after this manager is created).
     """
 
     def __init__(
@@ -153,6 +161,8 @@ class LLMProviderManager:
         handler_queue_size: int = DEFAULT_QUEUE_SIZE,
         max_configs: int | None = None,
         idle_config_seconds: float | None = None,
+        metrics: bool | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         sizing: dict[str, Any] = {
             "max_configs": (
@@ -228,6 +238,12 @@ class LLMProviderManager:
         self._closed = False
         self._sync: StoreSync | None = None
         self._fleet: FleetAlerts | None = None
+        if (
+            env_bool(env.OTEL_LLM_QUOTA_METRICS_ENABLED, True)
+            if metrics is None
+            else check_bool("metrics", metrics)
+        ):
+            instrument_metrics(self, meter_provider)
         if store is None:
             store = env_str(env.OTEL_LLM_QUOTA_STORE)
         if store is not None and store is not False:
@@ -619,6 +635,7 @@ class LLMProviderManager:
         if self._closed:
             return
         self._closed = True
+        shutdown_metrics(self)
         deadline = time.monotonic() + self._shutdown_timeout
         self._thread_interval = None  # a forked child must not restart a closed manager's thread
         if self._thread.running:
@@ -657,6 +674,7 @@ class LLMProviderManager:
         if self._monitor.running and not self._thread.running:
             raise RuntimeError("the monitor runs on an event loop: use 'await manager.aclose()'")
         self._closed = True
+        shutdown_metrics(self)
         self._thread_interval = None
         if self._thread.running:
             self._thread.stop(self._shutdown_timeout)  # closes the handlers on its loop

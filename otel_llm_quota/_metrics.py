@@ -18,14 +18,21 @@ in every replica (aggregate them with ``max``), while ``llm.quota.tokens`` and
 from __future__ import annotations
 
 import inspect
+import logging
 import math
+import os
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final
 
-from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
-from opentelemetry.sdk.metrics.view import View
+from opentelemetry.metrics import (
+    CallbackOptions,
+    MeterProvider,
+    Observation,
+    get_meter,
+    get_meter_provider,
+)
 
 from otel_llm_quota import _names as n
 from otel_llm_quota._fork import reinit_after_fork
@@ -33,10 +40,14 @@ from otel_llm_quota._ledger import MetricRow
 from otel_llm_quota.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from opentelemetry.sdk.metrics.view import View
+
     from otel_llm_quota._manager import LLMProviderManager
     from otel_llm_quota.stores._flusher import StoreSync
 
 __all__ = ["DEFAULT_MAX_CONFIGS", "QuotaMetrics", "instrument_metrics", "quota_metric_views"]
+
+_logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONFIGS: Final = 10_000
 """Configurations a ``quota_metric_views`` view makes room for by default."""
@@ -46,10 +57,6 @@ DEFAULT_MAX_CONFIGS: Final = 10_000
 _SERIES_PER_CONFIG: Final = 32
 
 _Attributes = dict[str, str | float]
-
-_VIEW_HAS_CARDINALITY_LIMIT: Final = (
-    "aggregation_cardinality_limit" in inspect.signature(View.__init__).parameters
-)
 
 
 class _ConfigAttributes:
@@ -73,8 +80,10 @@ class _ConfigAttributes:
 class QuotaMetrics:
     """Observable instruments that report a manager's quotas (see the README's metrics table).
 
-    Create it with ``instrument_metrics``. It holds the manager weakly: once the manager is
-    garbage-collected, or after ``shutdown()``, the instruments report nothing.
+    An ``LLMProviderManager`` creates one itself (``metrics=True``, the default); get it, or one
+    for another meter provider, with ``instrument_metrics``. It holds the manager weakly: once the
+    manager is garbage-collected or closed, or after ``shutdown()``, the instruments report
+    nothing.
 
     Args:
         manager: the ``LLMProviderManager`` to report.
@@ -90,8 +99,10 @@ class QuotaMetrics:
         self._now = 0.0
         self._attrs: dict[str, _ConfigAttributes] = {}
         self._closed = False
+        self._meter_provider = meter_provider
         reinit_after_fork(self._at_fork_reinit)
-        meter = get_meter(n.METER_NAME, __version__, meter_provider=meter_provider)
+        meter = _SharedInstruments.of(meter_provider)
+        self._shared = meter
         # The first instrument's callback takes the snapshot the others of the same collection
         # read: the SDK calls observable callbacks one after the other, in creation order.
         meter.create_observable_gauge(
@@ -179,10 +190,16 @@ class QuotaMetrics:
             unit="{record}",
             description="Usage records counted in the _overflow config: max_configs was reached.",
         )
+        meter.join(self)
 
     def _at_fork_reinit(self) -> None:
         # In a forked child: a collecting thread of the parent may have held the lock.
         self._lock = threading.Lock()
+
+    def _reopen(self) -> None:
+        with self._lock:
+            self._closed = False
+        self._shared.join(self)
 
     def shutdown(self) -> None:
         """Stop reporting (the instruments stay registered but observe nothing). Idempotent."""
@@ -190,6 +207,7 @@ class QuotaMetrics:
             self._closed = True
             self._rows = []
             self._attrs = {}
+        self._shared.leave(self)
 
     # -- snapshot --------------------------------------------------------------------------------
 
@@ -365,12 +383,150 @@ def instrument_metrics(
     """Report ``manager``'s quotas as OpenTelemetry metrics through ``meter_provider``.
 
     ``meter_provider`` defaults to the global one (``opentelemetry.metrics.get_meter_provider``).
+    A manager already reports through the global provider (or its ``meter_provider``) unless it
+    was created with ``metrics=False``: for that provider this returns the manager's existing
+    ``QuotaMetrics`` rather than registering the instruments twice (resumed if it had been shut
+    down); for another provider it creates one more ``QuotaMetrics``, which the manager's
+    ``close()`` shuts down too.
     Values are read from the ledger when the provider's readers collect, so recording usage costs
     nothing extra. With more than ~2,000 configurations, give the SDK ``MeterProvider`` the views
     of ``quota_metric_views`` (the SDK's default cardinality limit is 2,000 series per
     instrument). Call ``shutdown()`` on the result to stop reporting.
     """
-    return QuotaMetrics(manager, meter_provider)
+    with _exports_lock:
+        exports = _exports.setdefault(manager, [])
+        for metrics in exports:
+            if _same_provider(metrics._meter_provider, meter_provider):
+                metrics._reopen()
+                return metrics
+        metrics = QuotaMetrics(manager, meter_provider)
+        exports.append(metrics)
+        return metrics
+
+
+# The QuotaMetrics of each manager, so that one manager never reports twice through one meter
+# provider (its series would be observed twice per collection).
+_exports_lock = threading.RLock()
+
+
+def _reinit_exports_lock() -> None:
+    # In a forked child: another thread of the parent may have held the lock.
+    global _exports_lock
+    _exports_lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_exports_lock)
+_exports: weakref.WeakKeyDictionary[LLMProviderManager, list[QuotaMetrics]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+_Callback = Callable[[CallbackOptions], Iterable[Observation]]
+
+
+class _SharedInstruments:
+    """The ``llm.quota.*`` instruments of one meter provider, shared by every ``QuotaMetrics``.
+
+    The SDK registers an instrument name once per meter: a second ``create_observable_gauge``
+    of the same name returns the first instrument and drops the new callbacks, so a second
+    manager reporting through the same provider would report nothing. Each instrument is created
+    once here, and its callback asks every member in turn (in creation order, so each member's
+    usage callback, which takes its snapshot, still runs before its other callbacks).
+    """
+
+    def __init__(self, meter_provider: MeterProvider | None) -> None:
+        self._meter = get_meter(n.METER_NAME, __version__, meter_provider=meter_provider)
+        self._created: set[str] = set()
+        self._members: tuple[QuotaMetrics, ...] = ()  # replaced under the lock, read without
+
+    @classmethod
+    def of(cls, meter_provider: MeterProvider | None) -> _SharedInstruments:
+        """The instruments that report to ``meter_provider`` (None: the global provider)."""
+        global _global_instruments
+        with _exports_lock:
+            current = get_meter_provider()
+            target = current if meter_provider is None else meter_provider
+            shared = _instruments_by_provider.get(target)
+            if shared is None and target is current:
+                shared = _global_instruments  # created through the proxy, forwarded to it
+            if shared is None:
+                shared = cls(meter_provider)
+                if meter_provider is None:
+                    _global_instruments = shared
+                else:
+                    _instruments_by_provider[meter_provider] = shared
+            return shared
+
+    def join(self, member: QuotaMetrics) -> None:
+        with _exports_lock:
+            if member not in self._members:
+                self._members = (*self._members, member)
+
+    def leave(self, member: QuotaMetrics) -> None:
+        with _exports_lock:
+            self._members = tuple(m for m in self._members if m is not member)
+
+    def _create(
+        self, kind: str, name: str, callback: _Callback, unit: str, description: str
+    ) -> None:
+        with _exports_lock:
+            if name in self._created:
+                return
+            self._created.add(name)
+        method = callback.__name__  # each member's own bound method of that name is asked
+        getattr(self._meter, kind)(
+            name, callbacks=[self._fan_out(method)], unit=unit, description=description
+        )
+
+    def _fan_out(self, method: str) -> _Callback:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            for member in self._members:
+                try:
+                    yield from getattr(member, method)(options)
+                except Exception:  # one manager's failure must not hide the others' series
+                    _logger.debug("otel-llm-quota: %s failed", method, exc_info=True)
+
+        return observe
+
+    def create_observable_gauge(
+        self, name: str, callbacks: list[_Callback], unit: str, description: str
+    ) -> None:
+        self._create("create_observable_gauge", name, callbacks[0], unit, description)
+
+    def create_observable_counter(
+        self, name: str, callbacks: list[_Callback], unit: str, description: str
+    ) -> None:
+        self._create("create_observable_counter", name, callbacks[0], unit, description)
+
+
+_global_instruments: _SharedInstruments | None = None
+_instruments_by_provider: weakref.WeakKeyDictionary[MeterProvider, _SharedInstruments] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _same_provider(existing: MeterProvider | None, requested: MeterProvider | None) -> bool:
+    """Whether instruments created through ``existing`` report to ``requested`` (None: global).
+
+    Instruments created through the global provider before the application set it were created
+    on the API's proxy, which forwards them to the provider set later.
+    """
+    if existing is requested:
+        return True
+    current = get_meter_provider()
+    return (existing is None and requested is current) or (
+        requested is None and existing is current
+    )
+
+
+def shutdown_metrics(manager: LLMProviderManager, keep: QuotaMetrics | None = None) -> None:
+    """Shut down every ``QuotaMetrics`` of ``manager`` but ``keep`` (its close calls this)."""
+    with _exports_lock:
+        exports = list(_exports.get(manager, ()))
+    for metrics in exports:
+        if metrics is not keep:
+            metrics.shutdown()
 
 
 def quota_metric_views(max_configs: int = DEFAULT_MAX_CONFIGS) -> list[View]:
@@ -383,7 +539,11 @@ def quota_metric_views(max_configs: int = DEFAULT_MAX_CONFIGS) -> list[View]:
     """
     if type(max_configs) is not int or max_configs < 1:
         raise ValueError(f"max_configs must be a positive int, got {max_configs!r}")
-    if not _VIEW_HAS_CARDINALITY_LIMIT:
+    # Imported here: the SDK's metrics package costs ~20 ms to import, which an application that
+    # never builds these views (or has no SDK metrics at all) should not pay at start-up.
+    from opentelemetry.sdk.metrics.view import View
+
+    if "aggregation_cardinality_limit" not in inspect.signature(View.__init__).parameters:
         return []
     return [
         View(

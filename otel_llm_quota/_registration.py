@@ -22,7 +22,7 @@ from otel_llm_quota import environment_variables as env
 from otel_llm_quota._config import QuotaSetup, load_config
 from otel_llm_quota._env import env_bool
 from otel_llm_quota._manager import LLMProviderManager
-from otel_llm_quota._metrics import QuotaMetrics, instrument_metrics
+from otel_llm_quota._metrics import QuotaMetrics, instrument_metrics, shutdown_metrics
 from otel_llm_quota._processor import QuotaSpanProcessor
 
 __all__ = ["get_manager", "instrument"]
@@ -64,7 +64,8 @@ def instrument(
     ``start_monitoring=False`` or the config says ``monitor.enabled: false``; it is closed at
     interpreter exit; its quotas are also reported as ``llm.quota.*`` metrics through
     ``meter_provider`` (default: the global one) unless ``metrics=False`` or
-    ``OTEL_LLM_QUOTA_METRICS_ENABLED=false``. Other keyword arguments go to
+    ``OTEL_LLM_QUOTA_METRICS_ENABLED=false``: the default manager then reports through that one
+    provider only, or not at all, and never twice. Other keyword arguments go to
     ``QuotaSpanProcessor`` (its self-metrics use ``meter_provider`` too). Calling it again for the
     same provider returns the processor already attached.
 
@@ -96,8 +97,12 @@ def instrument(
             report = (
                 env_bool(env.OTEL_LLM_QUOTA_METRICS_ENABLED, True) if metrics is None else metrics
             )
+            # The default manager already reports through the global provider unless
+            # OTEL_LLM_QUOTA_METRICS_ENABLED=false: instrument_metrics returns that QuotaMetrics
+            # for the global provider; the arguments here say where it reports instead.
             if report and _default_metrics is None:
                 _default_metrics = instrument_metrics(setup.manager, meter_provider)
+            shutdown_metrics(setup.manager, keep=_default_metrics if report else None)
             monitor = setup.monitor if start_monitoring is None else start_monitoring
             if monitor and not setup.manager.monitoring:
                 setup.manager.start_monitoring_thread(setup.monitor_interval_seconds)

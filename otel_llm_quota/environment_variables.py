@@ -175,8 +175,9 @@ OTEL_LLM_QUOTA_METRICS_ENABLED: Final = "OTEL_LLM_QUOTA_METRICS_ENABLED"
 """
 .. envvar:: OTEL_LLM_QUOTA_METRICS_ENABLED
 
-``true`` or ``false``: whether ``instrument()`` (and so ``opentelemetry-instrument``) reports the
-default manager's quotas as ``llm.quota.*`` metrics through the global meter provider.
+``true`` or ``false``: whether an ``LLMProviderManager`` created without ``metrics=`` (the default
+manager of ``instrument()`` and ``opentelemetry-instrument`` too) reports its quotas as
+``llm.quota.*`` metrics through its ``meter_provider`` or the global meter provider.
 Default: ``true``.
 """
 

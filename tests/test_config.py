@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -366,3 +369,60 @@ def test_a_factory_that_builds_no_handler_is_skipped_not_fatal(
     assert "builtins:dict" in str(setup.errors[0])
     with pytest.raises(ConfigError, match="builtins:dict"):
         closing.append(load_config({"handlers": [{"type": "builtins:dict"}]}).manager)
+
+
+_INSTRUMENT_SCRIPT = """
+import sys
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+import otel_llm_quota
+from otel_llm_quota import _metrics
+
+global_reader, given_reader = InMemoryMetricReader(), InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[global_reader]))
+given = MeterProvider(metric_readers=[given_reader])
+manager = otel_llm_quota.get_manager()  # reports through the global provider by default
+own = otel_llm_quota.instrument_metrics(manager)
+argument = {"global": None, "given": given, "off": False}[sys.argv[1]]
+if argument is False:
+    otel_llm_quota.instrument(TracerProvider(), metrics=False, start_monitoring=False)
+else:
+    otel_llm_quota.instrument(TracerProvider(), meter_provider=argument, start_monitoring=False)
+    assert (_metrics._exports[manager][-1] is own) == (argument is None)
+manager.record_usage("c", input_tokens=5)
+
+def usage(reader):
+    data = reader.get_metrics_data()
+    return sum(
+        p.value
+        for rm in (data.resource_metrics if data else ())
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "llm.quota.usage"
+        for p in m.data.data_points
+    )
+
+print(usage(global_reader), usage(given_reader))
+"""
+
+
+@pytest.mark.parametrize(
+    ("meter_provider", "expected"), [("global", "5 0"), ("given", "0 5"), ("off", "0 0")]
+)
+def test_instrument_moves_the_default_managers_metrics_never_doubles_them(
+    meter_provider: str, expected: str
+) -> None:
+    # The global provider can be set once per process: each case runs in a fresh interpreter.
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    out = subprocess.run(
+        [sys.executable, "-c", _INSTRUMENT_SCRIPT, meter_provider],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -313,3 +315,159 @@ def test_forked_child_collects_metrics_even_if_the_lock_was_held_at_fork() -> No
         metrics.shutdown()
         provider.shutdown()
         manager.close()
+
+
+# -- the manager's own metrics (metrics=, meter_provider=) -------------------------------------
+
+
+def _usage(reader: InMemoryMetricReader) -> Points:
+    got = collect(reader)
+    return points(got["llm.quota.usage"]) if "llm.quota.usage" in got else {}
+
+
+async def test_a_plain_manager_reports_through_its_meter_provider(
+    clock: FakeClock, reader: InMemoryMetricReader, meter_provider: MeterProvider
+) -> None:
+    async with LLMProviderManager(clock=clock, meter_provider=meter_provider) as manager:
+        await manager.set_quota_limit("c", 1000, provider="openai")
+        manager.record_usage("c", provider="openai", input_tokens=40, output_tokens=2)
+        assert _usage(reader) == {attrs("c"): 42}
+
+
+@pytest.mark.parametrize(
+    ("env_value", "argument", "reports"),
+    [
+        ("false", None, False),
+        ("true", False, False),
+        ("false", True, True),  # the argument wins over the environment
+        ("not-a-bool", None, True),  # a bad value is logged and the default (on) applies
+    ],
+)
+async def test_metrics_argument_then_environment_then_default(
+    monkeypatch: pytest.MonkeyPatch,
+    clock: FakeClock,
+    reader: InMemoryMetricReader,
+    meter_provider: MeterProvider,
+    env_value: str,
+    argument: bool | None,
+    reports: bool,
+) -> None:
+    monkeypatch.setenv("OTEL_LLM_QUOTA_METRICS_ENABLED", env_value)
+    async with LLMProviderManager(
+        clock=clock, metrics=argument, meter_provider=meter_provider
+    ) as manager:
+        manager.set_quota_limit_sync("c", 1000, provider="openai")
+        assert _usage(reader) == ({attrs("c"): 0} if reports else {})
+
+
+def test_metrics_argument_must_be_a_bool(meter_provider: MeterProvider) -> None:
+    with pytest.raises(ValueError, match="metrics"):
+        LLMProviderManager(metrics="maybe", meter_provider=meter_provider)  # type: ignore[arg-type]
+
+
+async def test_instrument_metrics_returns_the_managers_own_instead_of_registering_twice(
+    clock: FakeClock, reader: InMemoryMetricReader, meter_provider: MeterProvider
+) -> None:
+    async with LLMProviderManager(clock=clock, meter_provider=meter_provider) as manager:
+        first = instrument_metrics(manager, meter_provider=meter_provider)
+        assert instrument_metrics(manager, meter_provider=meter_provider) is first
+        first.shutdown()  # shut down, then asked for again: resumed, not registered anew
+        assert instrument_metrics(manager, meter_provider=meter_provider) is first
+        manager.set_quota_limit_sync("c", 1000, provider="openai")
+        assert _usage(reader) == {attrs("c"): 0}
+
+        other_reader = InMemoryMetricReader()
+        other = MeterProvider(metric_readers=[other_reader])
+        try:  # another provider gets its own instruments, which close() stops too
+            assert instrument_metrics(manager, meter_provider=other) is not first
+            assert _usage(other_reader) == {attrs("c"): 0}
+            await manager.aclose()
+            assert _usage(other_reader) == {}
+        finally:
+            other.shutdown()
+
+
+@pytest.mark.parametrize("closing", ["close", "aclose"])
+async def test_closing_the_manager_stops_its_metrics(
+    clock: FakeClock, reader: InMemoryMetricReader, meter_provider: MeterProvider, closing: str
+) -> None:
+    manager = LLMProviderManager(clock=clock, meter_provider=meter_provider)
+    manager.set_quota_limit_sync("c", 1000, provider="openai")
+    assert _usage(reader) == {attrs("c"): 0}
+    if closing == "close":
+        manager.close()
+    else:
+        await manager.aclose()
+    assert _usage(reader) == {}
+
+
+_GLOBAL_PROVIDER_SCRIPT = """
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from otel_llm_quota import LLMProviderManager, instrument_metrics
+
+manager = LLMProviderManager()  # before the application sets its provider: the API's proxy
+own = instrument_metrics(manager)
+manager.set_quota_limit_sync("c", 1000, provider="openai")
+manager.record_usage("c", provider="openai", input_tokens=7)
+reader = InMemoryMetricReader()
+provider = MeterProvider(metric_readers=[reader])
+metrics.set_meter_provider(provider)
+assert instrument_metrics(manager) is own
+assert instrument_metrics(manager, meter_provider=provider) is own
+later = LLMProviderManager()  # after: the SDK's meter directly
+assert instrument_metrics(later, meter_provider=provider) is instrument_metrics(later)
+later.close()
+
+def usage():
+    data = reader.get_metrics_data()
+    return sorted(
+        (dict(p.attributes)["llm.quota.config_id"], p.value)
+        for rm in (data.resource_metrics if data else ())
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "llm.quota.usage"
+        for p in m.data.data_points
+    )
+
+print(usage())
+manager.close()
+print(usage())
+"""
+
+
+def test_a_manager_created_before_the_global_provider_reports_through_it() -> None:
+    # The global provider can be set once per process: this runs in a fresh interpreter.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    out = subprocess.run(
+        [sys.executable, "-c", _GLOBAL_PROVIDER_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[('c', 7)]", "[]"]
+
+
+async def test_managers_sharing_a_meter_provider_all_report(
+    clock: FakeClock, reader: InMemoryMetricReader, meter_provider: MeterProvider
+) -> None:
+    # The SDK registers each instrument name once per meter: without sharing the instruments,
+    # the second manager's callbacks were dropped and it reported nothing.
+    first = LLMProviderManager(clock=clock, meter_provider=meter_provider)
+    second = LLMProviderManager(clock=clock, meter_provider=meter_provider)
+    try:
+        first.set_quota_limit_sync("a", 100, provider="openai")
+        second.set_quota_limit_sync("b", 100, provider="openai")
+        second.record_usage("b", provider="openai", input_tokens=3)
+        assert _usage(reader) == {attrs("a"): 0, attrs("b"): 3}
+        first.close()  # a closed manager leaves; one created after it reports
+        third = LLMProviderManager(clock=clock, meter_provider=meter_provider)
+        third.set_quota_limit_sync("c", 100, provider="openai")
+        assert _usage(reader) == {attrs("b"): 3, attrs("c"): 0}
+        third.close()
+    finally:
+        second.close()

@@ -28,11 +28,16 @@ async def run_async_snippet(code: str) -> dict[str, object]:
     return await namespace["__snippet"]()  # type: ignore[operator, no-any-return]
 
 
-@pytest.mark.parametrize("heading", ["## Quick start", "## Testing your own alert logic"])
+@pytest.mark.parametrize(
+    "heading", ["## Quick start", "## Testing your own alert logic", "## Metrics"]
+)
 async def test_snippet_runs(heading: str, capsys: pytest.CaptureFixture[str]) -> None:
     names = await run_async_snippet(python_block_after(heading))
     manager = names["manager"]
     await manager.aclose()  # type: ignore[attr-defined]
+    if heading == "## Metrics":
+        names["meter_provider"].shutdown()  # type: ignore[attr-defined]
+        assert {"llm.quota.usage", "llm.quota.limit"} <= names["names"]  # type: ignore[operator]
     if heading == "## Quick start":
         assert names["status"]["total_tokens"] == 1500  # type: ignore[index]
         assert len(names["all_statuses"]) == 1  # type: ignore[arg-type]
