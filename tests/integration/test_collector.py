@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,26 +94,40 @@ def distinct_free_ports(count: int) -> list[int]:
     return sorted(ports)
 
 
-@pytest.fixture
-async def collector(tmp_path: Path) -> AsyncIterator[Collector]:
+@asynccontextmanager
+async def started_collector(
+    tmp_path: Path, *overlays: str, env: dict[str, str] | None = None
+) -> AsyncIterator[Collector]:
+    """The collector built by `make collector`, running otelcol-config.yaml (and ``overlays``,
+    files of collector-config/) on free loopback ports, until the block ends."""
     binary = require_binary(str(COLLECTOR_BINARY), "run `make collector` (needs Go)")
     grpc, http, prom, health, telemetry = distinct_free_ports(5)
-    env = {
+    addresses = {
         "OTELCOL_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{grpc}",
         "OTELCOL_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{http}",
         "OTELCOL_PROMETHEUS_ENDPOINT": f"127.0.0.1:{prom}",
         "OTELCOL_HEALTH_ENDPOINT": f"127.0.0.1:{health}",
         "OTELCOL_TELEMETRY_HOST": "127.0.0.1",
         "OTELCOL_TELEMETRY_PORT": str(telemetry),
+        **(env or {}),
     }
-    args = [binary, f"--config={CONFIG_DIR / 'otelcol-config.yaml'}"]
+    args = [
+        binary,
+        *(f"--config={CONFIG_DIR / name}" for name in ("otelcol-config.yaml", *overlays)),
+    ]
     ready = f"http://127.0.0.1:{health}/"
-    async with running_server(args, tmp_path / "otelcol.log", ready, env=env):
+    async with running_server(args, tmp_path / "otelcol.log", ready, env=addresses):
         yield Collector(
             otlp_http_url=f"http://127.0.0.1:{http}",
             prometheus_target=f"127.0.0.1:{prom}",
             telemetry_target=f"127.0.0.1:{telemetry}",
         )
+
+
+@pytest.fixture
+async def collector(tmp_path: Path) -> AsyncIterator[Collector]:
+    async with started_collector(tmp_path) as started:
+        yield started
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,9 @@ from otel_llm_quota import LLMProviderManager, QuotaSpanProcessor
 from otel_llm_quota.handlers import OTelLogEventHandler
 from otel_llm_quota.testing import FakeClock, RecordingAlertHandler
 
-from ._peers import poll, running_server
-from .conftest import require_binary, require_module
-from .test_collector import COLLECTOR_BINARY, CONFIG_DIR, distinct_free_ports
+from ._peers import poll
+from .conftest import require_module
+from .test_collector import started_collector
 
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs import LoggerProvider
@@ -36,26 +36,10 @@ class Collector:
 
 @pytest.fixture
 async def collector(tmp_path: Path) -> AsyncIterator[Collector]:
-    binary = require_binary(str(COLLECTOR_BINARY), "run `make collector` (needs Go)")
-    grpc, http, prom, health, telemetry = distinct_free_ports(5)
     events_file = tmp_path / "events" / "llm-quota-events.jsonl"  # the overlay creates the dir
-    env = {
-        "OTELCOL_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{grpc}",
-        "OTELCOL_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{http}",
-        "OTELCOL_PROMETHEUS_ENDPOINT": f"127.0.0.1:{prom}",
-        "OTELCOL_HEALTH_ENDPOINT": f"127.0.0.1:{health}",
-        "OTELCOL_TELEMETRY_HOST": "127.0.0.1",
-        "OTELCOL_TELEMETRY_PORT": str(telemetry),
-        "OTELCOL_EVENTS_FILE": str(events_file),
-    }
-    args = [
-        binary,
-        f"--config={CONFIG_DIR / 'otelcol-config.yaml'}",
-        f"--config={CONFIG_DIR / 'otelcol-events-file.yaml'}",
-    ]
-    ready = f"http://127.0.0.1:{health}/"
-    async with running_server(args, tmp_path / "otelcol.log", ready, env=env):
-        yield Collector(f"http://127.0.0.1:{http}", events_file)
+    env = {"OTELCOL_EVENTS_FILE": str(events_file)}
+    async with started_collector(tmp_path, "otelcol-events-file.yaml", env=env) as started:
+        yield Collector(started.otlp_http_url, events_file)
 
 
 @pytest.fixture

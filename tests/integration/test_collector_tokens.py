@@ -12,15 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ._peers import poll, prometheus_query, running_prometheus, running_server
+from ._peers import poll, prometheus_query, running_prometheus
 from .conftest import require_binary, require_module
-from .test_collector import (
-    COLLECTOR_BINARY,
-    CONFIG_DIR,
-    Collector,
-    distinct_free_ports,
-    prometheus_config,
-)
+from .test_collector import Collector, prometheus_config, started_collector
 
 if TYPE_CHECKING:
     import httpx
@@ -36,28 +30,8 @@ Key = tuple[str, str, str, str]
 
 @pytest.fixture
 async def collector(tmp_path: Path) -> AsyncIterator[Collector]:
-    binary = require_binary(str(COLLECTOR_BINARY), "run `make collector` (needs Go)")
-    grpc, http, prom, health, telemetry = distinct_free_ports(5)
-    env = {
-        "OTELCOL_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{grpc}",
-        "OTELCOL_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{http}",
-        "OTELCOL_PROMETHEUS_ENDPOINT": f"127.0.0.1:{prom}",
-        "OTELCOL_HEALTH_ENDPOINT": f"127.0.0.1:{health}",
-        "OTELCOL_TELEMETRY_HOST": "127.0.0.1",
-        "OTELCOL_TELEMETRY_PORT": str(telemetry),
-    }
-    args = [
-        binary,
-        f"--config={CONFIG_DIR / 'otelcol-config.yaml'}",
-        f"--config={CONFIG_DIR / 'otelcol-genai-tokens.yaml'}",
-    ]
-    ready = f"http://127.0.0.1:{health}/"
-    async with running_server(args, tmp_path / "otelcol.log", ready, env=env):
-        yield Collector(
-            otlp_http_url=f"http://127.0.0.1:{http}",
-            prometheus_target=f"127.0.0.1:{prom}",
-            telemetry_target=f"127.0.0.1:{telemetry}",
-        )
+    async with started_collector(tmp_path, "otelcol-genai-tokens.yaml") as started:
+        yield started
 
 
 @pytest.fixture
