@@ -224,6 +224,11 @@ def _log_line(record: Any) -> str:
     )
 
 
+def _console_exporter(log_export: Any) -> Any:
+    """The SDK's console log exporter: ``ConsoleLogRecordExporter``, or its older name."""
+    return getattr(log_export, "ConsoleLogRecordExporter", None) or log_export.ConsoleLogExporter
+
+
 def _render(infos: dict[str, QuotaInfo], header: str, footer: str, width: int) -> RenderableType:
     """The quotas as a table of bars; "routed by" and "thresholds" only on a wide screen."""
     wide = width >= 130
@@ -370,7 +375,7 @@ class _Run:
         import openai
         from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
         from opentelemetry.sdk._logs import LoggerProvider
-        from opentelemetry.sdk._logs.export import ConsoleLogExporter, SimpleLogRecordProcessor
+        from opentelemetry.sdk._logs import export as log_export
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
 
@@ -381,7 +386,9 @@ class _Run:
         logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
         out: IO[str] = _LogLineStream(self.lines)  # type: ignore[assignment]  # write/flush is all it uses
         logger_provider.add_log_record_processor(
-            SimpleLogRecordProcessor(ConsoleLogExporter(out=out, formatter=_log_line))
+            log_export.SimpleLogRecordProcessor(
+                _console_exporter(log_export)(out=out, formatter=_log_line)
+            )
         )
         manager = LLMProviderManager(
             store=self.url,
