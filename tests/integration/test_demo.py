@@ -24,7 +24,7 @@ from otel_llm_quota.cli import cli
 from otel_llm_quota.cli._demo import _CONFIGS, _WORKLOADS, INSTALL_LINE, STEPS
 from otel_llm_quota.cli._demo_stub import DemoStub
 
-from .conftest import require_module
+from .conftest import free_port, require_module
 
 pytestmark = pytest.mark.integration
 
@@ -231,3 +231,20 @@ def test_demo_bad_options_are_one_line_errors(
     assert result.exit_code == 1
     assert message in result.output
     assert len(result.output.splitlines()) == 1
+
+
+def test_demo_against_an_unreachable_api_ends_with_one_line(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    done = _demo(
+        "--base-url",
+        url,
+        "--store",
+        str(tmp_path / "demo.db"),
+        "--duration",
+        "0",
+        env=_env(OPENAI_API_KEY="sk-test"),
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"Error: 3 calls in a row to {url} failed: Connection error."
+    ]
