@@ -678,6 +678,7 @@ class LLMProviderManager:
         self._thread_interval = None
         if self._thread.running:
             self._thread.stop(self._shutdown_timeout)  # closes the handlers on its loop
+            self._stop_store()  # the final flush, as below
             return
         self._dispatcher.stop()  # the handlers' worker threads end
         if any(callable(getattr(h, "aclose", None)) for h in self._handlers):
