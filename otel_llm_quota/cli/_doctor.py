@@ -198,7 +198,8 @@ def _instrumentations() -> tuple[list[Check], bool]:
                             name,
                             "warning",
                             "disabled by OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
-                            f"remove {entry_point.name!r} from OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
+                            f"remove {entry_point.name!r} from "
+                            "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
                         )
                     )
                 continue
@@ -279,9 +280,7 @@ def _instrumentations() -> tuple[list[Check], bool]:
     if _version("anthropic") is not None:
         if anthropic_sdk_tracing():
             usable += 1
-            checks.append(
-                Check(section, "anthropic SDK", "ok", "makes spans of its own calls")
-            )
+            checks.append(Check(section, "anthropic SDK", "ok", "makes spans of its own calls"))
         else:
             checks.append(
                 Check(section, "anthropic SDK", "info", "makes no spans of its own calls")
@@ -470,8 +469,8 @@ def _configuration(store: str | None, config: Path | None) -> list[Check]:
             )
     finally:
         setup.manager.close()
-    url = store if store is not None else os.environ.get(env.OTEL_LLM_QUOTA_STORE, "").strip()
-    url = url or _file_store(path)
+    given = store if store is not None else os.environ.get(env.OTEL_LLM_QUOTA_STORE, "").strip()
+    url = given or _file_store(path)
     if not url:
         checks.append(Check("Store", "none", "info", "each process counts its own usage"))
         return checks
