@@ -127,16 +127,21 @@ def _known_good_problem(distribution: str) -> tuple[str, str] | None:
 
 
 def _import_fix(distribution: str, exc: ImportError) -> str:
+    """The pip command(s) that make the instrumentation import: the known-good pin of a
+    dependency that broke it, and/or the package of a module it imports but does not require."""
+    fixes: list[str] = []
     known = _known_good_problem(distribution)
     if known is not None:
-        return known[1]
+        fixes.append(known[1])
     missing = getattr(exc, "name", None)
     if isinstance(exc, ModuleNotFoundError) and missing:
         top = missing.split(".")[0]
-        owners = metadata.packages_distributions().get(top, [])
-        if top != "opentelemetry" or not owners:
-            return f"pip install {owners[0] if len(owners) == 1 else top}"
-    return f"pip install --force-reinstall {distribution} (and check its requirements)"
+        if top != "opentelemetry":  # a namespace shared by many distributions
+            owners = metadata.packages_distributions().get(top, [])
+            fixes.insert(0, f"pip install {owners[0] if len(owners) == 1 else top}")
+    if not fixes:
+        fixes.append(f"pip install --force-reinstall {distribution} (and check its requirements)")
+    return "; ".join(fixes)
 
 
 def _disabled() -> set[str]:
