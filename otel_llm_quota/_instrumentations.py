@@ -10,9 +10,9 @@ imported.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import os
 import sys
+import types
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Final
@@ -169,7 +169,7 @@ def anthropic_sdk_tracing() -> bool:
 def describe_handler(handler: object) -> str:
     """A handler as it may be shown in logs: the built-ins' reprs (which redact their URLs and
     passwords), else only the class and ``name`` (a handler of yours may hold secrets)."""
-    if inspect.isfunction(handler) or inspect.ismethod(handler):
+    if isinstance(handler, (types.FunctionType, types.MethodType)):
         return f"{handler.__module__}.{handler.__qualname__}"
     cls = type(handler)
     if cls.__module__.startswith("otel_llm_quota."):
