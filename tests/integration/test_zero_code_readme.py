@@ -227,3 +227,38 @@ def test_broken_venv_warns_that_no_instrumentation_is_active(
     assert "Hello from stub" in output
     assert NO_INSTRUMENTATION in output, output
     assert "crossed" not in output, output
+
+
+ANTHROPIC_APP = """\
+import anthropic
+
+client = anthropic.Anthropic()  # ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL from the environment
+message = client.messages.create(
+    model="claude-3-5-haiku-latest",
+    max_tokens=64,
+    messages=[{"role": "user", "content": "Say hello"}],
+)
+print(message.content[0].text)
+"""
+
+
+def test_anthropic_extra_counts_the_sdk_spans(
+    stub: LLMStub, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``[anthropic]`` in a fresh venv: the anthropic SDK's own spans are counted (no
+    instrumentation package), with the README's run command for the anthropic quota."""
+    base = tmp_path_factory.mktemp("anthropic-venv")
+    venv = base / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    run(["pip", "install", f"{ROOT}[anthropic]"], clean_env(venv), base, timeout=900)
+    (base / "app.py").write_text(ANTHROPIC_APP)
+    _, command = split_run_block()
+    assert 'OTEL_LLM_QUOTA_LIMITS="openai=20"' in command
+    command = command.replace('"openai=20"', '"anthropic=20"')  # 13 + 5 tokens: 90 %
+    env = clean_env(
+        venv, ANTHROPIC_BASE_URL=f"http://127.0.0.1:{stub.port}", ANTHROPIC_API_KEY="sk-ant-test"
+    )
+    output = run(["bash", "-c", f"set -e\n{command}"], env, base)
+    assert "Hello from stub" in output
+    assert "LLM quota anthropic crossed 80% (90.0% used)" in output, output
+    assert NO_INSTRUMENTATION not in output, output
