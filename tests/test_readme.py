@@ -67,8 +67,16 @@ TESTED = {
 }
 
 
+RUN_ELSEWHERE = {
+    # The zero-code app, run verbatim in a fresh venv under opentelemetry-instrument.
+    "### 1. Zero code": ROOT / "tests" / "integration" / "test_zero_code_readme.py",
+}
+
+
 def test_every_python_block_is_run() -> None:
-    assert {heading for heading, _ in python_blocks()} == TESTED
+    assert {heading for heading, _ in python_blocks()} == TESTED | set(RUN_ELSEWHERE)
+    for path in RUN_ELSEWHERE.values():
+        assert "zero-code:app" in path.read_text()
 
 
 @pytest.fixture
