@@ -33,8 +33,9 @@ def main() -> None:
         manager = open_manager(url)
         try:
             console = Console(record=True, width=118, force_terminal=True, color_system="truecolor")
-            console.print(f"$ otel-llm-quota status --store {url}")
-            console.print(render(manager.ledger.get_all(), "sqlite:////srv/app/quota.db", time.time()))
+            shown = "sqlite:////srv/app/quota.db"  # not the temporary path
+            console.print(f"$ otel-llm-quota status --store {shown}")
+            console.print(render(manager.ledger.get_all(), shown, time.time()))
         finally:
             manager.close()
     out = ROOT / "docs" / "status.svg"
