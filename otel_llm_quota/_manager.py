@@ -415,13 +415,14 @@ class LLMProviderManager:
     async def set_quota_limit(
         self,
         config_id: str,
-        quota_limit: int,
+        quota_limit: int | None,
         alert_threshold_percent: float | None = None,
         *,
         thresholds: Iterable[float] | None = None,
         period: str | None = DEFAULT_PERIOD,
         timezone: str | tzinfo | None = None,
         provider: str | None = None,
+        parent: str | None = None,
     ) -> QuotaInfo:
         """Set the token limit of ``config_id`` (created if unknown) and when to alert.
 
@@ -430,6 +431,12 @@ class LLMProviderManager:
         ``"month"`` (default) or ``None`` (never resets), aligned to the calendar in
         ``timezone`` (default: the manager's). Raises ValueError/TypeError naming the bad
         argument; the ledger is unchanged then. Returns the new state.
+
+        Nested budgets: ``parent`` names a config (which must exist already) that this one's
+        usage also counts toward, and so on up its own parents; each level keeps its own limit,
+        period and alerts. ``quota_limit`` may be None for a config without a token limit (a
+        parent that only aggregates). Every setting is replaced: an omitted ``parent`` removes
+        the link, as an omitted ``period`` sets the monthly default.
         """
         return self.set_quota_limit_sync(
             config_id,
@@ -439,18 +446,20 @@ class LLMProviderManager:
             period=period,
             timezone=timezone,
             provider=provider,
+            parent=parent,
         )
 
     def set_quota_limit_sync(
         self,
         config_id: str,
-        quota_limit: int,
+        quota_limit: int | None,
         alert_threshold_percent: float | None = None,
         *,
         thresholds: Iterable[float] | None = None,
         period: str | None = DEFAULT_PERIOD,
         timezone: str | tzinfo | None = None,
         provider: str | None = None,
+        parent: str | None = None,
     ) -> QuotaInfo:
         """The synchronous form of ``set_quota_limit`` (for configuration code without a loop)."""
         levels: list[float] = []
@@ -467,6 +476,7 @@ class LLMProviderManager:
             period=period,
             timezone=timezone,
             provider=provider,
+            parent=parent,
         )
 
     # -- usage -----------------------------------------------------------------------------------

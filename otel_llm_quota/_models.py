@@ -81,6 +81,11 @@ class QuotaInfo:
     """With a shared store: when this process last synchronised this config with it (the counts
     are the fleet's as of then plus this process's own since); ``None`` without a store or
     before the first successful sync."""
+    parent: str | None = None
+    """The config this one's usage also counts toward (nested budgets), or ``None``."""
+    time_to_exhaustion: float | None = None
+    """Seconds until the limit is reached at the current burn rate (``0`` once reached), or
+    ``None`` without a limit or a rate (see "Nested budgets and forecasts" in the README)."""
 
     @property
     def other_tokens(self) -> int:

@@ -1,0 +1,111 @@
+"""The burn-rate estimator behind forecast alerts and ``time_to_exhaustion``.
+
+Pure functions over numbers, no state: the monitor keeps the samples (``_ConfigState.samples``,
+never touched by the hot path) and the alert state machine (``_alerting``) decides with these.
+
+**The estimator.** The monitor samples each limited config's period total at most
+``MAX_SAMPLES`` times per window of ``W`` seconds. The total was 0 at the start of the period,
+which is a sample too. At time ``now`` with total ``used``:
+
+1. the *baseline* ``a`` is the newest sample at least ``W`` old (else the oldest one: less data);
+2. the window ``[a.t, now]`` is cut at its middle: ``m`` is the newest sample in its first half;
+3. the burn rate is the **slower of the two halves**: ``min((m.total - a.total) / (m.t - a.t),
+   (used - m.total) / (now - m.t))`` (one piece when no sample lies in the first half).
+
+So a pace must be sustained over the whole window to count: a single burst lies in one half
+and the other half's (lower) rate wins, and a pace that slows shows at once in the second half.
+The projection at the reset is ``used + rate * (reset_at - now)``; the time to exhaustion is
+``(limit - used) / rate``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Final
+
+__all__ = [
+    "DEFAULT_WINDOW_FRACTION",
+    "MAX_SAMPLES",
+    "add_sample",
+    "burn_rate",
+    "window_for",
+]
+
+DEFAULT_WINDOW_FRACTION: Final = 0.1
+"""The default window: a tenth of the period (3 days of a 30-day month, 6 minutes of an hour)."""
+_NO_PERIOD_WINDOW: Final = 86_400.0
+"""The default window of a quota that never resets (no period to take a tenth of)."""
+MAX_SAMPLES: Final = 32
+"""Samples kept per window at most (older ones than the baseline are dropped)."""
+
+
+def window_for(period_start: float, period_end: float, window: float | None) -> float:
+    """The estimator's window in seconds: ``window`` if given, else a tenth of the period."""
+    if window is not None:
+        return window
+    if not math.isfinite(period_end):
+        return _NO_PERIOD_WINDOW
+    return max((period_end - period_start) * DEFAULT_WINDOW_FRACTION, 1.0)
+
+
+def burn_rate(
+    samples: Sequence[tuple[float, int]] | None,
+    period_start: float,
+    now: float,
+    used: int,
+    window: float,
+) -> float | None:
+    """Tokens per second at ``now`` by the slower-half estimator (module doc), or None when no
+    time has passed since the oldest sample. ``samples`` are ``(time, total)`` in time order,
+    all of the current window; the period start (total 0) is implied before them."""
+    points: list[tuple[float, int]] = []
+    if math.isfinite(period_start) and (not samples or samples[0][0] > period_start):
+        points.append((period_start, 0))
+    if samples:
+        points.extend(s for s in samples if s[0] < now)
+    if not points:
+        return None
+    cutoff = now - window
+    base = 0
+    for i, (t, _) in enumerate(points):
+        if t <= cutoff:
+            base = i
+        else:
+            break
+    a_t, a_total = points[base]
+    span = now - a_t
+    if span <= 0:
+        return None
+    middle = a_t + span / 2
+    mid = None
+    for t, total in points[base + 1 :]:
+        if t <= middle:
+            mid = (t, total)
+        else:
+            break
+    if mid is None:
+        return max(used - a_total, 0) / span
+    first = max(mid[1] - a_total, 0) / (mid[0] - a_t)
+    second = max(used - mid[1], 0) / (now - mid[0])
+    return min(first, second)
+
+
+def add_sample(
+    samples: list[tuple[float, int]], now: float, used: int, window: float
+) -> list[tuple[float, int]]:
+    """Append ``(now, used)`` unless the last sample is less than ``window / MAX_SAMPLES`` old,
+    and drop the samples older than the newest one at least ``window`` old (the baseline)."""
+    if samples and now - samples[-1][0] < window / MAX_SAMPLES:
+        return samples
+    samples.append((now, used))
+    cutoff = now - window
+    keep = 0
+    for i, (t, _) in enumerate(samples):
+        if t <= cutoff:
+            keep = i
+        else:
+            break
+    if keep:
+        del samples[:keep]
+    return samples
