@@ -22,10 +22,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final
 
 __all__ = [
+    "DEFAULT_LEAD_FRACTION",
+    "DEFAULT_MIN_SAMPLES",
+    "DEFAULT_RESOLVE_PERCENT",
     "DEFAULT_WINDOW_FRACTION",
+    "ForecastSettings",
     "MAX_SAMPLES",
     "add_sample",
     "burn_rate",
@@ -36,8 +41,39 @@ DEFAULT_WINDOW_FRACTION: Final = 0.1
 """The default window: a tenth of the period (3 days of a 30-day month, 6 minutes of an hour)."""
 _NO_PERIOD_WINDOW: Final = 86_400.0
 """The default window of a quota that never resets (no period to take a tenth of)."""
-MAX_SAMPLES: Final = 32
+MAX_SAMPLES: Final = 8
 """Samples kept per window at most (older ones than the baseline are dropped)."""
+
+
+DEFAULT_LEAD_FRACTION: Final = 0.05
+"""The default minimum lead time: a twentieth of the period (1.5 days of a month)."""
+DEFAULT_MIN_SAMPLES: Final = 4
+"""Samples (the window's start included) a forecast needs at least, beside a full window."""
+DEFAULT_RESOLVE_PERCENT: Final = 90.0
+"""A firing forecast resolves when the projection falls below this (hysteresis: a projection
+hovering around 100 % does not flap)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastSettings:
+    """The monitor's forecast knobs (``LLMProviderManager(forecast_*=...)``, env vars, the
+    config file's ``monitor:`` section)."""
+
+    enabled: bool = True
+    window_seconds: float | None = None
+    """The estimator's window ``W`` (None: a tenth of each config's period)."""
+    min_lead_seconds: float | None = None
+    """Alert only if the limit is that far away at least (None: a twentieth of the period)."""
+    min_samples: int = DEFAULT_MIN_SAMPLES
+    resolve_percent: float = DEFAULT_RESOLVE_PERCENT
+
+    def lead_for(self, period_start: float, period_end: float) -> float:
+        """The minimum lead time in seconds for a config with this period."""
+        if self.min_lead_seconds is not None:
+            return self.min_lead_seconds
+        if not math.isfinite(period_end):
+            return 0.0
+        return (period_end - period_start) * DEFAULT_LEAD_FRACTION
 
 
 def window_for(period_start: float, period_end: float, window: float | None) -> float:
@@ -58,12 +94,14 @@ def burn_rate(
 ) -> float | None:
     """Tokens per second at ``now`` by the slower-half estimator (module doc), or None when no
     time has passed since the oldest sample. ``samples`` are ``(time, total)`` in time order,
-    all of the current window; the period start (total 0) is implied before them."""
+    all of the current window, the first one the window's start (the monitor begins them with
+    ``(period_start, 0)``); without samples the period start (total 0) is the only one, and the
+    estimate is the period's average rate."""
     points: list[tuple[float, int]] = []
-    if math.isfinite(period_start) and (not samples or samples[0][0] > period_start):
-        points.append((period_start, 0))
     if samples:
         points.extend(s for s in samples if s[0] < now)
+    elif math.isfinite(period_start):
+        points.append((period_start, 0))
     if not points:
         return None
     cutoff = now - window

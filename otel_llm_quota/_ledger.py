@@ -101,6 +101,8 @@ class _ConfigState:
         "epoch",
         "failures",
         "flushed",
+        "forecast",
+        "forecast_due",
         "generation",
         "held",
         "input",
@@ -119,6 +121,7 @@ class _ConfigState:
         "provider",
         "record_dirty",
         "samples",
+        "samples_generation",
         "sent",
         "stored",
         "successes",
@@ -153,6 +156,11 @@ class _ConfigState:
         # Usage samples ``[(time, total), ...]`` of the current window, kept by the monitor for
         # the burn-rate estimator (``_forecast``); never touched by the hot path.
         self.samples: list[tuple[float, int]] | None = None
+        self.samples_generation = -1
+        # Forecast alert state (``_alerting.evaluate_forecast``): [generation, first fired at,
+        # resolved] once a forecast fired in the current period, and when to look again.
+        self.forecast: list[Any] | None = None
+        self.forecast_due = -_INF
         self.thresholds: tuple[float, ...] = (DEFAULT_THRESHOLD_PERCENT,)
         self.threshold_tokens: tuple[int, ...] = ()
         self.period = period
@@ -286,7 +294,8 @@ class _ConfigState:
         if self.total >= limit:
             return 0.0
         span = window_for(self.period_start, self.period_end, window)
-        rate = burn_rate(self.samples, self.period_start, now, self.total, span)
+        samples = self.samples if self.samples_generation == self.generation else None
+        rate = burn_rate(samples, self.period_start, now, self.total, span)
         if rate is None or rate <= 0.0:
             return None
         return (limit - self.total) / rate

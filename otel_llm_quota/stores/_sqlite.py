@@ -655,7 +655,7 @@ class SQLiteStore:
         def work(conn: sqlite3.Connection) -> None:
             with self._transaction(conn):  # the record and its parent together
                 conn.execute(
-                    'INSERT INTO configs (config_id, provider, has_record, record_provider,'
+                    "INSERT INTO configs (config_id, provider, has_record, record_provider,"
                     ' "limit", thresholds, period, timezone, updated_at)'
                     " VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (config_id) DO UPDATE SET"

@@ -1,0 +1,155 @@
+"""Forecast alerts: the burn rate over a sliding window, the projection at the reset, one
+``forecast`` notification per period when it crosses 100 % early enough, resolved when the pace
+falls back; ``time_to_exhaustion`` in the status. Every test moves a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import pytest
+
+from otel_llm_quota import Alert, AlertReason, AlertState, LLMProviderManager
+from otel_llm_quota._forecast import add_sample, burn_rate
+from otel_llm_quota.handlers._payload import alert_details, alert_labels, summary
+from otel_llm_quota.stores import MemoryStore
+from otel_llm_quota.testing import FakeClock
+
+DAY = 86_400.0
+LIMIT = 70_000
+STEP = 60.0  # one monitor pass a minute
+
+
+@pytest.fixture
+def day_clock() -> FakeClock:
+    return FakeClock(datetime(2026, 3, 15, 0, 0, tzinfo=timezone.utc))  # a period's start
+
+
+@pytest.fixture
+def manager(day_clock: FakeClock) -> Iterator[LLMProviderManager]:
+    made = LLMProviderManager(clock=day_clock, metrics=False, send_resolved=True)
+    made.set_quota_limit_sync("key", LIMIT, thresholds=(80, 100), period="day")
+    yield made
+    made.close()
+
+
+def forecasts(alerts: list[Alert]) -> list[Alert]:
+    return [a for a in alerts if a.forecast is not None]
+
+
+async def run(
+    manager: LLMProviderManager, clock: FakeClock, seconds: float, tokens_per_second: float
+) -> list[tuple[float, Alert]]:
+    """Usage at a steady pace, one pass a minute; the forecast notifications with their time."""
+    out: list[tuple[float, Alert]] = []
+    carry = 0.0
+    for _ in range(int(seconds / STEP)):
+        clock.advance(STEP)
+        carry += tokens_per_second * STEP
+        if carry >= 1:
+            manager.record_usage("key", input_tokens=int(carry))
+            carry -= int(carry)
+        out += [(clock(), a) for a in forecasts(await manager.check_quotas())]
+    return out
+
+
+async def test_a_steady_pace_that_exhausts_at_70_percent_alerts_once_early(
+    manager: LLMProviderManager, day_clock: FakeClock
+) -> None:
+    start = day_clock()
+    pace = LIMIT / (0.7 * DAY)
+    found = await run(manager, day_clock, DAY - STEP, pace)
+    firing = [(t, a) for t, a in found if a.state is AlertState.FIRING]
+    assert len(firing) == 1
+    when, alert = firing[0]
+    assert alert.reason is AlertReason.FORECAST
+    assert alert.forecast is not None
+    # Early enough: after one full window (a tenth of the day) of data, well before 70 %.
+    assert 0.1 * DAY <= when - start <= 0.15 * DAY
+    assert alert.forecast.projected_percent == pytest.approx(100 / 0.7, rel=0.02)
+    lead = alert.forecast.time_to_exhaustion
+    assert lead is not None
+    assert lead == pytest.approx(start + 0.7 * DAY - when, rel=0.03)
+    assert "on pace to use 143% of the budget before it resets on 2026-03-16T00:00:00" in (
+        summary(alert)
+    )
+    assert alert_details(alert)["kind"] == "forecast"
+    assert alert_labels(alert, 100.0)["kind"] == "forecast"
+    # Not the same alert as a 100 % threshold's of the same period.
+    assert alert.fingerprint != replace(alert, forecast=None).fingerprint
+    # Still on pace at the end: nothing resolved within the period.
+    assert [a.state for _, a in found] == [AlertState.FIRING]
+
+
+async def test_a_burst_then_silence_does_not_alert(
+    manager: LLMProviderManager, day_clock: FakeClock
+) -> None:
+    day_clock.advance(5)
+    manager.record_usage("key", input_tokens=LIMIT // 2)  # half the budget at once
+    assert forecasts(await manager.check_quotas()) == []
+    assert await run(manager, day_clock, DAY - STEP, 0.0) == []
+
+
+async def test_a_pace_that_slows_resolves_and_does_not_fire_again(
+    manager: LLMProviderManager, day_clock: FakeClock
+) -> None:
+    pace = LIMIT / (0.7 * DAY)
+    found = await run(manager, day_clock, 0.15 * DAY, pace)
+    assert [a.state for _, a in found] == [AlertState.FIRING]
+    fired = found[0][1]
+    found = await run(manager, day_clock, 0.2 * DAY, pace / 10)
+    assert [(a.state, a.reason) for _, a in found] == [(AlertState.RESOLVED, AlertReason.FORECAST)]
+    resolved = found[0][1]
+    assert resolved.forecast is not None
+    assert resolved.forecast.projected_percent < 90
+    assert resolved.fingerprint == fired.fingerprint
+    # The pace picks up again: once per period, so no second forecast in this one.
+    assert await run(manager, day_clock, 0.2 * DAY, pace) == []
+
+
+async def test_time_to_exhaustion_in_the_status(
+    manager: LLMProviderManager, day_clock: FakeClock
+) -> None:
+    [status] = await manager.get_all_quota_statuses()
+    assert status["time_to_exhaustion"] is None  # no usage, no rate
+    await run(manager, day_clock, 0.2 * DAY, 0.5)  # 0.5 token/s
+    [status] = await manager.get_all_quota_statuses()
+    used = status["total_tokens"]
+    assert status["time_to_exhaustion"] == pytest.approx((LIMIT - used) / 0.5, rel=0.02)
+    manager.record_usage("key", input_tokens=LIMIT)
+    [status] = await manager.get_all_quota_statuses()
+    assert status["time_to_exhaustion"] == 0.0
+
+
+async def test_a_fleet_sends_one_forecast(day_clock: FakeClock) -> None:
+    store = MemoryStore()
+    managers = [
+        LLMProviderManager(clock=day_clock, store=store, metrics=False, flush_interval_seconds=60)
+        for _ in range(2)
+    ]
+    managers[0].set_quota_limit_sync("key", LIMIT, period="day")
+    pace = LIMIT / (0.7 * DAY)
+    sent: list[Alert] = []
+    for _ in range(int(0.15 * DAY / STEP)):
+        day_clock.advance(STEP)
+        for m in managers:
+            m.record_usage("key", input_tokens=round(pace * STEP / 2))
+            assert await m.aflush()
+        for m in managers:
+            sent += forecasts(await m.check_quotas())
+    assert [(a.state, a.reason) for a in sent] == [(AlertState.FIRING, AlertReason.FORECAST)]
+    for m in managers:
+        await m.aclose()
+
+
+def test_the_estimator_takes_the_slower_half_of_the_window() -> None:
+    samples: list[tuple[float, int]] = [(0.0, 0)]
+    for t in range(100, 1001, 100):
+        add_sample(samples, float(t), t * 2, 1000.0)
+    assert burn_rate(samples, 0.0, 1000.0, 2000, 1000.0) == pytest.approx(2.0)
+    # A burst in the first half only: the second half's (zero) rate wins.
+    burst = [(0.0, 0), (100.0, 5000), (600.0, 5000)]
+    assert burn_rate(burst, 0.0, 1000.0, 5000, 1000.0) == 0.0
+    # No samples: the period's average rate.
+    assert burn_rate(None, 0.0, 100.0, 50, 1000.0) == pytest.approx(0.5)
