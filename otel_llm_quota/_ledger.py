@@ -1006,6 +1006,22 @@ class QuotaLedger:
                 )
             return rows
 
+    def exhaustion_rows(self, now: float | None = None) -> list[tuple[str, float]]:
+        """``(config_id, seconds)`` of every config with a limit and a burn rate: the
+        ``time_to_exhaustion`` of its snapshot, for the metric of that name."""
+        if now is None:
+            now = self._clock()
+        window = self.forecast_window_seconds
+        out: list[tuple[str, float]] = []
+        with self._lock:
+            for state in self._states.values():
+                if state.limit is None or now >= state.period_end:
+                    continue
+                seconds = state.exhaustion(now, window)
+                if seconds is not None:
+                    out.append((state.config_id, seconds))
+        return out
+
     # -- shared store ----------------------------------------------------------------------------
 
     @property

@@ -9,9 +9,12 @@ from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from otel_llm_quota import Alert, AlertReason, AlertState, LLMProviderManager
 from otel_llm_quota._forecast import add_sample, burn_rate
+from otel_llm_quota.cli._status import seconds_to_exhaustion
 from otel_llm_quota.handlers._payload import alert_details, alert_labels, summary
 from otel_llm_quota.stores import MemoryStore
 from otel_llm_quota.testing import FakeClock
@@ -153,3 +156,41 @@ def test_the_estimator_takes_the_slower_half_of_the_window() -> None:
     assert burn_rate(burst, 0.0, 1000.0, 5000, 1000.0) == 0.0
     # No samples: the period's average rate.
     assert burn_rate(None, 0.0, 100.0, 50, 1000.0) == pytest.approx(0.5)
+
+
+def test_time_to_exhaustion_metric(clock: FakeClock) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    manager = LLMProviderManager(clock=clock, meter_provider=provider)
+    try:
+        # 15:09:26 UTC: 54,566 s into the day; that many tokens is 1 token/s on average.
+        manager.set_quota_limit_sync("daily", 100_000, period="day")
+        manager.set_quota_limit_sync("idle", 100, period="day")
+        manager.record_usage("daily", input_tokens=54_566)
+        data = reader.get_metrics_data()
+        assert data is not None
+        found = {
+            point.attributes["llm.quota.config_id"]: point.value
+            for rm in data.resource_metrics
+            for sm in rm.scope_metrics
+            for metric in sm.metrics
+            if metric.name == "llm.quota.time_to_exhaustion"
+            for point in metric.data.data_points
+        }
+        assert found == {"daily": pytest.approx(100_000 - 54_566)}
+    finally:
+        manager.close()
+        provider.shutdown()
+
+
+def test_the_cli_status_uses_the_same_estimator(clock: FakeClock) -> None:
+    manager = LLMProviderManager(clock=clock, metrics=False)
+    try:
+        manager.set_quota_limit_sync("daily", 100_000, period="day")
+        manager.record_usage("daily", input_tokens=20_000)
+        info = manager.ledger.get("daily")
+        assert info is not None
+        assert info.time_to_exhaustion is not None
+        assert seconds_to_exhaustion(info, clock()) == pytest.approx(info.time_to_exhaustion)
+    finally:
+        manager.close()

@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from store_backends import BACKENDS
 
 from otel_llm_quota import AlertState, LLMProviderManager
 from otel_llm_quota._ledger import QuotaLedger
+from otel_llm_quota.cli._status import render
 from otel_llm_quota.stores import QuotaStore
 from otel_llm_quota.testing import FakeClock, RecordingAlertHandler
 
@@ -180,3 +182,13 @@ async def test_a_new_process_reads_the_parents_from_the_store(
     finally:
         await c.aclose()
         await a.aclose()
+
+
+def test_the_cli_status_shows_the_parent(clock: FakeClock) -> None:
+    ledger = QuotaLedger(clock=clock)
+    _chain(ledger)
+    console = Console(width=200, record=True)
+    console.print(render(ledger.get_all(), "memory://", clock()))
+    text = console.export_text()
+    assert "key-1 ⊂ team-search" in text
+    assert "team-search ⊂ org" in text
