@@ -12,7 +12,14 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from otel_llm_quota import Alert, AlertReason, AlertState, LLMProviderManager
+from otel_llm_quota import (
+    Alert,
+    AlertReason,
+    AlertState,
+    ConfigError,
+    LLMProviderManager,
+    load_config,
+)
 from otel_llm_quota._forecast import add_sample, burn_rate
 from otel_llm_quota.cli._status import seconds_to_exhaustion
 from otel_llm_quota.handlers._payload import alert_details, alert_labels, summary
@@ -192,5 +199,26 @@ def test_the_cli_status_uses_the_same_estimator(clock: FakeClock) -> None:
         assert info is not None
         assert info.time_to_exhaustion is not None
         assert seconds_to_exhaustion(info, clock()) == pytest.approx(info.time_to_exhaustion)
+    finally:
+        manager.close()
+
+
+def test_forecast_knobs_from_the_config_file_and_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    setup = load_config(
+        {"monitor": {"forecast_window_seconds": 600, "forecast_min_samples": 6}},
+        environment=False,
+    )
+    try:
+        assert setup.manager.ledger.forecast_window_seconds == 600
+    finally:
+        setup.manager.close()
+    with pytest.raises(ConfigError, match="monitor: forecast_min_samples must be > 0"):
+        load_config({"monitor": {"forecast_min_samples": 0}}, environment=False)
+    monkeypatch.setenv("OTEL_LLM_QUOTA_FORECAST_WINDOW_SECONDS", "120")
+    manager = LLMProviderManager(metrics=False)
+    try:
+        assert manager.ledger.forecast_window_seconds == 120
     finally:
         manager.close()

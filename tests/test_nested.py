@@ -7,15 +7,18 @@ idempotency marks per config still hold), and the parent link is shared through 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from rich.console import Console
 from store_backends import BACKENDS
 
-from otel_llm_quota import AlertState, LLMProviderManager
+from otel_llm_quota import AlertState, ConfigError, LLMProviderManager, load_config
 from otel_llm_quota._ledger import QuotaLedger
+from otel_llm_quota.cli import cli
 from otel_llm_quota.cli._status import render
 from otel_llm_quota.stores import QuotaStore
 from otel_llm_quota.testing import FakeClock, RecordingAlertHandler
@@ -192,3 +195,85 @@ def test_the_cli_status_shows_the_parent(clock: FakeClock) -> None:
     text = console.export_text()
     assert "key-1 ⊂ team-search" in text
     assert "team-search ⊂ org" in text
+
+
+def _write(tmp_path: Path, data: object) -> str:
+    path = tmp_path / "quota.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_a_config_file_may_declare_children_before_parents(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        {
+            "quotas": [
+                {"config_id": "key-1", "limit": 1000, "parent": "team-search"},
+                {"config_id": "team-search", "limit": None, "parent": "org"},
+                {"config_id": "org", "limit": 100_000, "period": "month"},
+            ]
+        },
+    )
+    setup = load_config(path, environment=False)
+    try:
+        ledger = setup.manager.ledger
+        assert ledger.ancestors("key-1") == ["team-search", "org"]
+        assert ledger.get("team-search").quota_limit is None  # type: ignore[union-attr]
+        ledger.record_usage("key-1", input_tokens=5)
+        assert _tokens(ledger) == {"org": 5, "team-search": 5, "key-1": 5}
+    finally:
+        setup.manager.close()
+
+
+def test_cycles_and_unknown_parents_are_errors_of_the_file_and_key(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        {
+            "quotas": [
+                {"config_id": "a", "limit": 10, "parent": "b"},
+                {"config_id": "b", "limit": 10, "parent": "a"},
+                {"config_id": "c", "limit": 10, "parent": "nope"},
+                {"config_id": "d", "limit": 10},
+            ]
+        },
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environment=False)
+    assert (
+        str(caught.value) == f"{path}: quotas[0] ('a'): parent 'b' makes a cycle: 'a' -> 'b' -> 'a'"
+    )
+    setup = load_config(path, environment=False, strict=False)
+    try:
+        assert setup.errors == [
+            f"{path}: quotas[0] ('a'): parent 'b' makes a cycle: 'a' -> 'b' -> 'a'",
+            f"{path}: quotas[1] ('b'): parent 'a' makes a cycle: 'b' -> 'a' -> 'b'",
+            f"{path}: quotas[2] ('c'): parent 'nope' is not a declared quota",
+        ]
+        assert setup.manager.ledger.config_ids() == ["d"]  # the good parts still apply
+    finally:
+        setup.manager.close()
+    result = CliRunner().invoke(cli, ["check-config", path])
+    assert result.exit_code != 0
+    assert "quotas[2] ('c'): parent 'nope' is not a declared quota" in result.output
+
+
+def test_an_env_limit_keeps_the_file_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_LLM_QUOTA_LIMITS", "key=500")
+    path = _write(
+        tmp_path,
+        {
+            "quotas": [
+                {"config_id": "key", "limit": 10, "parent": "org"},
+                {"config_id": "org", "limit": 99},
+            ]
+        },
+    )
+    setup = load_config(path)
+    try:
+        key = setup.manager.ledger.get("key")
+        assert key is not None
+        assert (key.quota_limit, key.parent) == (500, "org")
+    finally:
+        setup.manager.close()
