@@ -624,6 +624,38 @@ class QuotaLedger:
         self._parent_names = names
         self._linked = bool(names)
 
+    def link_new(self, config_id: str, parent: str) -> bool:
+        """Create ``config_id`` (as usage would: no limit, subject to ``max_configs``) with
+        ``parent``, unless it exists; True if it was created. For span rules whose configs
+        count toward a parent (``ConfigRule(parent=...)``); an unknown parent links it once
+        the parent exists. Never raises for a refused id (the record that follows decides)."""
+        now = self._clock()
+        with self._lock:
+            if config_id in self._states:
+                return False
+            try:
+                state = self._create(config_id, None, now)
+            except ValueError:
+                return False
+            if state.config_id != config_id:  # the cap: its usage counts in _overflow
+                return False
+            state.parent = parent
+            # Only this config's chain is new (nobody names it as a parent, or _create linked it).
+            chain: list[_ConfigState] = []
+            seen = {config_id}
+            step: str | None = parent
+            while step is not None and step not in seen:
+                found = self._states.get(step)
+                if found is None:
+                    break
+                chain.append(found)
+                seen.add(step)
+                step = found.parent
+            state.ancestors = tuple(chain) if chain else None
+            self._parent_names.add(parent)
+            self._linked = True
+            return True
+
     def ancestors(self, config_id: str) -> list[str]:
         """The ids ``config_id``'s usage also counts toward, nearest first ([] if none)."""
         with self._lock:
