@@ -236,18 +236,23 @@ def evaluate_forecast(
     limit = state.limit
     if limit is None or not math.isfinite(state.period_end):
         return alerts
+    if found is None and (
+        now - samples[0][0] < window or len(samples) < settings.min_samples or state.total >= limit
+    ):
+        return alerts  # not enough data yet (or already exhausted: the thresholds speak)
+    if found is not None and found[2]:
+        return alerts  # resolved: once per period
     rate = burn_rate(samples, state.period_start, now, state.total, window) or 0.0
     projected = (state.total + rate * (state.period_end - now)) * 100.0 / limit
     if found is None:
-        enough = now - samples[0][0] >= window and len(samples) >= settings.min_samples
-        if not enough or projected < 100.0 or state.total >= limit:
+        if projected < 100.0:
             return alerts
         if (limit - state.total) / rate < settings.lead_for(state.period_start, state.period_end):
             return alerts  # too late to act: the threshold alerts say it
         found = state.forecast = [state.generation, now, False, state.period_start]
         state.last_alert_sent = now
         alerts.append(_forecast_alert(state, now, AlertReason.FORECAST, (projected, rate), found))
-    elif not found[2] and projected < settings.resolve_percent:
+    elif projected < settings.resolve_percent:
         found[2] = True
         if send_resolved:
             alerts.append(
@@ -337,21 +342,27 @@ def evaluate_ledger(
     for state in ledger.states():
         # Forecasts: every config with a limit, a few times per estimator window (and one
         # with a forecast alert of an older period, to resolve it).
-        look = forecasting and (
-            (state.threshold_tokens and now >= state.forecast_due) or state.forecast is not None
-        )
-        if (
-            not look
-            and state.active is None
-            and (not state.threshold_tokens or state.total < state.threshold_tokens[0])
+        if state.active is None and (
+            not state.threshold_tokens or state.total < state.threshold_tokens[0]
         ):
-            continue
+            if not forecasting or not (
+                (state.threshold_tokens and now >= state.forecast_due)
+                or state.forecast is not None
+            ):
+                continue  # the idle config's skip costs one more test without forecasts
+            look, idle = True, True  # only its forecast is due: its thresholds need nothing
+        else:
+            idle = False
+            look = forecasting and (
+                (bool(state.threshold_tokens) and now >= state.forecast_due)
+                or state.forecast is not None
+            )
         examined += 1
         try:
             with lock:
                 before = None if encoder is None else encoder(state)
                 version = state.alert_version
-                found = evaluate(state, now, cooldown, send_resolved)
+                found = [] if idle else evaluate(state, now, cooldown, send_resolved)
                 if look and forecast is not None:
                     found += evaluate_forecast(state, now, forecast, send_resolved)
                 due = _next_due(state, cooldown)

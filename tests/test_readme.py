@@ -29,7 +29,13 @@ async def run_async_snippet(code: str) -> dict[str, object]:
 
 
 @pytest.mark.parametrize(
-    "heading", ["## Quick start", "## Testing your own alert logic", "## Metrics"]
+    "heading",
+    [
+        "## Quick start",
+        "## Testing your own alert logic",
+        "## Metrics",
+        "## Nested budgets and forecasts",
+    ],
 )
 async def test_snippet_runs(heading: str, capsys: pytest.CaptureFixture[str]) -> None:
     names = await run_async_snippet(python_block_after(heading))
