@@ -283,10 +283,12 @@ def _forecast_alert(
         reason=reason,
         threshold_percent=100.0,
         thresholds=(100.0,),
+        # The notification's state, but no threshold: a forecast is about the pace (a plain
+        # callable handler tells it by ``alert_threshold`` None).
         quota=replace(
             quota,
             alert_state=AlertState.FIRING if firing else AlertState.RESOLVED,
-            alert_threshold=100.0,
+            alert_threshold=None,
         ),
         started_at=_utc(float(found[1])),
         ended_at=None if firing else _utc(now),
@@ -346,8 +348,7 @@ def evaluate_ledger(
             not state.threshold_tokens or state.total < state.threshold_tokens[0]
         ):
             if not forecasting or not (
-                (state.threshold_tokens and now >= state.forecast_due)
-                or state.forecast is not None
+                (state.threshold_tokens and now >= state.forecast_due) or state.forecast is not None
             ):
                 continue  # the idle config's skip costs one more test without forecasts
             look, idle = True, True  # only its forecast is due: its thresholds need nothing

@@ -222,3 +222,12 @@ def test_forecast_knobs_from_the_config_file_and_the_environment(
         assert manager.ledger.forecast_window_seconds == 120
     finally:
         manager.close()
+
+
+async def test_a_plain_callable_handler_is_told_no_threshold(
+    manager: LLMProviderManager, day_clock: FakeClock
+) -> None:
+    calls: list[tuple[str, float | None, AlertState | None]] = []
+    manager.add_alert_handler(lambda cid, q: calls.append((cid, q.alert_threshold, q.alert_state)))
+    await run(manager, day_clock, 0.15 * DAY, LIMIT / (0.7 * DAY))
+    assert calls == [("key", None, AlertState.FIRING)]

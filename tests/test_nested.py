@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from faulty_store import FaultyStore
 from rich.console import Console
 from store_backends import BACKENDS
 
@@ -277,3 +278,26 @@ def test_an_env_limit_keeps_the_file_parent(
         assert (key.quota_limit, key.parent) == (500, "org")
     finally:
         setup.manager.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+async def test_a_lost_reply_retried_counts_every_level_once(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
+) -> None:
+    inner: QuotaStore = BACKENDS[kind](request, tmp_path)
+    faulty = FaultyStore(inner)
+    a = LLMProviderManager(store=faulty, clock=clock, flush_interval_seconds=60, metrics=False)
+    try:
+        _chain(a.ledger)
+        assert await a.aflush()
+        a.record_usage("key-1", input_tokens=11)
+        faulty.lose_replies = 2  # the batch (three deltas) applied, and the reply lost, twice
+        assert await a.aflush(timeout_seconds=10)
+        assert await a.aflush()
+        sync = a.store_sync
+        assert sync is not None  # the store's own loop (a Redis connection lives on it)
+        syncs = await sync.run(inner.read([(c, 0) for c in ("org", "team-search", "key-1")]))
+        assert [s.lifetime[2] for s in syncs] == [11, 11, 11]
+        assert _tokens(a.ledger) == {"org": 11, "team-search": 11, "key-1": 11, "key-2": 0}
+    finally:
+        await a.aclose()
