@@ -181,7 +181,9 @@ def _alert_from(state: _ConfigState, entry: dict[str, Any]) -> Alert:
         reason=AlertReason(entry["r"]),
         threshold_percent=float(entry["t"]),
         thresholds=tuple(float(t) for t in entry["ts"]),
-        quota=replace(quota, alert_state=alert_state, alert_threshold=float(entry["t"])),
+        quota=replace(
+            quota, alert_state=alert_state, alert_threshold=None if fc else float(entry["t"])
+        ),
         started_at=started,
         ended_at=_utc(entry.get("ea")),
         period_start=_utc(entry.get("ps")),

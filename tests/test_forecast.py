@@ -20,7 +20,9 @@ from otel_llm_quota import (
     LLMProviderManager,
     load_config,
 )
-from otel_llm_quota._forecast import add_sample, burn_rate
+from otel_llm_quota._alerting import evaluate_ledger
+from otel_llm_quota._claims import encode
+from otel_llm_quota._forecast import ForecastSettings, add_sample, burn_rate
 from otel_llm_quota.cli._status import seconds_to_exhaustion
 from otel_llm_quota.handlers._payload import alert_details, alert_labels, summary
 from otel_llm_quota.stores import MemoryStore
@@ -231,3 +233,46 @@ async def test_a_plain_callable_handler_is_told_no_threshold(
     manager.add_alert_handler(lambda cid, q: calls.append((cid, q.alert_threshold, q.alert_state)))
     await run(manager, day_clock, 0.15 * DAY, LIMIT / (0.7 * DAY))
     assert calls == [("key", None, AlertState.FIRING)]
+
+
+async def test_a_forecast_whose_claimer_died_is_delivered_by_another(
+    day_clock: FakeClock,
+) -> None:
+    store = MemoryStore()
+    a, b = (
+        LLMProviderManager(clock=day_clock, store=store, metrics=False, flush_interval_seconds=60)
+        for _ in range(2)
+    )
+    try:
+        a.set_quota_limit_sync("key", LIMIT, period="day")
+        fleet_a = a._fleet
+        assert fleet_a is not None
+        settings = ForecastSettings()
+        won: list[Alert] = []
+        pace = LIMIT / (0.7 * DAY)
+        # A evaluates and claims, but "dies" before delivering: no handler is called.
+        while not won and day_clock() < datetime(2026, 3, 16, tzinfo=timezone.utc).timestamp():
+            day_clock.advance(STEP)
+            a.record_usage("key", input_tokens=round(pace * STEP))
+            assert await a.aflush()
+            result = evaluate_ledger(
+                a.ledger, day_clock(), 3600.0, True, encoder=encode, forecast=settings
+            )
+            won = [x for _, found, _ in await fleet_a.claim(result.changes) for x in found]
+        assert [x.reason for x in won] == [AlertReason.FORECAST]
+        assert await b.aflush()
+        assert forecasts(await b.check_quotas()) == []  # A's lease still runs
+        day_clock.advance(fleet_a.lease_seconds + 1)
+        assert await b.aflush()
+        found = await b.check_quotas()
+        assert [(x.state, x.reason) for x in found] == [(AlertState.FIRING, AlertReason.FORECAST)]
+        assert found[0].forecast is not None
+        assert found[0].forecast.projected_percent == pytest.approx(
+            won[0].forecast.projected_percent  # type: ignore[union-attr]
+        )
+        assert found[0].fingerprint == won[0].fingerprint
+        assert await b.aflush()
+        assert forecasts(await b.check_quotas()) == []  # once
+    finally:
+        await a.aclose()
+        await b.aclose()
