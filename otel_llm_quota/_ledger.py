@@ -1044,14 +1044,33 @@ class QuotaLedger:
         if now is None:
             now = self._clock()
         window = self.forecast_window_seconds
-        out: list[tuple[str, float]] = []
-        with self._lock:
+        taken: list[tuple[str, int, int, float, float, tuple[tuple[float, int], ...] | None]] = []
+        with self._lock:  # only copies under the lock; the estimates are computed after it
             for state in self._states.values():
-                if state.limit is None or now >= state.period_end:
+                limit = state.limit
+                if limit is None or now >= state.period_end:
                     continue
-                seconds = state.exhaustion(now, window)
-                if seconds is not None:
-                    out.append((state.config_id, seconds))
+                samples = state.samples
+                taken.append(
+                    (
+                        state.config_id,
+                        limit,
+                        state.total,
+                        state.period_start,
+                        state.period_end,
+                        tuple(samples)
+                        if samples and state.samples_generation == state.generation
+                        else None,
+                    )
+                )
+        out: list[tuple[str, float]] = []
+        for config_id, limit, total, start, end, points in taken:
+            if total >= limit:
+                out.append((config_id, 0.0))
+                continue
+            rate = burn_rate(points, start, now, total, window_for(start, end, window))
+            if rate:
+                out.append((config_id, (limit - total) / rate))
         return out
 
     # -- shared store ----------------------------------------------------------------------------
