@@ -97,36 +97,34 @@ def burn_rate(
     all of the current window, the first one the window's start (the monitor begins them with
     ``(period_start, 0)``); without samples the period start (total 0) is the only one, and the
     estimate is the period's average rate."""
-    points: list[tuple[float, int]] = []
-    if samples:
-        points.extend(s for s in samples if s[0] < now)
-    elif math.isfinite(period_start):
-        points.append((period_start, 0))
-    if not points:
-        return None
+    if not samples:
+        if not math.isfinite(period_start) or now <= period_start:
+            return None
+        return max(used, 0) / (now - period_start)
+    # A handful of samples (at most MAX_SAMPLES + 1), in time order: two short scans. A sample
+    # taken at ``now`` is never the baseline nor the middle one (both lie before ``now``).
     cutoff = now - window
+    count = len(samples)
     base = 0
-    for i, (t, _) in enumerate(points):
-        if t <= cutoff:
-            base = i
-        else:
-            break
-    a_t, a_total = points[base]
+    i = 1
+    while i < count and samples[i][0] <= cutoff:
+        base = i
+        i += 1
+    a_t, a_total = samples[base]
     span = now - a_t
     if span <= 0:
         return None
     middle = a_t + span / 2
-    mid = None
-    for t, total in points[base + 1 :]:
-        if t <= middle:
-            mid = (t, total)
-        else:
-            break
+    mid: tuple[float, int] | None = None
+    i = base + 1
+    while i < count and samples[i][0] <= middle:
+        mid = samples[i]
+        i += 1
     if mid is None:
         return max(used - a_total, 0) / span
     first = max(mid[1] - a_total, 0) / (mid[0] - a_t)
     second = max(used - mid[1], 0) / (now - mid[0])
-    return min(first, second)
+    return first if first < second else second
 
 
 def add_sample(

@@ -1068,8 +1068,11 @@ class QuotaLedger:
             if total >= limit:
                 out.append((config_id, 0.0))
                 continue
-            rate = burn_rate(points, start, now, total, window_for(start, end, window))
-            if rate:
+            if points is None:  # no samples (no monitor): the period's average rate
+                rate = total / (now - start) if now > start else 0.0
+            else:
+                rate = burn_rate(points, start, now, total, window_for(start, end, window)) or 0.0
+            if rate > 0.0:
                 out.append((config_id, (limit - total) / rate))
         return out
 
