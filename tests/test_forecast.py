@@ -4,6 +4,7 @@ falls back; ``time_to_exhaustion`` in the status. Every test moves a fake clock.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -24,7 +25,8 @@ from otel_llm_quota._alerting import evaluate_ledger
 from otel_llm_quota._claims import encode
 from otel_llm_quota._forecast import ForecastSettings, add_sample, burn_rate
 from otel_llm_quota.cli._status import seconds_to_exhaustion
-from otel_llm_quota.handlers._payload import alert_details, alert_labels, summary
+from otel_llm_quota.handlers._payload import alert_details, alert_labels, is_critical, summary
+from otel_llm_quota.handlers._slack import slack_message
 from otel_llm_quota.stores import MemoryStore
 from otel_llm_quota.testing import FakeClock
 
@@ -276,3 +278,14 @@ async def test_a_forecast_whose_claimer_died_is_delivered_by_another(
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_handlers_say_forecast_not_crossed(
+    manager: LLMProviderManager, day_clock: FakeClock
+) -> None:
+    found = await run(manager, day_clock, 0.15 * DAY, LIMIT / (0.7 * DAY))
+    [(_, alert)] = found
+    assert not is_critical(alert)
+    message = json.dumps(slack_message(alert))
+    assert "on pace to use 143% of the budget" in message
+    assert "crossed" not in message

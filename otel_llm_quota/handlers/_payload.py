@@ -59,7 +59,7 @@ def severity(threshold_percent: float) -> str:
 
 def is_critical(alert: Alert) -> bool:
     """A firing alert about a threshold at or above 100 %, or with usage at or above the limit."""
-    if not alert.is_firing:
+    if not alert.is_firing or alert.forecast is not None:  # a forecast warns ahead
         return False
     usage = alert.quota.usage_percent
     return alert.threshold_percent >= 100 or (usage is not None and usage >= 100)
