@@ -301,3 +301,20 @@ async def test_a_lost_reply_retried_counts_every_level_once(
         assert _tokens(a.ledger) == {"org": 11, "team-search": 11, "key-1": 11, "key-2": 0}
     finally:
         await a.aclose()
+
+
+def test_cli_set_limit_keeps_the_parent(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/quota.db"
+    manager = LLMProviderManager(store=url, metrics=False)
+    _chain(manager.ledger)
+    assert manager.flush()
+    manager.close()
+    result = CliRunner().invoke(cli, ["set-limit", "key-1", "2000", "--store", url])
+    assert result.exit_code == 0, result.output
+    reader = LLMProviderManager(store=url, metrics=False)
+    try:
+        key = reader.ledger.get("key-1")
+        assert key is not None
+        assert (key.quota_limit, key.parent) == (2000, "team-search")
+    finally:
+        reader.close()
