@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from otel_llm_quota._ledger import QuotaLedger, _ConfigState
-from otel_llm_quota._models import Alert, AlertReason, AlertState, SpanRef
+from otel_llm_quota._models import Alert, AlertReason, AlertState, Forecast, SpanRef
 from otel_llm_quota.stores._base import AlertRecord
 
 if TYPE_CHECKING:
@@ -74,6 +74,8 @@ def encode(state: _ConfigState) -> str:
         "p": state.alert_pending or [],
         "lv": None if state.alert_levels is None else list(state.alert_levels),
     }
+    if state.forecast is not None:  # [generation, fired at, resolved, period start]
+        doc["f"] = [state.forecast[1], state.forecast[2], state.forecast[3]]
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
@@ -104,6 +106,12 @@ def adopt(state: _ConfigState, record: AlertRecord, *, force: bool = False) -> b
         period_start = doc.get("ps")
         levels = doc.get("lv")
         levels = None if levels is None else tuple(int(v) for v in levels)
+        forecast = doc.get("f")
+        forecast = (
+            None
+            if forecast is None
+            else [float(forecast[0]), bool(forecast[1]), float(forecast[2])]
+        )
     except (ValueError, TypeError, AttributeError):
         _logger.warning("unreadable alert record for config %r; ignored", state.config_id)
         return False
@@ -114,7 +122,14 @@ def adopt(state: _ConfigState, record: AlertRecord, *, force: bool = False) -> b
     state.last_alert_sent = None if last is None else float(last)
     state.alert_pending = pending
     state.alert_levels = levels
-    if window is not None and (int(window[0]), int(window[1])) == (here.start, here.epoch):
+    current = window is not None and (int(window[0]), int(window[1])) == (here.start, here.epoch)
+    # A forecast belongs to this generation if the record is of this window, else to the last.
+    state.forecast = (
+        None
+        if forecast is None
+        else [state.generation if current else state.generation - 1, *forecast]
+    )
+    if current:
         state.alert_generation = state.generation
         state.alert_period_start = state.period_start
     else:  # an older window's alerts: the next pass resolves them (once, fleet-wide)
@@ -129,6 +144,7 @@ def adopt(state: _ConfigState, record: AlertRecord, *, force: bool = False) -> b
 
 def _pending_entry(alert: Alert, writer: str, until: float) -> dict[str, Any]:
     span = alert.span
+    fc = alert.forecast
     return {
         "id": uuid.uuid4().hex,
         "by": writer,
@@ -142,6 +158,7 @@ def _pending_entry(alert: Alert, writer: str, until: float) -> dict[str, Any]:
         "ps": _ts(alert.period_start),
         "ra": _ts(alert.repeat_at),
         "sp": None if span is None else [span.trace_id, span.span_id, span.trace_flags],
+        "fc": None if fc is None else [fc.projected_percent, fc.burn_rate, fc.time_to_exhaustion],
     }
 
 
@@ -156,18 +173,32 @@ def _alert_from(state: _ConfigState, entry: dict[str, Any]) -> Alert:
     started = _utc(entry["sa"])
     assert started is not None
     span = entry.get("sp")
+    fc = entry.get("fc")
+    quota = state.snapshot(state.last_updated)
     return Alert(
         config_id=state.config_id,
         state=alert_state,
         reason=AlertReason(entry["r"]),
         threshold_percent=float(entry["t"]),
         thresholds=tuple(float(t) for t in entry["ts"]),
-        quota=replace(state.snapshot(), alert_state=alert_state, alert_threshold=float(entry["t"])),
+        quota=replace(
+            quota, alert_state=alert_state, alert_threshold=None if fc else float(entry["t"])
+        ),
         started_at=started,
         ended_at=_utc(entry.get("ea")),
         period_start=_utc(entry.get("ps")),
         repeat_at=_utc(entry.get("ra")),
         span=None if not span else SpanRef(int(span[0]), int(span[1]), int(span[2])),
+        forecast=(
+            None
+            if not fc
+            else Forecast(
+                float(fc[0]),
+                float(fc[1]),
+                None if fc[2] is None else float(fc[2]),
+                quota.reset_at,
+            )
+        ),
     )
 
 

@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanContext
 from otel_llm_quota import environment_variables as env
 from otel_llm_quota._claims import FleetAlerts
 from otel_llm_quota._env import env_bool, env_positive_int, env_seconds, env_str
+from otel_llm_quota._forecast import DEFAULT_MIN_SAMPLES, ForecastSettings
 from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota._handlers import DEFAULT_QUEUE_SIZE, AnyAlertHandler, HandlerDispatcher
 from otel_llm_quota._ledger import (
@@ -143,6 +144,15 @@ class LLMProviderManager:
             stops them; ``instrument_metrics(manager)`` returns them.
         meter_provider: where the metrics go (default: the global one, also when the
             application sets it only after this manager is created).
+        forecast: forecast alerts, reason ``forecast`` (``OTEL_LLM_QUOTA_FORECAST_ENABLED``,
+            default true): once per period when a config will pass its limit before the reset
+            at the current burn rate (see the README's "Nested budgets and forecasts").
+        forecast_window_seconds: the burn-rate window (``OTEL_LLM_QUOTA_FORECAST_WINDOW_SECONDS``,
+            default a tenth of each config's period); ``time_to_exhaustion`` uses it too.
+        forecast_min_lead_seconds: fire only while exhaustion is at least this far away
+            (``OTEL_LLM_QUOTA_FORECAST_MIN_LEAD_SECONDS``, default a twentieth of the period).
+        forecast_min_samples: samples a forecast needs besides a full window
+            (``OTEL_LLM_QUOTA_FORECAST_MIN_SAMPLES``, default 4).
     """
 
     def __init__(
@@ -163,6 +173,10 @@ class LLMProviderManager:
         idle_config_seconds: float | None = None,
         metrics: bool | None = None,
         meter_provider: MeterProvider | None = None,
+        forecast: bool | None = None,
+        forecast_window_seconds: float | None = None,
+        forecast_min_lead_seconds: float | None = None,
+        forecast_min_samples: int | None = None,
     ) -> None:
         sizing: dict[str, Any] = {
             "max_configs": (
@@ -226,12 +240,17 @@ class LLMProviderManager:
         self._handlers_lock = threading.Lock()
         self._handlers: tuple[AnyAlertHandler, ...] = ()
         self._dispatcher = HandlerDispatcher(timeout, handler_queue_size)
+        forecasting = _forecast_settings(
+            forecast, forecast_window_seconds, forecast_min_lead_seconds, forecast_min_samples
+        )
+        self._ledger.forecast_window_seconds = forecasting.window_seconds
         self._monitor = Monitor(
             self._ledger,
             self._dispatcher,
             lambda: self._handlers,
             cooldown_seconds=cooldown,
             send_resolved=resolved,
+            forecast=forecasting if forecasting.enabled else None,
         )
         self._thread = MonitorThread(self._monitor, on_exit=self._close_handlers)
         self._thread_interval: float | None = None
@@ -415,13 +434,14 @@ class LLMProviderManager:
     async def set_quota_limit(
         self,
         config_id: str,
-        quota_limit: int,
+        quota_limit: int | None,
         alert_threshold_percent: float | None = None,
         *,
         thresholds: Iterable[float] | None = None,
         period: str | None = DEFAULT_PERIOD,
         timezone: str | tzinfo | None = None,
         provider: str | None = None,
+        parent: str | None = None,
     ) -> QuotaInfo:
         """Set the token limit of ``config_id`` (created if unknown) and when to alert.
 
@@ -430,6 +450,12 @@ class LLMProviderManager:
         ``"month"`` (default) or ``None`` (never resets), aligned to the calendar in
         ``timezone`` (default: the manager's). Raises ValueError/TypeError naming the bad
         argument; the ledger is unchanged then. Returns the new state.
+
+        Nested budgets: ``parent`` names a config (which must exist already) that this one's
+        usage also counts toward, and so on up its own parents; each level keeps its own limit,
+        period and alerts. ``quota_limit`` may be None for a config without a token limit (a
+        parent that only aggregates). Every setting is replaced: an omitted ``parent`` removes
+        the link, as an omitted ``period`` sets the monthly default.
         """
         return self.set_quota_limit_sync(
             config_id,
@@ -439,18 +465,20 @@ class LLMProviderManager:
             period=period,
             timezone=timezone,
             provider=provider,
+            parent=parent,
         )
 
     def set_quota_limit_sync(
         self,
         config_id: str,
-        quota_limit: int,
+        quota_limit: int | None,
         alert_threshold_percent: float | None = None,
         *,
         thresholds: Iterable[float] | None = None,
         period: str | None = DEFAULT_PERIOD,
         timezone: str | tzinfo | None = None,
         provider: str | None = None,
+        parent: str | None = None,
     ) -> QuotaInfo:
         """The synchronous form of ``set_quota_limit`` (for configuration code without a loop)."""
         levels: list[float] = []
@@ -467,6 +495,7 @@ class LLMProviderManager:
             period=period,
             timezone=timezone,
             provider=provider,
+            parent=parent,
         )
 
     # -- usage -----------------------------------------------------------------------------------
@@ -738,6 +767,44 @@ class LLMProviderManager:
             f"LLMProviderManager(configs={len(self._ledger)}, handlers={len(self._handlers)}, "
             f"monitoring={self.monitoring})"
         )
+
+
+def _forecast_settings(
+    enabled: bool | None,
+    window: float | None,
+    lead: float | None,
+    samples: int | None,
+) -> ForecastSettings:
+    """The forecast knobs: each argument, else its environment variable, else the default."""
+    return ForecastSettings(
+        enabled=(
+            env_bool(env.OTEL_LLM_QUOTA_FORECAST_ENABLED, True)
+            if enabled is None
+            else check_bool("forecast", enabled)
+        ),
+        window_seconds=(
+            env_seconds(env.OTEL_LLM_QUOTA_FORECAST_WINDOW_SECONDS, None)
+            if window is None
+            else check_positive_seconds("forecast_window_seconds", window)
+        ),
+        min_lead_seconds=(
+            env_seconds(env.OTEL_LLM_QUOTA_FORECAST_MIN_LEAD_SECONDS, None)
+            if lead is None
+            else check_positive_seconds("forecast_min_lead_seconds", lead)
+        ),
+        min_samples=(
+            env_positive_int(env.OTEL_LLM_QUOTA_FORECAST_MIN_SAMPLES, DEFAULT_MIN_SAMPLES)
+            if samples is None
+            else _positive_int("forecast_min_samples", samples)
+        ),
+    )
+
+
+def _positive_int(name: str, value: object) -> int:
+    number = check_count(name, value)
+    if number == 0:
+        raise ValueError(f"{name} must be > 0, got 0")
+    return number
 
 
 def _remaining(deadline: float) -> float:

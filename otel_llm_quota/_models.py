@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-__all__ = ["Alert", "AlertReason", "AlertState", "QuotaInfo", "SpanRef"]
+__all__ = ["Alert", "AlertReason", "AlertState", "Forecast", "QuotaInfo", "SpanRef"]
 
 
 class AlertState(str, Enum):
@@ -29,6 +29,9 @@ class AlertReason(str, Enum):
     """The quota period ended (or the usage was reset): usage starts again from zero."""
     LIMIT_CHANGED = "limit_changed"
     """The limit or the thresholds changed and usage is no longer above the alerted threshold."""
+    FORECAST = "forecast"
+    """At the current burn rate usage will pass the limit before the period resets (firing), or
+    the pace fell back (resolved); see ``Alert.forecast``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,20 @@ class SpanRef:
     trace_id: int
     span_id: int
     trace_flags: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    """What a forecast notification is about: the pace and where it leads by the reset."""
+
+    projected_percent: float
+    """Usage at ``reset_at`` at the current burn rate, as a percentage of the limit."""
+    burn_rate: float
+    """Tokens per second, by the estimator of the README's "Nested budgets and forecasts"."""
+    time_to_exhaustion: float | None
+    """Seconds until the limit is reached at that rate (None: never at this rate)."""
+    reset_at: datetime | None
+    """When the period resets."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +98,11 @@ class QuotaInfo:
     """With a shared store: when this process last synchronised this config with it (the counts
     are the fleet's as of then plus this process's own since); ``None`` without a store or
     before the first successful sync."""
+    parent: str | None = None
+    """The config this one's usage also counts toward (nested budgets), or ``None``."""
+    time_to_exhaustion: float | None = None
+    """Seconds until the limit is reached at the current burn rate (``0`` once reached), or
+    ``None`` without a limit or a rate (see "Nested budgets and forecasts" in the README)."""
 
     @property
     def other_tokens(self) -> int:
@@ -161,6 +183,9 @@ class Alert:
     sender died resolves by itself soon after, while one still firing never lapses."""
     span: SpanRef | None = field(default=None, compare=False)
     """The span whose recorded usage crossed the threshold, when usage came from a span."""
+    forecast: Forecast | None = None
+    """Set on forecast notifications (firing with reason ``FORECAST``, and their resolution),
+    which are about the pace, not a threshold crossed: ``threshold_percent`` is 100."""
 
     @property
     def provider(self) -> str | None:
@@ -181,4 +206,6 @@ class Alert:
         """The stable id of this alert's config and period at another threshold it covers."""
         period = self.period_start.isoformat() if self.period_start else "-"
         key = f"{self.config_id}\x00{threshold_percent:g}\x00{period}"
+        if self.forecast is not None:  # not the same alert as a 100 % threshold's
+            key += "\x00forecast"
         return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]

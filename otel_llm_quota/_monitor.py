@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from otel_llm_quota._alerting import evaluate_ledger
 from otel_llm_quota._claims import FleetAlerts, encode
+from otel_llm_quota._forecast import ForecastSettings
 from otel_llm_quota._handlers import AnyAlertHandler, HandlerDispatcher
 from otel_llm_quota._ledger import QuotaLedger
 from otel_llm_quota._models import Alert
@@ -49,8 +50,11 @@ class Monitor:
         *,
         cooldown_seconds: float,
         send_resolved: bool,
+        forecast: ForecastSettings | None = None,
     ) -> None:
         self._ledger = ledger
+        self.forecast = forecast
+        """Forecast alerts' settings (None: no forecasts)."""
         self._dispatcher = dispatcher
         self._handlers = handlers
         self.cooldown_seconds = cooldown_seconds
@@ -94,6 +98,7 @@ class Monitor:
             self.cooldown_seconds,
             self.send_resolved,
             encoder=None if fleet is None else encode,
+            forecast=self.forecast,
         )
         self._next_due = result.next_due
         if fleet is None:

@@ -73,7 +73,13 @@ from otel_llm_quota._conventions import (
 from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota._ledger import QuotaLedger
 from otel_llm_quota._manager import LLMProviderManager
-from otel_llm_quota._rules import ConfigResolver, ConfigRule, SpanUsage, first_match
+from otel_llm_quota._rules import (
+    ConfigResolver,
+    ConfigRule,
+    SpanUsage,
+    attribute_keys,
+    first_rule,
+)
 from otel_llm_quota._validation import MAX_CONFIG_ID_LENGTH, check_config_id
 from otel_llm_quota.version import __version__
 
@@ -201,7 +207,9 @@ class QuotaSpanProcessor(SpanProcessor):
         self._provider_first = conv.provider[0] if conv.provider else ""
         self._response_first = conv.response_id[0] if conv.response_id else ""
         self._request_model_first = conv.request_model[0] if conv.request_model else ""
-        self._rule_cache: dict[tuple[str | None, str | None, int], tuple[object, str | None]] = {}
+        # (provider, model, id(resource), *routing attribute values) -> (resource, id, rule)
+        self._rule_cache: dict[tuple[Any, ...], tuple[object, str | None, ConfigRule | None]] = {}
+        self._rule_attributes = attribute_keys(self._rules)
         self._tickets = itertools.count()
         self._ticket = self._tickets.__next__
         self._duplicates = 0
@@ -488,16 +496,23 @@ class QuotaSpanProcessor(SpanProcessor):
             model = _first_str(attributes, self._model_keys)
             resource = span.resource
             if self._rules:
-                key = (provider, model, id(resource))
+                key: tuple[Any, ...] = (provider, model, id(resource))
+                if self._rule_attributes:  # routing by a span attribute: its value too
+                    key += tuple(_str_or_none(attributes.get(k)) for k in self._rule_attributes)
                 cached = self._rule_cache.get(key)
                 if cached is not None and cached[0] is resource:
-                    matched = cached[1]
+                    matched, rule = cached[1], cached[2]
                 else:
-                    matched = first_match(self._rules, provider, model, resource.attributes)
+                    found = first_rule(
+                        self._rules, provider, model, resource.attributes, attributes
+                    )
+                    matched, rule = (None, None) if found is None else found
                     if len(self._rule_cache) >= _RULE_CACHE_SIZE:
                         self._rule_cache.clear()
-                    self._rule_cache[key] = (resource, matched)
+                    self._rule_cache[key] = (resource, matched, rule)
                 if matched is not None:
+                    if rule is not None and rule.parent is not None and matched not in self._ledger:
+                        self._ledger.link_new(matched, rule.parent)  # a new config of the rule
                     return matched
             if self._resolver is not None:
                 chosen = self._call_resolver(
@@ -718,6 +733,10 @@ class QuotaSpanProcessor(SpanProcessor):
 def _usable_id(config_id: str) -> bool:
     """Whether the ledger takes ``config_id`` from a span (control characters are allowed)."""
     return 0 < len(config_id) <= MAX_CONFIG_ID_LENGTH and not config_id.isspace()
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _first_str(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:

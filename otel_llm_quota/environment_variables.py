@@ -275,3 +275,36 @@ With a store: ``true`` turns SIGTERM into a normal exit (``SystemExit(143)``) wh
 application has no SIGTERM handler of its own, so the final flush runs (Python's default ends
 the process without it). ``false`` leaves SIGTERM alone. Default: ``true``.
 """
+
+OTEL_LLM_QUOTA_FORECAST_ENABLED: Final = "OTEL_LLM_QUOTA_FORECAST_ENABLED"
+"""
+.. envvar:: OTEL_LLM_QUOTA_FORECAST_ENABLED
+
+Forecast alerts (reason ``forecast``): the monitor samples each limited config's usage and
+notifies once per period when, at the current burn rate, it will pass its limit before the
+reset. ``true``/``false``. Default: ``true``.
+"""
+
+OTEL_LLM_QUOTA_FORECAST_WINDOW_SECONDS: Final = "OTEL_LLM_QUOTA_FORECAST_WINDOW_SECONDS"
+"""
+.. envvar:: OTEL_LLM_QUOTA_FORECAST_WINDOW_SECONDS
+
+The burn-rate estimator's sliding window in seconds (also used by ``time_to_exhaustion``).
+Default: a tenth of each config's period.
+"""
+
+OTEL_LLM_QUOTA_FORECAST_MIN_LEAD_SECONDS: Final = "OTEL_LLM_QUOTA_FORECAST_MIN_LEAD_SECONDS"
+"""
+.. envvar:: OTEL_LLM_QUOTA_FORECAST_MIN_LEAD_SECONDS
+
+A forecast fires only while the projected exhaustion is at least this far away (later, the
+threshold alerts speak). Default: a twentieth of each config's period.
+"""
+
+OTEL_LLM_QUOTA_FORECAST_MIN_SAMPLES: Final = "OTEL_LLM_QUOTA_FORECAST_MIN_SAMPLES"
+"""
+.. envvar:: OTEL_LLM_QUOTA_FORECAST_MIN_SAMPLES
+
+Usage samples (the window's start included) a forecast needs at least, beside a full window of
+data. Default: ``4``.
+"""

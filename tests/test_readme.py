@@ -64,6 +64,7 @@ TESTED = {
     "## Metrics",
     "## Troubleshooting",
     "## Testing your own alert logic",
+    "## Nested budgets and forecasts",
 }
 
 
@@ -182,4 +183,9 @@ async def test_troubleshooting_checks(capsys: pytest.CaptureFixture[str]) -> Non
 
 async def test_testing_your_own_alert_logic() -> None:
     names = await run_async_snippet(block_under("## Testing your own alert logic"))
+    await names["manager"].aclose()  # type: ignore[attr-defined]
+
+
+async def test_nested_budgets_and_forecasts() -> None:
+    names = await run_async_snippet(block_under("## Nested budgets and forecasts"))
     await names["manager"].aclose()  # type: ignore[attr-defined]

@@ -95,6 +95,8 @@ def set_limit(
             options["timezone"] = current.timezone
         if provider is not None:
             options["provider"] = provider
+        if current is not None and current.parent is not None:
+            options["parent"] = current.parent  # nested budgets: keep the link
         try:
             info = manager.set_quota_limit_sync(config_id, tokens, **options)
         except (TypeError, ValueError) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +17,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from otel_llm_quota._forecast import burn_rate, window_for
 from otel_llm_quota._models import QuotaInfo
 from otel_llm_quota.cli._app import CliError, cli, open_manager, store_url
 from otel_llm_quota.stores import redact_url
@@ -46,8 +48,10 @@ def usage_colour(info: QuotaInfo) -> str:
 
 
 def seconds_to_exhaustion(info: QuotaInfo, now: float) -> float | None:
-    """Seconds until the limit is reached at this period's average rate (tokens used / seconds
-    since the period started), 0 when it is reached, None without a limit or a rate."""
+    """Seconds until the limit is reached at the burn rate of ``time_to_exhaustion`` (the
+    estimator of ``otel_llm_quota._forecast``; from a store alone, without the monitor's
+    samples, that is the period's average rate), 0 when it is reached, None without a limit
+    or a rate."""
     remaining = info.quota_remaining
     if remaining is None:
         return None
@@ -55,10 +59,12 @@ def seconds_to_exhaustion(info: QuotaInfo, now: float) -> float | None:
         return 0.0
     if info.period_start is None or info.total_tokens <= 0:
         return None
-    elapsed = now - info.period_start.timestamp()
-    if elapsed <= 0:
+    start = info.period_start.timestamp()
+    end = math.inf if info.reset_at is None else info.reset_at.timestamp()
+    rate = burn_rate(None, start, now, info.total_tokens, window_for(start, end, None))
+    if not rate:
         return None
-    return remaining / (info.total_tokens / elapsed)
+    return remaining / rate
 
 
 def format_duration(seconds: float | None) -> str:
@@ -139,8 +145,11 @@ def render(infos: Sequence[QuotaInfo], url: str, now: float) -> RenderableType:
             else info.last_alert_sent.strftime("%m-%d %H:%M:%S")
         )
         exhaustion = seconds_to_exhaustion(info, now)
+        name = info.config_id if info.provider is None else f"{info.config_id} ({info.provider})"
+        if info.parent is not None:  # nested budgets: the level it counts toward too
+            name += f" ⊂ {info.parent}"
         table.add_row(
-            info.config_id if info.provider is None else f"{info.config_id} ({info.provider})",
+            name,
             _bar(info),
             f"{format_tokens(info.total_tokens)}/{format_tokens(info.quota_limit)}",
             format_tokens(info.quota_remaining),

@@ -102,6 +102,8 @@ class ConfigRecord:
     timezone: str
     updated_at: float
     """POSIX seconds of the write (for humans; the last write wins whatever its clock says)."""
+    parent: str | None = None
+    """The config this one's usage also counts toward (nested budgets), or None."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -360,18 +360,18 @@ def _text(value: Any) -> str:
 
 
 def _record_json(record: ConfigRecord) -> str:
-    return json.dumps(
-        {
-            "config_id": record.config_id,
-            "provider": record.provider,
-            "limit": record.limit,
-            "thresholds": list(record.thresholds),
-            "period": record.period,
-            "timezone": record.timezone,
-            "updated_at": record.updated_at,
-        },
-        separators=(",", ":"),
-    )
+    doc: dict[str, Any] = {
+        "config_id": record.config_id,
+        "provider": record.provider,
+        "limit": record.limit,
+        "thresholds": list(record.thresholds),
+        "period": record.period,
+        "timezone": record.timezone,
+        "updated_at": record.updated_at,
+    }
+    if record.parent is not None:  # only when set: records of older versions read the same
+        doc["parent"] = record.parent
+    return json.dumps(doc, separators=(",", ":"))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -392,6 +392,7 @@ def _record_from_json(text: str | bytes) -> ConfigRecord:
         period=None if data["period"] is None else str(data["period"]),
         timezone=str(data["timezone"]),
         updated_at=float(data["updated_at"]),
+        parent=None if data.get("parent") is None else str(data["parent"]),
     )
 
 
