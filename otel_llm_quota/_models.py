@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -113,7 +113,11 @@ class QuotaInfo:
         for ``json.dumps``.
         """
         out: dict[str, Any] = {}
-        for key, value in asdict(self).items():
+        # The fields by name (not ``asdict``, which deep-copies every value: 10x slower, and
+        # ``status --json`` of 10,000 configs makes 10,000 of these); no field holds a mutable
+        # container or a dataclass, so nothing needs copying.
+        for key in _QUOTA_INFO_FIELDS:
+            value = getattr(self, key)
             if isinstance(value, datetime):
                 out[key] = value.isoformat()
             elif isinstance(value, Enum):
@@ -128,6 +132,9 @@ class QuotaInfo:
         out["usage_percent"] = None if usage is None else round(usage, 4)
         out["alert_triggered"] = self.alert_triggered
         return out
+
+
+_QUOTA_INFO_FIELDS = tuple(f.name for f in fields(QuotaInfo))
 
 
 @dataclass(frozen=True, slots=True)
