@@ -260,7 +260,8 @@ class StoreSync:
                 with self._waiters_lock:
                     waiters, self._waiters = self._waiters, []
                 cycle_started = time.monotonic()
-                ok = await self._cycle()
+                # The final flush sends; refreshing the fleet's totals is for a reader left.
+                ok = await self._cycle(refresh=not stopping)
                 self._first_sync.set()
                 for future in waiters:
                     if not future.done():
@@ -271,7 +272,7 @@ class StoreSync:
                     for _ in range(4):
                         if not ok or self.ledger.pending_count() == 0:
                             break
-                        ok = await self._cycle()
+                        ok = await self._cycle(refresh=False)
                     return
                 failures = 0 if ok else failures + 1
                 # Fixed rate: a cycle starts every interval, however long the last one took
@@ -299,7 +300,9 @@ class StoreSync:
             if not future.done():
                 future.set_result(ok)
 
-    async def _cycle(self) -> bool:
+    async def _cycle(self, refresh: bool = True) -> bool:
+        """Send what is pending (settings, then deltas) and, if ``refresh``, read every other
+        config's fleet state (and the configs new in the store); True if the store answered."""
         started = time.perf_counter()
         op = "instance_id"
         try:
@@ -335,18 +338,27 @@ class StoreSync:
                 touched += self._fold(zip(syncs, starts, strict=True))
                 flushed = {d.config_id for d in batch.deltas}
             op = "read"
-            targets = [t for t in ledger.sync_targets() if t[0] not in flushed]
+            targets = (
+                [] if not refresh else [t for t in ledger.sync_targets() if t[0] not in flushed]
+            )
             known = {t[0] for t in targets} | flushed
-            new_ids = [cid for cid in await store.config_ids() if cid not in known]
-            targets += [(cid, 0) for cid in new_ids]
+            new_ids = (
+                [] if not refresh else [cid for cid in await store.config_ids() if cid not in known]
+            )
+            # A config new here is read at the window a config of the default period has now
+            # (its period is in the store's record, read by this very read): the ones whose
+            # period turns out otherwise are read again below, the others are done.
+            guess = ledger.default_window_start() if new_ids else 0
+            targets += [(cid, guess) for cid in new_ids]
             if targets:
                 syncs = await store.read(targets)
                 touched += self._fold(zip(syncs, [t[1] for t in targets], strict=True))
-            if new_ids:  # created here by that read: read them again at their current window
+            if new_ids:  # created here by that read: read again those at another window
                 wanted = set(new_ids)
-                again = [t for t in ledger.sync_targets() if t[0] in wanted]
-                syncs = await store.read(again)
-                touched += self._fold(zip(syncs, [t[1] for t in again], strict=True))
+                again = [t for t in ledger.sync_targets() if t[0] in wanted and t[1] != guess]
+                if again:
+                    syncs = await store.read(again)
+                    touched += self._fold(zip(syncs, [t[1] for t in again], strict=True))
             if touched and self._on_synced is not None:
                 self._on_synced(touched)
         except (Exception, asyncio.CancelledError) as exc:
