@@ -135,6 +135,130 @@ def test_watch_refreshes_from_the_store_until_ctrl_c(
     assert "7,105/10.0k" in result.stdout  # the frame after the refresh
 
 
+def test_to_dict_gives_every_field_as_asdict_would() -> None:
+    from dataclasses import asdict
+
+    from otel_llm_quota import AlertState
+
+    stamp = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    info = QuotaInfo(
+        "c",
+        provider="p",
+        quota_limit=100,
+        total_tokens=90,
+        input_tokens=50,
+        thresholds=(50.0, 80.0),
+        last_alert_sent=stamp,
+        period_start=stamp,
+        alert_state=AlertState.FIRING,
+        alert_threshold=80.0,
+    )
+    reference = {
+        k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(info).items()
+    }
+    reference.update(thresholds=[50.0, 80.0], alert_state="firing")
+    reference.update(other_tokens=40, quota_remaining=10, usage_percent=90.0)
+    reference["alert_triggered"] = True
+    assert info.to_dict() == reference
+    assert list(info.to_dict()) == list(reference)  # the same keys in the same order
+
+
+def many(url: str, count: int) -> None:
+    """``count`` configs, one in two with a limit, usage growing with the index."""
+    manager = LLMProviderManager(store=url, max_configs=2 * count)
+    try:
+        for i in range(count):
+            if i % 2 == 0:
+                manager.set_quota_limit_sync(f"cfg-{i:04d}", 1_000, thresholds=(50, 90))
+            manager.record_usage(f"cfg-{i:04d}", input_tokens=i)
+    finally:
+        manager.close()
+
+
+def test_a_large_table_is_every_config_in_aligned_columns(store: str) -> None:
+    many(store, 2 * _status._CHUNK_ROWS + 7)  # over several chunks of output
+    result = invoke("status", "--store", store)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith(f"({2 * _status._CHUNK_ROWS + 7:,} configs)")
+    rows = [line for line in lines if line.startswith("cfg-")]
+    assert [row.split()[0] for row in rows] == [
+        f"cfg-{i:04d}" for i in range(2 * _status._CHUNK_ROWS + 7)
+    ]
+    header = lines[1]
+    for column in ("used/limit", "left", "req (failed)"):  # right-justified: same right edge
+        edge = header.index(column) + len(column)
+        assert all(row[edge - 1] != " " and row[edge : edge + 2] == "  " for row in rows), column
+    over = next(row for row in rows if row.startswith("cfg-0400 "))
+    assert "400/1,000" in over
+    assert "40.0%" in over
+
+
+def test_runs_out_after_the_reset_says_so() -> None:
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    reset = start + timedelta(days=1)
+    now = (start + timedelta(hours=12)).timestamp()
+
+    def info(used: int) -> QuotaInfo:
+        return QuotaInfo(
+            "c", quota_limit=1000, total_tokens=used, period_start=start, reset_at=reset
+        )
+
+    # 600 tokens in 12 h: the 400 left take 8 h, before the reset.
+    assert _status._runs_out(info(600), now) == "8h 00m"
+    # 100 tokens in 12 h: 900 left would take 108 h, but usage starts from zero in 12 h.
+    assert _status._runs_out(info(100), now) == "after reset"
+    assert _status._runs_out(info(1000), now) == "exhausted"
+    never = QuotaInfo("c", quota_limit=10**9, total_tokens=1, period_start=start, period=None)
+    assert _status._runs_out(never, now) == ">999d"
+
+
+def test_watch_shows_the_highest_usage_when_the_store_does_not_fit(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    many(store, 60)  # more than the 25 lines of a console that is not a terminal
+
+    def stop(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_status, "_sleep", stop)
+    result = invoke("status", "--watch", "--store", store)
+    assert result.exit_code == 0, result.output
+    words = [line.split() for line in result.stdout.splitlines()]
+    shown = [w[0] for w in words if w and w[0].startswith("cfg-")]
+    rows = 25 - _status._WATCH_CHROME_LINES
+    # The configs with a limit, by percent used (5.8 %, 5.6 %, ...); those without one last.
+    assert shown == [f"cfg-{i:04d}" for i in range(58, 58 - 2 * rows, -2)]
+    text = " ".join(result.stdout.split())  # rich wraps the title and the note
+    assert "(60 configs, showing 18)" in text
+    assert "The 18 configs with the highest usage of 60" in text
+
+
+def test_watch_rows_keep_the_store_order_when_everything_fits() -> None:
+    infos = [QuotaInfo(f"c{i}", quota_limit=100, total_tokens=i) for i in range(5)]
+    assert _status.watch_rows(infos, 5) == infos
+    assert [i.config_id for i in _status.watch_rows(infos, 2)] == ["c4", "c3"]
+
+
+def test_status_into_a_pipe_closed_early_ends_quietly(store: str) -> None:
+    many(store, 3 * _status._CHUNK_ROWS)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_LLM_QUOTA_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otel_llm_quota", "status", "--store", store],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environ,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    first = proc.stdout.readline()  # as `| head -1` does
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, err
+    assert first.startswith(b"otel-llm-quota: ")
+    assert err == b""
+
+
 def test_status_reads_the_store_from_the_environment(store: str) -> None:
     written(store)
     result = invoke("status", "--json", env={"OTEL_LLM_QUOTA_STORE": store})
