@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import Enum
@@ -188,4 +187,6 @@ class Alert:
         """The stable id of this alert's config and period at another threshold it covers."""
         period = self.period_start.isoformat() if self.period_start else "-"
         key = f"{self.config_id}\x00{threshold_percent:g}\x00{period}"
+        import hashlib  # here: `import otel_llm_quota` need not load it (OpenSSL's bindings)
+
         return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]

@@ -16,7 +16,6 @@ never wait on the store.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import logging
 import random
@@ -47,6 +46,8 @@ _FLUSH_RETRY_SECONDS = 0.1
 _T = TypeVar("_T")
 
 if TYPE_CHECKING:  # the ledger imports this package's types: no import at run time
+    import asyncio  # (imported where it runs: `import otel_llm_quota` need not load it)
+
     from otel_llm_quota._ledger import QuotaLedger, _ConfigState
 
 
@@ -177,6 +178,8 @@ class StoreSync:
 
     def submit(self, coro: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
         """Run ``coro`` on the flusher's event loop (where the store's connections live)."""
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         loop = self._loop
         if loop is None or loop.is_closed() or not self.running:
             coro.close()
@@ -185,6 +188,8 @@ class StoreSync:
 
     async def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Await ``coro`` run on the flusher's loop, from any event loop."""
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         return await asyncio.wrap_future(self.submit(coro))
 
     def call(self, coro: Coroutine[Any, Any, _T], timeout_seconds: float) -> _T:
@@ -239,6 +244,8 @@ class StoreSync:
     # -- the thread --------------------------------------------------------------------------------
 
     def _main(self) -> None:
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         try:
             asyncio.run(self._run())
         except BaseException:  # never let the thread die silently
@@ -249,6 +256,8 @@ class StoreSync:
             self._settle_waiters(False)
 
     async def _run(self) -> None:
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         self._loop = asyncio.get_running_loop()
         wake = self._wake = asyncio.Event()
         self._started.set()
@@ -303,6 +312,8 @@ class StoreSync:
     async def _cycle(self, refresh: bool = True) -> bool:
         """Send what is pending (settings, then deltas) and, if ``refresh``, read every other
         config's fleet state (and the configs new in the store); True if the store answered."""
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         started = time.perf_counter()
         op = "instance_id"
         try:
@@ -387,6 +398,8 @@ class StoreSync:
     @staticmethod
     def _cancelled() -> bool:
         """Whether the flusher's own task is being cancelled (not a store's stray error)."""
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         task = asyncio.current_task()
         cancelling = getattr(task, "cancelling", None)  # Python 3.11+
         return bool(cancelling()) if callable(cancelling) else False
