@@ -39,4 +39,3 @@ def test_import_leaves_the_optional_parts_unloaded() -> None:
         "manager.close()"
     )
     assert [m for m in ours if m not in baseline] == []
-
