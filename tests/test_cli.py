@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -111,6 +112,70 @@ def test_status_table_shows_every_config(store: str) -> None:
     assert "2 (1)" in gpt  # requests (failed)
     assert "claude" in lines
     assert "42/—" in lines["claude"]
+
+
+def firing(url: str) -> None:
+    """A config over its 90 % threshold whose alert was sent (state kept in the store)."""
+
+    async def run() -> None:
+        manager = LLMProviderManager(store=url)
+        try:
+            await manager.set_quota_limit("hot", 1000, thresholds=(50, 90), period="day")
+            manager.record_usage("hot", input_tokens=950)
+            manager.add_alert_handler(lambda config_id, quota: None)
+            await manager.check_quotas()
+            quota = await manager.get_quota_usage("hot")
+            assert quota is not None
+            assert (quota.alert_triggered, quota.alert_threshold) == (True, 90.0)
+            assert await manager.aflush()
+        finally:
+            await manager.aclose()
+
+    asyncio.run(run())
+
+
+def test_status_table_shows_alert_state_last_alert_reset_and_exhaustion(store: str) -> None:
+    written(store)
+    firing(store)
+    hot_status = statuses(store)[-1]
+    reset = datetime.fromisoformat(hot_status["reset_at"]).timestamp()
+    before = format_duration(reset - datetime.now(timezone.utc).timestamp())
+    result = invoke("status", "--store", store)
+    after = format_duration(reset - datetime.now(timezone.utc).timestamp())
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    hot = lines["hot"]
+    assert "950/1,000" in hot
+    assert "95.0%" in hot
+    stamp = datetime.fromisoformat(hot_status["last_alert_sent"]).strftime("%m-%d %H:%M:%S")
+    assert f"firing ≥90%, {stamp}" in hot
+    found = re.search(r"day, (\S+(?: \S+)?) ", hot)
+    assert found is not None
+    assert found.group(1) in (before, after)  # the time to the reset, as the table ran
+    assert "firing ≥50%" in lines["gpt"]  # 61 %: the same monitor pass fired its 50 %
+    assert "ok, —" in lines["claude"]
+    assert lines["claude"].rstrip().endswith("—")  # no limit: never runs out
+
+
+def test_status_colours_usage_by_threshold_in_a_colour_terminal(store: str) -> None:
+    written(store)  # gpt at 61 % of thresholds 50/90: yellow
+    firing(store)  # hot at 95 %: yellow too; make one over its limit
+    manager = LLMProviderManager(store=store)
+    manager.set_quota_limit_sync("full", 10, thresholds=(50,))
+    manager.record_usage("full", input_tokens=20)
+    manager.set_quota_limit_sync("calm", 1000, thresholds=(50,))
+    manager.record_usage("calm", input_tokens=1)
+    manager.close()
+    coloured = invoke("status", "--store", store, env={"FORCE_COLOR": "1", "NO_COLOR": ""})
+    assert coloured.exit_code == 0, coloured.output
+    rows = {line.split()[0]: line for line in coloured.stdout.splitlines() if line.strip()}
+    yellow, red, green = "\x1b[33m", "\x1b[31m", "\x1b[32m"  # the percent, padded, in colour
+    assert re.search(re.escape(yellow) + r" *61\.0%", rows["gpt"])
+    assert re.search(re.escape(red) + r" *200\.0%", rows["full"])
+    assert re.search(re.escape(green) + r" *0\.1%", rows["calm"])
+    assert "\x1b[1;31mfiring" in rows["hot"]
+    plain = invoke("status", "--store", store, env={"FORCE_COLOR": "1", "NO_COLOR": "1"})
+    assert "\x1b[" not in plain.stdout
 
 
 def test_watch_refreshes_from_the_store_until_ctrl_c(
@@ -267,17 +332,53 @@ def test_status_reads_the_store_from_the_environment(store: str) -> None:
 
 
 def test_status_of_an_empty_store_says_so(store: str) -> None:
+    LLMProviderManager(store=store).close()  # the file exists (apps created it), no quota yet
     result = invoke("status", "--store", store)
     assert result.exit_code == 0
     assert "No quotas in the store" in result.stdout
     assert json.loads(invoke("status", "--json", "--store", store).stdout) == []
 
 
-def test_status_without_a_store_says_how_to_give_one() -> None:
-    assert_one_line_error(invoke("status"), "--store", "OTEL_LLM_QUOTA_STORE")
+EVERY_STORE_COMMAND = [
+    ["status"],
+    ["status", "--json"],
+    ["set-limit", "x", "5"],
+    ["reset", "x"],
+    ["delete", "x"],
+]
+READING_COMMANDS = [["status"], ["status", "--json"], ["reset", "x"], ["delete", "x"]]
 
 
-@pytest.mark.parametrize("command", [["status"], ["reset", "x"], ["delete", "x"]])
+@pytest.mark.parametrize("command", EVERY_STORE_COMMAND)
+def test_no_store_given_says_how_to_give_one(command: list[str]) -> None:
+    assert_one_line_error(invoke(*command), "--store", "OTEL_LLM_QUOTA_STORE")
+
+
+@pytest.mark.parametrize("command", READING_COMMANDS)
+def test_a_missing_sqlite_file_is_an_error_not_a_new_empty_store(
+    tmp_path: Path, command: list[str]
+) -> None:
+    db = tmp_path / "typo.db"
+    result = invoke(*command, "--store", f"sqlite:///{db}")
+    assert_one_line_error(result, f"no such file '{db}'")
+    assert not db.exists()
+
+
+def test_set_limit_may_create_the_sqlite_file(tmp_path: Path) -> None:
+    # An administrator may set limits before any app ran.
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    assert invoke("set-limit", "gpt", "100", "--store", url).exit_code == 0
+    assert [s["quota_limit"] for s in statuses(url)] == [100]
+
+
+@pytest.mark.parametrize("command", EVERY_STORE_COMMAND)
+def test_a_memory_store_is_refused(command: list[str]) -> None:
+    assert_one_line_error(
+        invoke(*command, "--store", "memory://"), "memory:// is a store inside one process"
+    )
+
+
+@pytest.mark.parametrize("command", EVERY_STORE_COMMAND)
 def test_an_unreachable_store_is_a_one_line_error(command: list[str]) -> None:
     assert_one_line_error(invoke(*command, "--store", UNREACHABLE), UNREACHABLE, "unreachable")
 
@@ -285,7 +386,9 @@ def test_an_unreachable_store_is_a_one_line_error(command: list[str]) -> None:
 def test_a_bad_store_url_is_a_one_line_error(tmp_path: Path) -> None:
     assert_one_line_error(invoke("status", "--store", "foo://x"), "unknown store URL")
     missing = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}"
-    assert_one_line_error(invoke("status", "--store", missing), "does not exist")
+    assert_one_line_error(invoke("status", "--store", missing), "no such file")
+    result = invoke("set-limit", "x", "5", "--store", missing)  # which may create a file
+    assert_one_line_error(result, "does not exist")
 
 
 def test_an_unforeseen_error_is_one_line_without_debug(
@@ -436,6 +539,59 @@ def test_set_limit_in_one_process_is_seen_by_another_processes_manager(store: st
         manager.close()
     assert info is not None
     assert (info.quota_limit, info.thresholds, info.total_tokens) == (50_000, (60.0,), 6_105)
+
+
+_WATCHER = """
+import json, sys
+from otel_llm_quota import LLMProviderManager
+manager = LLMProviderManager(store=sys.argv[1], flush_interval_seconds=3600)
+print("ready", flush=True)
+for _ in sys.stdin:  # each line: sync with the store, print what this process sees of gpt
+    assert manager.flush()
+    info = manager.ledger.get("gpt")
+    view = None if info is None else [info.quota_limit, list(info.thresholds), info.total_tokens]
+    print(json.dumps(view), flush=True)
+manager.close()
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_admin_commands_are_seen_by_a_running_manager_in_another_process(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("store" if kind == "sqlite" else "redis_url")
+    written(url)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_LLM_QUOTA_")}
+    app = subprocess.Popen(
+        [sys.executable, "-c", _WATCHER, url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=environ,
+    )
+    assert app.stdin is not None
+    assert app.stdout is not None
+
+    def seen() -> Any:
+        assert app.stdin is not None
+        assert app.stdout is not None
+        app.stdin.write("?\n")
+        app.stdin.flush()
+        return json.loads(app.stdout.readline())
+
+    try:
+        assert app.stdout.readline() == "ready\n"
+        assert seen() == [10_000, [50.0, 90.0], 6_105]
+        done = run_module("set-limit", "gpt", "50000", "--threshold", "60", "--store", url)
+        assert done.returncode == 0, done.stderr
+        assert seen() == [50_000, [60.0], 6_105]
+        assert run_module("reset", "gpt", "--store", url).returncode == 0
+        assert seen() == [50_000, [60.0], 0]
+        assert run_module("delete", "gpt", "--store", url).returncode == 0
+        assert seen() is None
+    finally:
+        app.stdin.close()
+        assert app.wait(timeout=60) == 0
 
 
 def test_unreachable_store_in_a_real_process_is_one_line_on_stderr() -> None:

@@ -399,7 +399,9 @@ def status(store: str | None, watch: bool, as_json: bool, interval: float) -> No
         raise CliError("--watch and --json cannot be used together")
     url = store_url(store)
     # The refreshes of --watch are explicit (one per interval); no background sync besides.
-    manager: Any = open_manager(url, flush_interval_seconds=max(interval * 10, 3600.0))
+    manager: Any = open_manager(
+        url, flush_interval_seconds=max(interval * 10, 3600.0), must_exist=True
+    )
     try:
         if as_json:
             click.echo(json.dumps(asyncio.run(manager.get_all_quota_statuses())))
