@@ -682,6 +682,37 @@ def test_check_config_prints_each_error_and_exits_1(
     assert not (tmp_path / "q.db").exists()
 
 
+# The broken files behind the messages README.md's "Command line" section documents.
+DOCUMENTED = {
+    "quotas.yaml: not valid YAML": ("quotas.yaml", "quotas: [\n  - {"),
+    "quotas.json: not valid JSON": ("quotas.json", '{"quotas": [\n'),
+    "quotas.yaml: unknown top-level keys": ("quotas.yaml", "bogus_top: 1\n"),
+    "quotas.yaml: quotas[0]": ("quotas.yaml", "quotas:\n  - {config_id: gpt, limit: -5}\n"),
+    "quotas.yaml: rules[0]": ("quotas.yaml", "rules:\n  - {config_id: gpt, bogus: 1}\n"),
+    "quotas.yaml: handlers[0]": ("quotas.yaml", "handlers: [nosuchhandler]\n"),
+    "quotas.yaml: store": ("quotas.yaml", "store: 'foo://x'\n"),
+    "quotas.yaml: monitor": ("quotas.yaml", "monitor: {interval_seconds: -1}\n"),
+}
+
+
+def test_check_config_prints_the_messages_the_readme_documents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("`check-config` prints one line per error", 1)[1]
+    block = block.split("```text\n", 1)[1].split("```", 1)[0]
+    documented = block.splitlines()
+    assert len(documented) == len(DOCUMENTED)
+    monkeypatch.chdir(tmp_path)  # the messages name the file as given: quotas.yaml
+    for line in documented:
+        key = next(k for k in DOCUMENTED if line.startswith(f"Error: {k}"))
+        name, text = DOCUMENTED[key]
+        Path(name).write_text(text)
+        result = invoke("check-config", name)
+        assert result.exit_code == 1
+        assert result.stderr.splitlines() == [line]
+
+
 def test_check_config_of_a_missing_file(tmp_path: Path) -> None:
     assert_one_line_error(
         invoke("check-config", str(tmp_path / "nope.yaml")), "nope.yaml", "cannot read"
