@@ -16,20 +16,18 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich import box
-from rich.console import COLOR_SYSTEMS, Console, Group, RenderableType
-from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.style import Style
-from rich.table import Table
-from rich.text import Text
 
 from otel_llm_quota._models import QuotaInfo
 from otel_llm_quota.cli._app import CliError, cli, open_manager, store_url
 from otel_llm_quota.stores import redact_url
+
+if TYPE_CHECKING:  # rich is imported where it runs: `--json` and the other commands need none
+    from rich.console import Console, RenderableType
+    from rich.style import Style
+    from rich.text import Text
 
 __all__ = [
     "format_duration",
@@ -160,6 +158,9 @@ def _runs_out(info: QuotaInfo, now: float) -> str:
 
 
 def _bar(info: QuotaInfo) -> RenderableType:
+    from rich.progress_bar import ProgressBar
+    from rich.text import Text
+
     if info.quota_limit is None:
         return Text(_NONE)
     limit = max(info.quota_limit, 1)
@@ -173,6 +174,8 @@ def _bar(info: QuotaInfo) -> RenderableType:
 
 
 def _alert(info: QuotaInfo) -> Text:
+    from rich.text import Text
+
     if info.alert_triggered:
         return Text(f"firing ≥{info.alert_threshold:g}%", style="bold red")
     return Text("ok", style="green")
@@ -193,6 +196,10 @@ def render(
     For a few rows (the live view): rich measures every cell. ``total`` is how many configs the
     store has when ``infos`` are only some of them.
     """
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     if not infos:
         return Text(f"No quotas in the store {redact_url(url)} yet.")
     table = Table(
@@ -247,6 +254,9 @@ def render_watch(infos: Sequence[QuotaInfo], url: str, now: float, rows: int) ->
         return table
     firing = sum(1 for info in infos if info.alert_triggered)
     exhausted = sum(1 for info in infos if info.quota_remaining == 0)
+    from rich.console import Group
+    from rich.text import Text
+
     note = Text(
         f"The {len(shown):,} configs with the highest usage of {len(infos):,} "
         f"({firing:,} firing, {exhausted:,} exhausted); `status` without --watch lists "
@@ -260,6 +270,8 @@ class _Styler:
     """ANSI styling of plain text with the console's colour system (none: the text itself)."""
 
     def __init__(self, console: Console) -> None:
+        from rich.console import COLOR_SYSTEMS
+
         name = None if console.no_color else console.color_system
         self.color_system = None if name is None else COLOR_SYSTEMS[name]
         self._styles: dict[str, Style] = {}
@@ -269,6 +281,8 @@ class _Styler:
             return text
         parsed = self._styles.get(style)
         if parsed is None:
+            from rich.style import Style
+
             parsed = self._styles[style] = Style.parse(style)
         return parsed.render(text, color_system=self.color_system)
 
@@ -406,6 +420,8 @@ def status(store: str | None, watch: bool, as_json: bool, interval: float) -> No
         if as_json:
             click.echo(json.dumps(asyncio.run(manager.get_all_quota_statuses())))
             return
+        from rich.console import Console
+
         console = Console()
         if not watch:
             _print_table(console, manager.ledger.get_all(), url)
@@ -434,6 +450,8 @@ def _print_table(console: Console, infos: Sequence[QuotaInfo], url: str) -> None
 
 
 def _watch(console: Console, manager: Any, url: str, interval: float) -> None:
+    from rich.live import Live
+
     def frame() -> RenderableType:
         rows = max(console.size.height - _WATCH_CHROME_LINES, _WATCH_MIN_ROWS)
         return render_watch(manager.ledger.get_all(), url, time.time(), rows)
