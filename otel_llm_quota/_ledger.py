@@ -1156,6 +1156,14 @@ class QuotaLedger:
                         state.dirty = True
                         self._dirty.append(state)
 
+    def default_window_start(self) -> int:
+        """The window start (as ``_ConfigState.window`` names it) that a config of the default
+        period and time zone has now: the flusher's guess for a config it has not seen yet."""
+        if self._default_period is None:
+            return 0
+        start, _ = period_bounds(self._default_period, self._clock(), self._tz)
+        return round(start)
+
     def sync_targets(self) -> list[tuple[str, int]]:
         """``(config_id, window_start)`` of every config, for a refresh read."""
         now = self._clock()

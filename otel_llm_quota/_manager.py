@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import logging
 import signal
@@ -351,6 +350,8 @@ class LLMProviderManager:
 
     async def aflush(self, timeout_seconds: float = _FINAL_FLUSH_SECONDS) -> bool:
         """``flush`` for coroutines (waits off the event loop)."""
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         if self._sync is None:
             return True
         return await asyncio.to_thread(self._sync.flush, timeout_seconds)
@@ -621,6 +622,8 @@ class LLMProviderManager:
         The final pass delivers what crossed a threshold since the last one; the pass then in
         progress finishes its deliveries first; all within ``shutdown_timeout_seconds``.
         """
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         if self._thread.running:
             await asyncio.to_thread(self.stop_monitoring_thread, self._shutdown_timeout)
         else:
@@ -661,6 +664,8 @@ class LLMProviderManager:
         for the final flush (what is pending reaches the store; past that it is lost with the
         process, and a warning says so).
         """
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         if self._closed:
             return
         self._closed = True
@@ -711,6 +716,8 @@ class LLMProviderManager:
             return
         self._dispatcher.stop()  # the handlers' worker threads end
         if any(callable(getattr(h, "aclose", None)) for h in self._handlers):
+            import asyncio  # here: `import otel_llm_quota` need not load it
+
             try:
                 asyncio.get_running_loop()
             except RuntimeError:  # no loop in this thread: close the handlers on a fresh one
@@ -722,6 +729,8 @@ class LLMProviderManager:
     def _close_handlers_in_thread(self) -> None:
         """Run the handlers' ``aclose()`` on a fresh loop in a daemon thread, within the deadline
         (an ``aclose()`` that blocks its loop cannot be cancelled; it can be left behind)."""
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         timeout = self._shutdown_timeout
         closer = threading.Thread(
             target=asyncio.run,

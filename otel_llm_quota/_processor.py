@@ -45,7 +45,6 @@ that is not a string) are skipped, never guessed at; each skip is counted in ``s
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import logging
 import threading
@@ -752,7 +751,10 @@ def _id_key(response_id: str) -> bytes:
 
     Keyed BLAKE2b is not needed: a collision needs 2**64 ids, and a collision only makes two
     responses count once. Ids that are not valid UTF-8 (lone surrogates) are digested as is.
+    Only ids over 64 characters come here: ``hashlib`` is imported on the first.
     """
+    import hashlib  # here: `import otel_llm_quota` need not load it (OpenSSL's bindings)
+
     return hashlib.blake2b(response_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
