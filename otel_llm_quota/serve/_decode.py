@@ -29,7 +29,9 @@ What differs from spans ended in-process, and why:
   that is neither empty nor 8 bytes) are rejected and reported in ``partial_success``, as are
   spans the processor failed on (its ``errors``).
 * ``on_start`` never runs: ``quota_config(...)`` blocks of the sending app are not seen (its
-  ``llm.quota.config_id`` attribute is), and the framework pairing is on from the first span.
+  ``llm.quota.config_id`` attribute is). The framework pairing starts with the first request
+  holding a span of a framework scope (in-process: with that span's ``on_start``), before any
+  span of that request is counted; until then it costs nothing.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ _INTERN_SIZE: Final = 1024
 _STATUS_ERROR: Final = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _by_end_time = attrgetter("_end_time")
+_SCALARS: Final = frozenset(
+    {"string_value", "int_value", "bool_value", "double_value", "bytes_value"}
+)
 
 
 class _Resource:
@@ -187,7 +192,6 @@ class OtlpIngest:
         if type(max_tracked_spans) is not int or max_tracked_spans < 2:
             raise ValueError("max_tracked_spans must be an int >= 2")
         self._processor = processor
-        processor._pair_from_start()
         conv = processor.conventions
         self._wanted = frozenset(
             conv.input_tokens
@@ -234,22 +238,23 @@ class OtlpIngest:
             found = self._resources[key] = _Resource(attributes)
         return found
 
-    def _redelivered(self, key: bytes) -> bool:
-        with self._lock:
-            if key in self._spans_new or key in self._spans_old:
-                return True
-            new = self._spans_new
-            new[key] = None
-            if len(new) >= self._half:
-                self._spans_old, self._spans_new = new, {}
-            return False
-
     def ingest(self, request: ExportTraceServiceRequest) -> IngestResult:
-        """Count the LLM spans of ``request``; never raises for anything the request holds."""
+        """Count the LLM spans of ``request``; never raises for anything the request holds.
+
+        One request at a time (a lock): the redelivery table and the end-time order are per
+        request; the processor itself would take concurrent calls.
+        """
+        with self._lock:
+            return self._ingest(request)
+
+    def _ingest(self, request: ExportTraceServiceRequest) -> IngestResult:
+        # Written out flat (one loop, locals, no call per attribute): this runs for every span.
         processor = self._processor
         wanted = self._wanted
         trigger = self._trigger
+        scalars = _SCALARS
         resolving = processor._resolving
+        frameworks = processor._framework_scopes
         views: list[OtlpSpan] = []
         rejected = 0
         redelivered = 0
@@ -258,6 +263,10 @@ class OtlpIngest:
             resource = self._resource(resource_spans.resource) if resolving else _NO_RESOURCE
             for scope_spans in resource_spans.scope_spans:
                 scope = self._scope(scope_spans.scope)
+                if not processor._pairing and scope.name in frameworks:
+                    # The first framework span: pairing starts with its request (in-process it
+                    # starts with its on_start), before any span of the request is counted.
+                    processor._pair_from_start()
                 for span in scope_spans.spans:
                     spans += 1
                     trace_id = span.trace_id
@@ -270,14 +279,20 @@ class OtlpIngest:
                     for kv in span.attributes:
                         key = kv.key
                         if key in wanted:
-                            attributes[key] = _value(kv.value)
-                    if (
-                        attributes
-                        and not trigger.isdisjoint(attributes)
-                        and self._redelivered(trace_id + span_id)
-                    ):
-                        redelivered += 1
-                        continue
+                            value = kv.value
+                            which = value.WhichOneof("value")
+                            attributes[key] = (
+                                getattr(value, which) if which in scalars else _value(value)
+                            )
+                    if attributes and not trigger.isdisjoint(attributes):
+                        ids = trace_id + span_id
+                        new = self._spans_new
+                        if ids in new or ids in self._spans_old:
+                            redelivered += 1
+                            continue
+                        new[ids] = None
+                        if len(new) >= self._half:
+                            self._spans_old, self._spans_new = new, {}
                     views.append(
                         OtlpSpan(
                             attributes,
