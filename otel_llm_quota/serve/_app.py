@@ -11,7 +11,8 @@ Routes:
   another content type or encoding; 503 with ``Retry-After`` when ``max_concurrent_requests``
   are being handled already or the service is stopping. Error bodies are a ``google.rpc.Status``.
 * ``GET /healthz``: 200 and a JSON object (spans counted and refused, configs, alerts firing,
-  the store's last successful sync); 503 once stopping. Never needs the token: it tells nothing about usage.
+  the store's last successful sync); 503 once stopping. Never needs the token: it holds counts
+  only, no config id, token figure or store URL.
 * ``GET /metrics``: the ``llm.quota.*`` metrics for Prometheus (needs the token, when set).
 
 Decoding and counting run on one worker thread (``otel-llm-quota-serve``), so the event loop keeps
