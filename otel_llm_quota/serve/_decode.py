@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from opentelemetry.proto.common.v1.common_pb2 import AnyValue
     from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope as PbScope
     from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PbResource
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
     from opentelemetry.sdk.trace import ReadableSpan
 
 __all__ = ["DEFAULT_MAX_TRACKED_SPANS", "IngestResult", "OtlpIngest", "OtlpSpan"]
@@ -91,14 +92,26 @@ class _Parent:
 
 
 class _Context:
-    """What the processor and the ledger read of a span's context (W3C ids as ints)."""
+    """What the processor and the ledger read of a span's context (W3C ids as ints), read from
+    the OTLP span when asked: the processor reads the span id only inside nested traces, the
+    ledger the ids only for the span whose usage crossed a threshold (it keeps a ``SpanRef``)."""
 
-    __slots__ = ("span_id", "trace_flags", "trace_id")
+    __slots__ = ("_span",)
 
-    def __init__(self, trace_id: int, span_id: int, trace_flags: int) -> None:
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.trace_flags = trace_flags
+    def __init__(self, span: PbSpan) -> None:
+        self._span = span
+
+    @property
+    def trace_id(self) -> int:
+        return int.from_bytes(self._span.trace_id, "big")
+
+    @property
+    def span_id(self) -> int:
+        return int.from_bytes(self._span.span_id, "big")
+
+    @property
+    def trace_flags(self) -> int:
+        return int(self._span.flags & 0xFF) or 1  # received, so sampled when unset
 
 
 class _Status:
@@ -296,11 +309,7 @@ class OtlpIngest:
                     views.append(
                         OtlpSpan(
                             attributes,
-                            _Context(
-                                int.from_bytes(trace_id, "big"),
-                                int.from_bytes(span_id, "big"),
-                                span.flags & 0xFF or 1,
-                            ),
+                            _Context(span),
                             _Parent(int.from_bytes(parent_id, "big")) if parent_id else None,
                             span.end_time_unix_nano,
                             scope,
