@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from operator import attrgetter
+from operator import itemgetter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -66,7 +66,7 @@ _INTERN_SIZE: Final = 1024
 """Scopes and resources kept for reuse (identity makes the processor's caches hit)."""
 _STATUS_ERROR: Final = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-_by_end_time = attrgetter("_end_time")
+_by_end_time = itemgetter(3)
 _SCALARS: Final = frozenset(
     {"string_value", "int_value", "bool_value", "double_value", "bytes_value"}
 )
@@ -84,34 +84,11 @@ class _Resource:
 _NO_RESOURCE: Final = _Resource(_EMPTY)
 
 
-class _Parent:
-    __slots__ = ("span_id",)
+class _Parent(tuple[int]):
+    """A parent span's context: ``span_id`` (an int) is all the processor reads of it."""
 
-    def __init__(self, span_id: int) -> None:
-        self.span_id = span_id
-
-
-class _Context:
-    """What the processor and the ledger read of a span's context (W3C ids as ints), read from
-    the OTLP span when asked: the processor reads the span id only inside nested traces, the
-    ledger the ids only for the span whose usage crossed a threshold (it keeps a ``SpanRef``)."""
-
-    __slots__ = ("_span",)
-
-    def __init__(self, span: PbSpan) -> None:
-        self._span = span
-
-    @property
-    def trace_id(self) -> int:
-        return int.from_bytes(self._span.trace_id, "big")
-
-    @property
-    def span_id(self) -> int:
-        return int.from_bytes(self._span.span_id, "big")
-
-    @property
-    def trace_flags(self) -> int:
-        return int(self._span.flags & 0xFF) or 1  # received, so sampled when unset
+    __slots__ = ()
+    span_id = property(itemgetter(0))
 
 
 class _Status:
@@ -123,42 +100,67 @@ class _Status:
 
 _ERROR_STATUS: Final = _Status(StatusCode.ERROR)
 _UNSET_STATUS: Final = _Status(StatusCode.UNSET)
+_new_tuple = tuple.__new__
 
 
-class OtlpSpan:
+class OtlpSpan(tuple[Any, ...]):
     """One OTLP span as ``QuotaSpanProcessor.on_end`` reads it (the fields of its fast path).
 
-    No reference cycle (a view is freed, with its attribute values, as soon as it is counted,
-    not at the next garbage collection).
+    A tuple (attributes, OTLP span, parent, end time, scope, status, resource) whose fields are
+    read through C-level ``itemgetter`` properties: made in one C call per span, with no
+    reference cycle (it is freed, with its attribute values, as soon as it is counted). It is its
+    own ``_context``: ``span_id``, ``trace_id`` and ``trace_flags`` are read from the OTLP span
+    only when asked (the processor reads the span id inside nested traces only, the ledger the
+    ids only for the span whose usage crossed a threshold, which it keeps as a ``SpanRef``).
     """
 
-    __slots__ = (
-        "_attributes",
-        "_context",
-        "_end_time",
-        "_instrumentation_scope",
-        "_parent",
-        "_status",
-        "resource",
-    )
+    __slots__ = ()
 
-    def __init__(
-        self,
+    _attributes = property(itemgetter(0))
+    _parent = property(itemgetter(2))
+    _end_time = property(itemgetter(3))
+    _instrumentation_scope = property(itemgetter(4))
+    _status = property(itemgetter(5))
+    resource = property(itemgetter(6))
+
+    @property
+    def _context(self) -> OtlpSpan:
+        return self
+
+    @property
+    def span_id(self) -> int:
+        return int.from_bytes(self[1].span_id, "big")
+
+    @property
+    def trace_id(self) -> int:
+        return int.from_bytes(self[1].trace_id, "big")
+
+    @property
+    def trace_flags(self) -> int:
+        return int(self[1].flags & 0xFF) or 1  # received, so sampled when unset
+
+    @classmethod
+    def of(
+        cls,
         attributes: Mapping[str, Any],
-        context: _Context,
-        parent: _Parent | None,
-        end_time: int,
+        span: PbSpan,
         scope: InstrumentationScope | None,
-        error: bool,
         resource: _Resource,
-    ) -> None:
-        self._attributes = attributes
-        self._context = context
-        self._parent = parent
-        self._end_time = end_time
-        self._instrumentation_scope = scope
-        self._status = _ERROR_STATUS if error else _UNSET_STATUS
-        self.resource = resource
+    ) -> OtlpSpan:
+        """The view of ``span`` (already checked: ids of the right lengths)."""
+        parent = span.parent_span_id
+        return _new_tuple(
+            cls,
+            (
+                attributes,
+                span,
+                _new_tuple(_Parent, (int.from_bytes(parent, "big"),)) if parent else None,
+                span.end_time_unix_nano,
+                scope,
+                _ERROR_STATUS if span.status.code == _STATUS_ERROR else _UNSET_STATUS,
+                resource,
+            ),
+        )
 
 
 class IngestResult:
@@ -268,6 +270,10 @@ class OtlpIngest:
         scalars = _SCALARS
         resolving = processor._resolving
         frameworks = processor._framework_scopes
+        new_tuple = _new_tuple  # OtlpSpan.of, inlined
+        from_bytes = int.from_bytes
+        error = _ERROR_STATUS
+        unset = _UNSET_STATUS
         views: list[OtlpSpan] = []
         rejected = 0
         redelivered = 0
@@ -307,14 +313,19 @@ class OtlpIngest:
                         if len(new) >= self._half:
                             self._spans_old, self._spans_new = new, {}
                     views.append(
-                        OtlpSpan(
-                            attributes,
-                            _Context(span),
-                            _Parent(int.from_bytes(parent_id, "big")) if parent_id else None,
-                            span.end_time_unix_nano,
-                            scope,
-                            span.status.code == _STATUS_ERROR,
-                            resource,
+                        new_tuple(
+                            OtlpSpan,
+                            (
+                                attributes,
+                                span,
+                                new_tuple(_Parent, (from_bytes(parent_id, "big"),))
+                                if parent_id
+                                else None,
+                                span.end_time_unix_nano,
+                                scope,
+                                error if span.status.code == _STATUS_ERROR else unset,
+                                resource,
+                            ),
                         )
                     )
         views.sort(key=_by_end_time)  # children (ending first) before their parents
