@@ -358,6 +358,20 @@ async def test_a_gzip_bomb_is_a_413(
     assert b"decompressed" in status_pb2.Status.FromString(body).message.encode()
 
 
+async def test_a_json_body_over_8_mib_is_a_413_protobuf_of_that_size_is_not(
+    make_service: Callable[..., QuotaService], client_for: Any
+) -> None:
+    """Parsed JSON takes about ten times its size: OTLP/JSON has a lower cap than protobuf."""
+    client = await client_for(make_service())
+    padding = "x" * (9 << 20)
+    status, _, _ = await post(
+        client, json.dumps({"resourceSpans": [], "p": padding}).encode(), JSON
+    )
+    assert status == 413
+    big = request_bytes(ended_spans([llm_attrs(**{"gen_ai.prompt": padding})]))
+    assert (await post(client, big))[0] == 200
+
+
 def test_decompress_stops_at_the_cap_instead_of_expanding_a_bomb() -> None:
     bomb = gzip.compress(b"\x00" * (256 << 20), compresslevel=9)  # 256 MiB in ~250 KB
     tracemalloc.start()

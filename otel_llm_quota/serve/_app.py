@@ -3,7 +3,8 @@
 Routes:
 
 * ``POST /v1/traces``: an ``ExportTraceServiceRequest``, ``application/x-protobuf`` or
-  ``application/json`` (OTLP/JSON: hex ids, enums as ints, 64-bit ints as strings), optionally
+  ``application/json`` (OTLP/JSON: hex ids, enums as ints, 64-bit ints as strings; at most
+  ``MAX_JSON_BYTES``, 8 MiB, decompressed), optionally
   ``Content-Encoding: gzip``. Answers, per the OTLP/HTTP specification: 200 with an
   ``ExportTraceServiceResponse`` in the request's content type (with ``partial_success`` when
   spans were rejected; an empty export is a success too); 400 for a body that does not decode;
@@ -69,6 +70,9 @@ _GRPC_CODES: Final = {
 }
 _ID_KEYS: Final = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
 _MAX_JSON_DEPTH: Final = 64
+MAX_JSON_BYTES: Final = 8 * 1024 * 1024
+"""The largest OTLP/JSON body (decompressed): parsed JSON takes about ten times its size in
+Python objects, protobuf about its own size; send large batches as protobuf."""
 SHUTDOWN_GRACE_SECONDS: Final = 10.0
 """How long in-flight requests may take to finish once stopping."""
 
@@ -220,7 +224,8 @@ class QuotaService:
     def _export(self, body: bytes, encoding: str, json_body: bool) -> tuple[int, bytes]:
         """(200, response body) or (error status, message). Runs on the worker thread."""
         try:
-            data = decompress(body, encoding, self.limits.max_decompressed_bytes)
+            limit = self.limits.max_decompressed_bytes
+            data = decompress(body, encoding, min(limit, MAX_JSON_BYTES) if json_body else limit)
             del body
             message = _parse_json(data) if json_body else _parse_protobuf(data)
             del data
