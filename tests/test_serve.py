@@ -602,6 +602,49 @@ def test_otlp_path_counts_exactly_like_the_in_process_processor(
         manager.close()
 
 
+async def test_otlp_metrics_are_pushed_to_an_otlp_receiver(
+    monkeypatch: pytest.MonkeyPatch, client_for: Any
+) -> None:
+    from aiohttp import web
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+
+    received: list[ExportMetricsServiceRequest] = []
+
+    async def metrics(request: web.Request) -> web.Response:
+        received.append(ExportMetricsServiceRequest.FromString(await request.read()))
+        return web.Response(body=b"", content_type=PROTOBUF)
+
+    receiver = web.Application()
+    receiver.router.add_post("/v1/metrics", metrics)
+    server = TestServer(receiver, host="127.0.0.1")
+    await server.start_server()
+    try:
+        monkeypatch.setenv(
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", str(server.make_url("/v1/metrics"))
+        )
+        monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "3600000")  # only the flush exports
+        manager = LLMProviderManager(store=False, metrics=False)
+        service = QuotaService(QuotaSetup(manager=manager), metrics=False, otlp_metrics=True)
+        client = await client_for(service)
+        status, _, _ = await post(client, request_bytes(ended_spans([llm_attrs(inp=9, out=1)])))
+        assert status == 200
+        await asyncio.to_thread(service.close)  # its last export
+    finally:
+        await server.close()
+    usage = [
+        point.as_double if point.HasField("as_double") else point.as_int
+        for request in received
+        for resource_metrics in request.resource_metrics
+        for scope_metrics in resource_metrics.scope_metrics
+        for metric in scope_metrics.metrics
+        if metric.name == "llm.quota.usage"
+        for point in metric.gauge.data_points
+    ]
+    assert usage == [10]
+
+
 # -- run_service and the command ------------------------------------------------------------------
 
 

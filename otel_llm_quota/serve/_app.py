@@ -14,7 +14,8 @@ Routes:
 * ``GET /healthz``: 200 and a JSON object (spans counted and refused, configs, alerts firing,
   the store's last successful sync); 503 once stopping. Never needs the token: it holds counts
   only, no config id, token figure or store URL.
-* ``GET /metrics``: the ``llm.quota.*`` metrics for Prometheus (needs the token, when set).
+* ``GET /metrics``: the ``llm.quota.*`` metrics for Prometheus (needs the token, when set); they
+  can also be pushed over OTLP (``otlp_metrics``).
 
 Decoding and counting run on one worker thread (``otel-llm-quota-serve``), so the event loop keeps
 answering (``/healthz``, 503s) while a large request is counted; the processor's own rules make
@@ -86,6 +87,9 @@ class QuotaService:
         limits: request limits.
         token: the bearer token every request but ``/healthz`` must carry; None: none needed.
         metrics: serve ``GET /metrics`` (needs the ``prometheus`` extra).
+        otlp_metrics: also push the metrics with the OTLP/HTTP metric exporter, configured by
+            the standard ``OTEL_EXPORTER_OTLP_*`` variables (every ``OTEL_METRIC_EXPORT_INTERVAL``
+            milliseconds, default 60000; a last export at ``close()``).
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class QuotaService:
         limits: Limits | None = None,
         token: str | None = None,
         metrics: bool = True,
+        otlp_metrics: bool = False,
     ) -> None:
         self.setup = setup
         self.manager = setup.manager
@@ -104,18 +109,31 @@ class QuotaService:
         self._meter_provider: Any = None
         self._quota_metrics: QuotaMetrics | None = None
         meter_provider: Any = None
+        readers: list[Any] = []
         if metrics:
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
-            from opentelemetry.sdk.metrics import MeterProvider
             from prometheus_client import CollectorRegistry
 
             self._registry = CollectorRegistry(auto_describe=False)
-            reader = PrometheusMetricReader(
-                disable_target_info=True, scope_info_enabled=False, registry=self._registry
+            readers.append(
+                PrometheusMetricReader(
+                    disable_target_info=True, scope_info_enabled=False, registry=self._registry
+                )
             )
+        if otlp_metrics:
+            # Configured by the standard variables: OTEL_EXPORTER_OTLP_(METRICS_)ENDPOINT,
+            # _HEADERS, _COMPRESSION..., and OTEL_METRIC_EXPORT_INTERVAL.
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+                OTLPMetricExporter,
+            )
+            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        if readers:
+            from opentelemetry.sdk.metrics import MeterProvider
+
             meter_provider = MeterProvider(
-                metric_readers=[reader],
-                views=quota_metric_views(self.manager.ledger.max_configs),
+                metric_readers=readers, views=quota_metric_views(self.manager.ledger.max_configs)
             )
             self._meter_provider = meter_provider
             self._quota_metrics = QuotaMetrics(self.manager, meter_provider)
@@ -301,6 +319,11 @@ class QuotaService:
         self.stopping = True
         self._executor.shutdown(wait=True)
         self.processor.shutdown()
+        if self._meter_provider is not None:
+            try:  # the last OTLP export, while the metrics still report the manager
+                self._meter_provider.force_flush(5_000)
+            except Exception:  # closing: a failing exporter must not stop the store's flush
+                _logger.debug("otel-llm-quota serve: last metrics export failed", exc_info=True)
         try:
             self.manager.close()  # the monitor's final pass and the handlers
         finally:
