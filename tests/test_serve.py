@@ -434,6 +434,91 @@ async def test_a_stopping_service_answers_503(
     assert (await client.get("/healthz")).status == 503
 
 
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _deep_request(depth: int) -> bytes:
+    """An ExportTraceServiceRequest, written byte by byte (protobuf's own builder refuses to go
+    this deep), whose one span attribute nests key-value lists ``depth`` levels deep."""
+    value = b"\x18\x01"  # AnyValue{int_value: 1}
+    for _ in range(depth):
+        key_value = _field(1, b"k") + _field(2, value)  # KeyValue{key, value}
+        value = _field(6, _field(1, key_value))  # AnyValue{kvlist_value: {values: [...]}}
+    attribute = _field(1, b"gen_ai.usage.input_tokens") + _field(2, value)
+    span = _field(1, b"t" * 16) + _field(2, b"s" * 8) + _field(9, attribute)
+    return _field(1, _field(2, _field(2, span)))  # resource_spans > scope_spans > spans
+
+
+@pytest.mark.parametrize(("depth", "status"), [(3, 200), (25, 200), (5_000, 400)])
+def test_deeply_nested_attribute_values_are_a_skipped_value_or_a_400(
+    make_service: Callable[..., QuotaService], depth: int, status: int
+) -> None:
+    """A nested value where a token count belongs is skipped (counted), one nested deeper than
+    protobuf's recursion limit is a malformed body: never a crash or a 500."""
+    service = make_service()
+    assert service._export(_deep_request(depth), "", False)[0] == status
+    stats = service.processor.stats
+    assert stats.errors == 0
+    assert stats.skipped_values == (1 if status == 200 else 0)
+
+
+_VALID_BODY = pb_request(
+    [
+        llm_attrs(inp=3, out=4, **{"gen_ai.response.id": "r-1", "llm.quota.config_id": "team"}),
+        {"http.method": "GET"},
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.one_of(
+        st.binary(max_size=2_000),
+        st.builds(
+            lambda cut, flips: _mutate(_VALID_BODY, cut, flips),
+            st.integers(0, len(_VALID_BODY)),
+            st.lists(st.tuples(st.integers(0, len(_VALID_BODY) - 1), st.integers(0, 255))),
+        ),
+    ),
+    as_json=st.booleans(),
+    gzipped=st.booleans(),
+)
+def test_any_body_is_answered_200_or_400_and_never_raises(
+    data: bytes, as_json: bool, gzipped: bool
+) -> None:
+    manager = LLMProviderManager(store=False, metrics=False)
+    service = QuotaService(QuotaSetup(manager=manager), metrics=False)
+    try:
+        body = gzip.compress(data) if gzipped else data
+        status, payload = service._export(body, "gzip" if gzipped else "", as_json)
+        assert status in (200, 400), payload
+        assert service.processor.stats.errors == 0
+    finally:
+        service.close()
+
+
+def _mutate(body: bytes, cut: int, flips: list[tuple[int, int]]) -> bytes:
+    mutable = bytearray(body[:cut] if cut else body)
+    for index, byte in flips:
+        if index < len(mutable):
+            mutable[index] = byte
+    return bytes(mutable)
+
+
 # -- security -------------------------------------------------------------------------------------
 
 
