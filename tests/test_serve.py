@@ -253,6 +253,24 @@ async def test_a_redelivered_request_is_counted_once(
     assert service.redelivered_spans == 2
 
 
+async def test_config_rules_match_resource_attributes_as_in_process(
+    make_service: Callable[..., QuotaService], client_for: Any
+) -> None:
+    manager = LLMProviderManager(store=False, metrics=False)
+    rules = [
+        {"config_id": "api-team", "match": {"service.name": "app", "model": "gpt-4o*"}},
+        {"config_id": "other", "match": {"service.name": "batch"}},
+    ]
+    service = QuotaService(QuotaSetup(manager=manager, processor_options={"rules": rules}))
+    try:
+        client = await client_for(service)
+        body = request_bytes(ended_spans([llm_attrs(inp=6, out=6)]))  # service.name "app"
+        assert (await post(client, body))[0] == 200
+        assert totals(manager) == {"api-team": (12, 6, 6, 1, 0)}
+    finally:
+        service.close()
+
+
 async def test_children_after_parents_in_one_request_still_count_the_innermost_once(
     make_service: Callable[..., QuotaService], client_for: Any
 ) -> None:
@@ -737,8 +755,8 @@ async def test_run_service_serves_tls_and_flushes_the_store_when_stopped(tmp_pat
     import ssl
 
     import aiohttp
-    import trustme
 
+    trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
