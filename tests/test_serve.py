@@ -271,6 +271,27 @@ async def test_config_rules_match_resource_attributes_as_in_process(
         service.close()
 
 
+async def test_an_alert_names_the_otlp_span_that_crossed_the_threshold(client_for: Any) -> None:
+    from otel_llm_quota import SpanRef
+    from otel_llm_quota.testing import RecordingAlertHandler
+
+    recorder = RecordingAlertHandler()
+    manager = LLMProviderManager(store=False, metrics=False)
+    manager.add_alert_handler(recorder)
+    await manager.set_quota_limit("openai", 100, 50)
+    service = QuotaService(QuotaSetup(manager=manager))
+    try:
+        client = await client_for(service)
+        spans = ended_spans([llm_attrs(inp=10, out=0), llm_attrs(inp=50, out=0)])
+        assert (await post(client, request_bytes(spans)))[0] == 200
+        await manager.check_quotas()
+        [alert] = recorder.alerts
+        context = spans[1].context
+        assert alert.span == SpanRef(context.trace_id, context.span_id, 1)
+    finally:
+        service.close()
+
+
 async def test_children_after_parents_in_one_request_still_count_the_innermost_once(
     make_service: Callable[..., QuotaService], client_for: Any
 ) -> None:
