@@ -111,15 +111,10 @@ class QuotaService:
         meter_provider: Any = None
         readers: list[Any] = []
         if metrics:
-            from opentelemetry.exporter.prometheus import PrometheusMetricReader
-            from prometheus_client import CollectorRegistry
-
-            self._registry = CollectorRegistry(auto_describe=False)
-            readers.append(
-                PrometheusMetricReader(
-                    disable_target_info=True, scope_info_enabled=False, registry=self._registry
-                )
-            )
+            found = _prometheus_reader()
+            if found is not None:
+                self._registry = found[1]
+                readers.append(found[0])
         if otlp_metrics:
             # Configured by the standard variables: OTEL_EXPORTER_OTLP_(METRICS_)ENDPOINT,
             # _HEADERS, _COMPRESSION..., and OTEL_METRIC_EXPORT_INTERVAL.
@@ -332,6 +327,28 @@ class QuotaService:
                 self._quota_metrics.shutdown()
             if self._meter_provider is not None:
                 self._meter_provider.shutdown()
+
+
+def _prometheus_reader() -> tuple[Any, Any] | None:
+    """A ``PrometheusMetricReader`` and the registry of its own it reports to, or None (logged)
+    with an exporter-prometheus release too old to take one."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    options: dict[str, Any] = {"disable_target_info": True, "registry": registry}
+    try:
+        reader = PrometheusMetricReader(scope_info_enabled=False, **options)
+    except TypeError:  # releases before scope_info_enabled
+        try:
+            reader = PrometheusMetricReader(**options)
+        except TypeError:  # releases before registry (0.60b0): it would be the global one
+            _logger.warning(
+                "otel-llm-quota serve: GET /metrics needs a newer opentelemetry-exporter-"
+                "prometheus (PrometheusMetricReader(registry=...)); serving no /metrics"
+            )
+            return None
+    return reader, registry
 
 
 def _parse_protobuf(data: bytes) -> ExportTraceServiceRequest:
