@@ -8,6 +8,7 @@ from otel_llm_quota.cli import (  # noqa: F401  (each registers its commands)
     _check,
     _demo,
     _doctor,
+    _serve,
     _status,
 )
 from otel_llm_quota.cli._app import cli, main
