@@ -37,6 +37,14 @@ on a private ``TracerProvider`` and checks that those internals say what the pub
 an SDK release renamed one, it logs one warning and reads every span through the public API
 instead (slower, same results), rather than failing on every span.
 
+One core for in-process and OTLP spans: ``otel-llm-quota serve`` (``otel_llm_quota.serve``)
+turns each span it receives into a span view with the same fields the fast path reads (plain
+``dict`` attributes, ``_context``, ``_parent``, ``_status._status_code``, ``_end_time``,
+``_instrumentation_scope``, ``resource``) and passes it to ``QuotaSpanProcessor.on_end`` of its own
+processor: usage extraction, config resolution, the dedupe tables and the framework pairing are
+this very code, so the two paths cannot drift apart. Such spans never pass through ``on_start``:
+``_pair_from_start()`` turns the framework pairing on from the first span instead.
+
 Bad values (a token count that is a string, float, bool, negative or absurdly large; a config id
 that is not a string) are skipped, never guessed at; each skip is counted in ``stats`` and in the
 ``llm.quota.processor.skipped_values`` counter, and logged at debug level.
@@ -231,6 +239,12 @@ class QuotaSpanProcessor(SpanProcessor):
             # An instance attribute: the SDK calls processor.on_end, found here first.
             self.on_end = self._on_end_portable  # type: ignore[method-assign]
             self._pairing, self._watching = bool(self._framework_scopes), False
+
+    def _pair_from_start(self) -> None:
+        """Pair framework spans from the first span on (module docstring), as the portable path
+        does: for spans that never pass through ``on_start`` (those ``otel-llm-quota serve``
+        receives over OTLP)."""
+        self._pairing, self._watching = bool(self._framework_scopes), False
 
     def _at_fork_reinit(self) -> None:
         # In a forked child: a thread of the parent may have held the lock at fork time. The

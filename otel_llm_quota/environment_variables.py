@@ -275,3 +275,39 @@ With a store: ``true`` turns SIGTERM into a normal exit (``SystemExit(143)``) wh
 application has no SIGTERM handler of its own, so the final flush runs (Python's default ends
 the process without it). ``false`` leaves SIGTERM alone. Default: ``true``.
 """
+
+# -- the OTLP service (otel-llm-quota serve) -----------------------------------------------------
+
+OTEL_LLM_QUOTA_SERVE_TOKEN: Final = "OTEL_LLM_QUOTA_SERVE_TOKEN"
+"""
+.. envvar:: OTEL_LLM_QUOTA_SERVE_TOKEN
+
+``otel-llm-quota serve``: when set, every request but ``GET /healthz`` must carry
+``Authorization: Bearer <this token>`` (compared in constant time); others get 401. A secret:
+never logged. Unset: no authentication (the service binds to 127.0.0.1 by default).
+"""
+
+OTEL_LLM_QUOTA_SERVE_MAX_BODY_BYTES: Final = "OTEL_LLM_QUOTA_SERVE_MAX_BODY_BYTES"
+"""
+.. envvar:: OTEL_LLM_QUOTA_SERVE_MAX_BODY_BYTES
+
+``otel-llm-quota serve``: the largest request body accepted, as sent (compressed); larger ones
+get 413. Default: ``16777216`` (16 MiB).
+"""
+
+OTEL_LLM_QUOTA_SERVE_MAX_DECOMPRESSED_BYTES: Final = "OTEL_LLM_QUOTA_SERVE_MAX_DECOMPRESSED_BYTES"
+"""
+.. envvar:: OTEL_LLM_QUOTA_SERVE_MAX_DECOMPRESSED_BYTES
+
+``otel-llm-quota serve``: the largest gzip-decompressed body; inflating stops there and the
+request gets 413 (a gzip bomb is never expanded in full). Default: ``67108864`` (64 MiB).
+"""
+
+OTEL_LLM_QUOTA_SERVE_MAX_CONCURRENT_REQUESTS: Final = "OTEL_LLM_QUOTA_SERVE_MAX_CONCURRENT_REQUESTS"
+"""
+.. envvar:: OTEL_LLM_QUOTA_SERVE_MAX_CONCURRENT_REQUESTS
+
+``otel-llm-quota serve``: export requests handled at once; more get 503 with ``Retry-After``
+(OTLP exporters retry them). Bounds memory at about this many times the two size limits.
+Default: ``8``.
+"""
