@@ -135,8 +135,14 @@ class QuotaService:
     # -- the application ---------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        """The aiohttp application (its body-size limit is ``limits.max_body_bytes``)."""
-        app = web.Application(client_max_size=self.limits.max_body_bytes)
+        """The aiohttp application (its body-size limit is ``limits.max_body_bytes``; bodies are
+        read as sent, still compressed)."""
+        # auto_decompress off: aiohttp would inflate gzip itself, up to client_max_size of output
+        # held in memory; ``decompress`` caps it at max_decompressed_bytes, incrementally.
+        app = web.Application(
+            client_max_size=self.limits.max_body_bytes,
+            handler_args={"auto_decompress": False},
+        )
         app.router.add_post("/v1/traces", self._traces)
         app.router.add_get("/healthz", self._healthz)
         if self._registry is not None:

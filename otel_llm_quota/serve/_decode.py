@@ -85,11 +85,33 @@ class _Parent:
         self.span_id = span_id
 
 
+class _Context:
+    """What the processor and the ledger read of a span's context (W3C ids as ints)."""
+
+    __slots__ = ("span_id", "trace_flags", "trace_id")
+
+    def __init__(self, trace_id: int, span_id: int, trace_flags: int) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.trace_flags = trace_flags
+
+
+class _Status:
+    __slots__ = ("_status_code",)
+
+    def __init__(self, code: StatusCode) -> None:
+        self._status_code = code
+
+
+_ERROR_STATUS: Final = _Status(StatusCode.ERROR)
+_UNSET_STATUS: Final = _Status(StatusCode.UNSET)
+
+
 class OtlpSpan:
     """One OTLP span as ``QuotaSpanProcessor.on_end`` reads it (the fields of its fast path).
 
-    It is its own ``_context`` (``trace_id``, ``span_id``, ``trace_flags``: what the ledger keeps
-    of the span that crossed a threshold) and its own ``_status``.
+    No reference cycle (a view is freed, with its attribute values, as soon as it is counted,
+    not at the next garbage collection).
     """
 
     __slots__ = (
@@ -99,35 +121,25 @@ class OtlpSpan:
         "_instrumentation_scope",
         "_parent",
         "_status",
-        "_status_code",
         "resource",
-        "span_id",
-        "trace_flags",
-        "trace_id",
     )
 
     def __init__(
         self,
         attributes: Mapping[str, Any],
-        trace_id: int,
-        span_id: int,
+        context: _Context,
         parent: _Parent | None,
         end_time: int,
         scope: InstrumentationScope | None,
         error: bool,
         resource: _Resource,
-        trace_flags: int = 1,
     ) -> None:
         self._attributes = attributes
-        self._context = self
-        self._status = self
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.trace_flags = trace_flags
+        self._context = context
         self._parent = parent
         self._end_time = end_time
         self._instrumentation_scope = scope
-        self._status_code = StatusCode.ERROR if error else StatusCode.UNSET
+        self._status = _ERROR_STATUS if error else _UNSET_STATUS
         self.resource = resource
 
 
@@ -269,14 +281,16 @@ class OtlpIngest:
                     views.append(
                         OtlpSpan(
                             attributes,
-                            int.from_bytes(trace_id, "big"),
-                            int.from_bytes(span_id, "big"),
+                            _Context(
+                                int.from_bytes(trace_id, "big"),
+                                int.from_bytes(span_id, "big"),
+                                span.flags & 0xFF or 1,
+                            ),
                             _Parent(int.from_bytes(parent_id, "big")) if parent_id else None,
                             span.end_time_unix_nano,
                             scope,
                             span.status.code == _STATUS_ERROR,
                             resource,
-                            span.flags & 0xFF or 1,
                         )
                     )
         views.sort(key=_by_end_time)  # children (ending first) before their parents
