@@ -2,10 +2,11 @@
 Node.js with the official JS SDK) export spans over OTLP/HTTP to the real Collector built by
 ``make collector``, running the shipped otelcol-config.yaml with otelcol-quota-service.yaml;
 it sends the GenAI spans to ``otel-llm-quota serve`` (a real process), whose quota state in a
-store is read back with ``otel-llm-quota status --json``, as a user would. The service's
-``otel_log`` alert handler exports its record over OTLP to the same Collector, read back from
-its file exporter (otelcol-events-file.yaml). Also: two replicas of the service on one Redis
-store, each receiving part of the spans."""
+store is read back with ``otel-llm-quota status --json``, as a user would, and its own
+``GET /metrics`` by a real Prometheus. The service's ``otel_log`` alert handler exports its
+record over OTLP to the same Collector, read back from its file exporter
+(otelcol-events-file.yaml). Also: two replicas of the service on one Redis store, each
+receiving part of the spans."""
 
 from __future__ import annotations
 
@@ -24,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from ._peers import RecordingServer, poll, require_http_peers, running_server
+from ._peers import (
+    RecordingServer,
+    poll,
+    require_http_peers,
+    running_prometheus,
+    running_server,
+    wait_for_values,
+)
 from .conftest import free_port, require_binary, require_module
 from .test_collector import started_collector
 from .test_collector_events import attributes, log_records
@@ -155,6 +163,24 @@ def chat(
     return trace_id
 
 
+@asynccontextmanager
+async def scraping_prometheus(tmp_path: Path, target: str) -> AsyncIterator[str]:
+    """A real Prometheus scraping ``target`` (host:port, ``/metrics``) every second."""
+    binary = require_binary("prometheus")
+    workdir = tmp_path / "prometheus"
+    workdir.mkdir()
+    config = yaml.safe_dump(
+        {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [
+                {"job_name": "otel-llm-quota-serve", "static_configs": [{"targets": [target]}]}
+            ],
+        }
+    )
+    async with running_prometheus(binary, config, workdir) as url:
+        yield url
+
+
 # -- Python app -> Collector -> serve (SQLite), the alert event back through the Collector -------
 
 
@@ -162,6 +188,8 @@ async def test_python_app_through_the_collector_to_the_service(
     tmp_path: Path, backend: RecordingServer
 ) -> None:
     require_serve()
+    import httpx
+
     store = f"sqlite:///{tmp_path}/quota.db"
     config = write_config(
         tmp_path,
@@ -215,6 +243,23 @@ async def test_python_app_through_the_collector_to_the_service(
                 store, {"openai-prod": (850, 20, 870), "anthropic-dev": (3000, 200, 3200)}
             )
             assert status["openai-prod"]["quota_limit"] == 1000
+            # The service's own metrics, scraped by a real Prometheus (GET /metrics).
+            async with (
+                scraping_prometheus(tmp_path, f"127.0.0.1:{serve_port}") as prometheus,
+                httpx.AsyncClient(timeout=5) as client,
+            ):
+                await wait_for_values(
+                    client,
+                    prometheus,
+                    "llm_quota_usage",
+                    {"openai-prod": 870, "anthropic-dev": 3200},
+                )
+                await wait_for_values(
+                    client,
+                    prometheus,
+                    "llm_quota_limit",
+                    {"openai-prod": 1000, "anthropic-dev": 100000},
+                )
 
             async def alerted() -> list[dict[str, Any]] | None:
                 return log_records(events_file) or None
