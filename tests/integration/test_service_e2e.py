@@ -5,8 +5,7 @@ it sends the GenAI spans to ``otel-llm-quota serve`` (a real process), whose quo
 store is read back with ``otel-llm-quota status --json``, as a user would, and its own
 ``GET /metrics`` by a real Prometheus. The service's ``otel_log`` alert handler exports its
 record over OTLP to the same Collector, read back from its file exporter
-(otelcol-events-file.yaml). Also: two replicas of the service on one Redis store, each
-receiving part of the spans."""
+(otelcol-events-file.yaml). Two replicas on one Redis store: tests/integration/test_serve.py."""
 
 from __future__ import annotations
 
@@ -402,72 +401,3 @@ async def test_node_app_through_the_collector_to_the_service(
                 "node-anthropic": (6000, 21, 6021),
             },
         )
-
-
-# -- two replicas of the service on one Redis store ----------------------------------------------
-
-
-@pytest.fixture
-async def alert_sink() -> AsyncIterator[RecordingServer]:
-    """Receives the webhook handler's alerts."""
-    require_http_peers()
-    server = await RecordingServer().start()
-    yield server
-    await server.stop()
-
-
-async def test_two_replicas_on_one_redis_store_count_once_and_alert_once(
-    tmp_path: Path, redis_url: str, alert_sink: RecordingServer
-) -> None:
-    """Spans spread over two ``serve`` processes (each app exports to one of them, as a load
-    balancer would spread them): the store holds the sum, and the fleet sends one alert."""
-    require_serve()
-    import httpx
-
-    config = write_config(
-        tmp_path,
-        {
-            "manager": {"cooldown_seconds": 3600},
-            "monitor": {"interval_seconds": 0.2},
-            "quotas": [{"config_id": "openai-prod", "limit": 1000, "thresholds": [80]}],
-            "handlers": [{"type": "webhook", "url": f"{alert_sink.url}/alerts"}],
-        },
-    )
-    attrs = {"gen_ai.provider.name": "openai", "llm.quota.config_id": "openai-prod"}
-    async with (
-        running_serve(tmp_path, redis_url, config, name="serve-a") as replica_a,
-        running_serve(tmp_path, redis_url, config, name="serve-b") as replica_b,
-    ):
-        apps = [python_app(replica_a, "chat-a"), python_app(replica_b, "chat-b")]
-        try:
-            for i in range(20):  # 20 x (40 + 5) = 900 of 1000: crosses 80 % at the 18th
-                app = apps[i % 2]
-                chat(app, "gpt-4o", {**attrs, "gen_ai.response.id": f"resp-{i}"}, 40, 5)
-                if i % 5 == 4:
-                    assert app.force_flush(10_000)
-            for app in apps:
-                assert app.force_flush(10_000)
-        finally:
-            for app in apps:
-                app.shutdown()
-        status = await wait_for_tokens(redis_url, {"openai-prod": (800, 100, 900)})
-        assert status["openai-prod"]["quota_limit"] == 1000
-        async with httpx.AsyncClient(timeout=5) as client:  # each counted its own half
-            for replica in (replica_a, replica_b):
-                health = (await client.get(f"{replica}/healthz")).json()
-                assert health["counted_spans"] == 10, health
-
-        async def alerted() -> int | None:
-            return len(alert_sink.requests) or None
-
-        await poll(alerted, deadline_seconds=30, what="the webhook alert")
-    # Both replicas stopped (final flushes and monitor passes): still one alert, same totals.
-    assert tokens(await asyncio.to_thread(quota_status, redis_url)) == {
-        "openai-prod": (800, 100, 900)
-    }
-    (request,) = alert_sink.requests
-    assert request.path == "/alerts"
-    body = request.json()
-    assert body["status"] == "firing"
-    assert body["details"]["config_id"] == "openai-prod"
-    assert body["details"]["threshold_percent"] == 80
