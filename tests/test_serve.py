@@ -37,7 +37,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Status, StatusCode, set_span_in_context
 
 from otel_llm_quota import LLMProviderManager, QuotaSetup, QuotaSpanProcessor
-from otel_llm_quota.serve import BodyError, Limits, OtlpIngest, QuotaService, decompress
+from otel_llm_quota.serve import (
+    BodyError,
+    Limits,
+    OtlpIngest,
+    QuotaService,
+    decompress,
+    run_service,
+)
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -562,3 +569,66 @@ def test_otlp_path_counts_exactly_like_the_in_process_processor(
         )
     finally:
         manager.close()
+
+
+# -- run_service and the command ------------------------------------------------------------------
+
+
+async def test_run_service_serves_tls_and_flushes_the_store_when_stopped(tmp_path: Any) -> None:
+    import ssl
+
+    import aiohttp
+    import trustme
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    store = f"sqlite:///{tmp_path}/quota.db"
+    # A long flush interval: only the final flush at stop can bring the usage to the store.
+    manager = LLMProviderManager(store=store, metrics=False, flush_interval_seconds=3600)
+    service = QuotaService(QuotaSetup(manager=manager))
+    urls: asyncio.Queue[str] = asyncio.Queue()
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(
+        run_service(
+            service, "127.0.0.1", 0, ssl_context=server_context, ready=urls.put_nowait, stop=stop
+        )
+    )
+    url = await urls.get()
+    assert url.startswith("https://127.0.0.1:")
+    body = request_bytes(ended_spans([llm_attrs(inp=30, out=12)]))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            url + "/v1/traces", data=body, headers={"Content-Type": PROTOBUF}, ssl=client_context
+        ) as response:
+            assert response.status == 200
+        with pytest.raises(aiohttp.ClientError):  # plain HTTP is not served
+            await session.post(url.replace("https", "http") + "/v1/traces", data=body)
+    stop.set()
+    await task
+    reader = LLMProviderManager(store=store, metrics=False)
+    try:
+        info = reader.ledger.get("openai")
+        assert info is not None
+        assert (info.total_tokens, info.total_requests) == (42, 1)
+    finally:
+        reader.close()
+
+
+def test_serve_command_refuses_half_a_tls_pair_and_a_bad_config(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from otel_llm_quota.cli import cli
+
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    result = CliRunner().invoke(cli, ["serve", "--tls-cert", str(cert)])
+    assert result.exit_code == 1
+    assert "--tls-cert and --tls-key go together" in result.output
+    bad = tmp_path / "quotas.json"
+    bad.write_text('{"quotas": [{"config_id": "a", "limit": -5}]}')
+    result = CliRunner().invoke(cli, ["serve", "--config", str(bad), "--port", "0"])
+    assert result.exit_code == 1
+    assert "quotas" in result.output

@@ -10,8 +10,9 @@ Routes:
   401 without the bearer token (when one is configured); 413 beyond the size limits; 415 for
   another content type or encoding; 503 with ``Retry-After`` when ``max_concurrent_requests``
   are being handled already or the service is stopping. Error bodies are a ``google.rpc.Status``.
-* ``GET /healthz``: 200 and a JSON object (spans counted, the store's last successful sync); 503
-  once stopping. Never needs the token: it tells nothing about usage.
+* ``GET /healthz``: 200 and a JSON object (spans counted and refused, configs, alerts firing,
+  the store's last successful sync); 503 once stopping. Never needs the token: it holds counts
+  only, no config id, token figure or store URL.
 * ``GET /metrics``: the ``llm.quota.*`` metrics for Prometheus (needs the token, when set).
 
 Decoding and counting run on one worker thread (``otel-llm-quota-serve``), so the event loop keeps
@@ -46,6 +47,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from otel_llm_quota._config import QuotaSetup
 from otel_llm_quota._metrics import QuotaMetrics, quota_metric_views
+from otel_llm_quota._models import AlertState
 from otel_llm_quota._processor import QuotaSpanProcessor
 from otel_llm_quota.serve._decode import OtlpIngest
 from otel_llm_quota.serve._limits import RETRY_AFTER_SECONDS, BodyError, Limits, decompress
@@ -253,11 +255,13 @@ class QuotaService:
                 ),
                 "flushes": sync.flushes,
             }
+        quotas = self.manager.ledger.get_all()
         with self._counts_lock:
             body = {
                 "status": "stopping" if self.stopping else "ok",
                 "store": store,
-                "configs": len(self.manager.ledger),
+                "configs": len(quotas),
+                "firing_alerts": sum(1 for q in quotas if q.alert_state is AlertState.FIRING),
                 "requests": self.requests,
                 "spans": self.spans,
                 "rejected_spans": self.rejected_spans,

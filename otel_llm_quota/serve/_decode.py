@@ -29,14 +29,16 @@ What differs from spans ended in-process, and why:
   that is neither empty nor 8 bytes) are rejected and reported in ``partial_success``, as are
   spans the processor failed on (its ``errors``).
 * ``on_start`` never runs: ``quota_config(...)`` blocks of the sending app are not seen (its
-  ``llm.quota.config_id`` attribute is), and the framework pairing is on from the first span.
+  ``llm.quota.config_id`` attribute is). The framework pairing starts with the first request
+  holding a span of a framework scope (in-process: with that span's ``on_start``), before any
+  span of that request is counted; until then it costs nothing.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from operator import attrgetter
+from operator import itemgetter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
     from opentelemetry.proto.common.v1.common_pb2 import AnyValue
     from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope as PbScope
     from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PbResource
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
     from opentelemetry.sdk.trace import ReadableSpan
 
 __all__ = ["DEFAULT_MAX_TRACKED_SPANS", "IngestResult", "OtlpIngest", "OtlpSpan"]
@@ -63,7 +66,10 @@ _INTERN_SIZE: Final = 1024
 """Scopes and resources kept for reuse (identity makes the processor's caches hit)."""
 _STATUS_ERROR: Final = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-_by_end_time = attrgetter("_end_time")
+_by_end_time = itemgetter(3)
+_SCALARS: Final = frozenset(
+    {"string_value", "int_value", "bool_value", "double_value", "bytes_value"}
+)
 
 
 class _Resource:
@@ -78,22 +84,11 @@ class _Resource:
 _NO_RESOURCE: Final = _Resource(_EMPTY)
 
 
-class _Parent:
-    __slots__ = ("span_id",)
+class _Parent(tuple[int]):
+    """A parent span's context: ``span_id`` (an int) is all the processor reads of it."""
 
-    def __init__(self, span_id: int) -> None:
-        self.span_id = span_id
-
-
-class _Context:
-    """What the processor and the ledger read of a span's context (W3C ids as ints)."""
-
-    __slots__ = ("span_id", "trace_flags", "trace_id")
-
-    def __init__(self, trace_id: int, span_id: int, trace_flags: int) -> None:
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.trace_flags = trace_flags
+    __slots__ = ()
+    span_id = property(itemgetter(0))
 
 
 class _Status:
@@ -105,42 +100,67 @@ class _Status:
 
 _ERROR_STATUS: Final = _Status(StatusCode.ERROR)
 _UNSET_STATUS: Final = _Status(StatusCode.UNSET)
+_new_tuple = tuple.__new__
 
 
-class OtlpSpan:
+class OtlpSpan(tuple[Any, ...]):
     """One OTLP span as ``QuotaSpanProcessor.on_end`` reads it (the fields of its fast path).
 
-    No reference cycle (a view is freed, with its attribute values, as soon as it is counted,
-    not at the next garbage collection).
+    A tuple (attributes, OTLP span, parent, end time, scope, status, resource) whose fields are
+    read through C-level ``itemgetter`` properties: made in one C call per span, with no
+    reference cycle (it is freed, with its attribute values, as soon as it is counted). It is its
+    own ``_context``: ``span_id``, ``trace_id`` and ``trace_flags`` are read from the OTLP span
+    only when asked (the processor reads the span id inside nested traces only, the ledger the
+    ids only for the span whose usage crossed a threshold, which it keeps as a ``SpanRef``).
     """
 
-    __slots__ = (
-        "_attributes",
-        "_context",
-        "_end_time",
-        "_instrumentation_scope",
-        "_parent",
-        "_status",
-        "resource",
-    )
+    __slots__ = ()
 
-    def __init__(
-        self,
+    _attributes = property(itemgetter(0))
+    _parent = property(itemgetter(2))
+    _end_time = property(itemgetter(3))
+    _instrumentation_scope = property(itemgetter(4))
+    _status = property(itemgetter(5))
+    resource = property(itemgetter(6))
+
+    @property
+    def _context(self) -> OtlpSpan:
+        return self
+
+    @property
+    def span_id(self) -> int:
+        return int.from_bytes(self[1].span_id, "big")
+
+    @property
+    def trace_id(self) -> int:
+        return int.from_bytes(self[1].trace_id, "big")
+
+    @property
+    def trace_flags(self) -> int:
+        return int(self[1].flags & 0xFF) or 1  # received, so sampled when unset
+
+    @classmethod
+    def of(
+        cls,
         attributes: Mapping[str, Any],
-        context: _Context,
-        parent: _Parent | None,
-        end_time: int,
+        span: PbSpan,
         scope: InstrumentationScope | None,
-        error: bool,
         resource: _Resource,
-    ) -> None:
-        self._attributes = attributes
-        self._context = context
-        self._parent = parent
-        self._end_time = end_time
-        self._instrumentation_scope = scope
-        self._status = _ERROR_STATUS if error else _UNSET_STATUS
-        self.resource = resource
+    ) -> OtlpSpan:
+        """The view of ``span`` (already checked: ids of the right lengths)."""
+        parent = span.parent_span_id
+        return _new_tuple(
+            cls,
+            (
+                attributes,
+                span,
+                _new_tuple(_Parent, (int.from_bytes(parent, "big"),)) if parent else None,
+                span.end_time_unix_nano,
+                scope,
+                _ERROR_STATUS if span.status.code == _STATUS_ERROR else _UNSET_STATUS,
+                resource,
+            ),
+        )
 
 
 class IngestResult:
@@ -187,7 +207,6 @@ class OtlpIngest:
         if type(max_tracked_spans) is not int or max_tracked_spans < 2:
             raise ValueError("max_tracked_spans must be an int >= 2")
         self._processor = processor
-        processor._pair_from_start()
         conv = processor.conventions
         self._wanted = frozenset(
             conv.input_tokens
@@ -234,22 +253,27 @@ class OtlpIngest:
             found = self._resources[key] = _Resource(attributes)
         return found
 
-    def _redelivered(self, key: bytes) -> bool:
-        with self._lock:
-            if key in self._spans_new or key in self._spans_old:
-                return True
-            new = self._spans_new
-            new[key] = None
-            if len(new) >= self._half:
-                self._spans_old, self._spans_new = new, {}
-            return False
-
     def ingest(self, request: ExportTraceServiceRequest) -> IngestResult:
-        """Count the LLM spans of ``request``; never raises for anything the request holds."""
+        """Count the LLM spans of ``request``; never raises for anything the request holds.
+
+        One request at a time (a lock): the redelivery table and the end-time order are per
+        request; the processor itself would take concurrent calls.
+        """
+        with self._lock:
+            return self._ingest(request)
+
+    def _ingest(self, request: ExportTraceServiceRequest) -> IngestResult:
+        # Written out flat (one loop, locals, no call per attribute): this runs for every span.
         processor = self._processor
         wanted = self._wanted
         trigger = self._trigger
+        scalars = _SCALARS
         resolving = processor._resolving
+        frameworks = processor._framework_scopes
+        new_tuple = _new_tuple  # OtlpSpan.of, inlined
+        from_bytes = int.from_bytes
+        error = _ERROR_STATUS
+        unset = _UNSET_STATUS
         views: list[OtlpSpan] = []
         rejected = 0
         redelivered = 0
@@ -258,6 +282,10 @@ class OtlpIngest:
             resource = self._resource(resource_spans.resource) if resolving else _NO_RESOURCE
             for scope_spans in resource_spans.scope_spans:
                 scope = self._scope(scope_spans.scope)
+                if not processor._pairing and scope.name in frameworks:
+                    # The first framework span: pairing starts with its request (in-process it
+                    # starts with its on_start), before any span of the request is counted.
+                    processor._pair_from_start()
                 for span in scope_spans.spans:
                     spans += 1
                     trace_id = span.trace_id
@@ -270,27 +298,34 @@ class OtlpIngest:
                     for kv in span.attributes:
                         key = kv.key
                         if key in wanted:
-                            attributes[key] = _value(kv.value)
-                    if (
-                        attributes
-                        and not trigger.isdisjoint(attributes)
-                        and self._redelivered(trace_id + span_id)
-                    ):
-                        redelivered += 1
-                        continue
+                            value = kv.value
+                            which = value.WhichOneof("value")
+                            attributes[key] = (
+                                getattr(value, which) if which in scalars else _value(value)
+                            )
+                    if attributes and not trigger.isdisjoint(attributes):
+                        ids = trace_id + span_id
+                        new = self._spans_new
+                        if ids in new or ids in self._spans_old:
+                            redelivered += 1
+                            continue
+                        new[ids] = None
+                        if len(new) >= self._half:
+                            self._spans_old, self._spans_new = new, {}
                     views.append(
-                        OtlpSpan(
-                            attributes,
-                            _Context(
-                                int.from_bytes(trace_id, "big"),
-                                int.from_bytes(span_id, "big"),
-                                span.flags & 0xFF or 1,
+                        new_tuple(
+                            OtlpSpan,
+                            (
+                                attributes,
+                                span,
+                                new_tuple(_Parent, (from_bytes(parent_id, "big"),))
+                                if parent_id
+                                else None,
+                                span.end_time_unix_nano,
+                                scope,
+                                error if span.status.code == _STATUS_ERROR else unset,
+                                resource,
                             ),
-                            _Parent(int.from_bytes(parent_id, "big")) if parent_id else None,
-                            span.end_time_unix_nano,
-                            scope,
-                            span.status.code == _STATUS_ERROR,
-                            resource,
                         )
                     )
         views.sort(key=_by_end_time)  # children (ending first) before their parents
