@@ -1,11 +1,11 @@
 """Ingest speed of ``otel-llm-quota serve``: LLM spans per second per service process.
 
-    .venv/bin/python benchmarks/bench_serve.py [--rounds 7] [--batches 40] [--runs 3]
+    .venv/bin/python benchmarks/bench_serve.py [--rounds 9] [--batches 40] [--runs 3]
 
 A real ``otel-llm-quota serve`` process (no store, metrics on) is sent OTLP/HTTP protobuf
 requests of 512 LLM spans (the attributes openai-v2 sets on a chat span, each span with its own
 response id) by a loopback client in this process (``http.client``, one keep-alive connection).
-Measured, in interleaved rounds (medians):
+Measured, in interleaved rounds (medians; each ratio is the median of the rounds' ratios):
 
 * **service CPU per span**: the service process's CPU time (user + system, from
   ``/proc/PID/stat``) over the spans it counted; ``1 / that`` is spans per second on one core.
@@ -153,7 +153,14 @@ def run_once(batches: int, rounds: int) -> dict[str, float]:
     server = Server()
     manager = LLMProviderManager(store=False, metrics=False)
     ingest = OtlpIngest(QuotaSpanProcessor(manager))
-    samples: dict[str, list[float]] = {"cpu": [], "wall": [], "decode": [], "ingest": []}
+    samples: dict[str, list[float]] = {
+        "cpu": [],
+        "wall": [],
+        "decode": [],
+        "ingest": [],
+        "ratio": [],
+        "ingest_ratio": [],
+    }
     try:
         for body in retag(template, 25)[:5]:  # warm-up (the tag of round 25 is not used below)
             server.post(body)
@@ -176,6 +183,10 @@ def run_once(batches: int, rounds: int) -> dict[str, float]:
             for body in bodies:
                 ingest.ingest(ExportTraceServiceRequest.FromString(body))
             samples["ingest"].append((time.process_time() - start) / spans)
+            # Ratios per round (each against the decode of the same round), then their median:
+            # the load of the shared machine drifts between rounds more than within one.
+            samples["ratio"].append(samples["cpu"][-1] / samples["decode"][-1])
+            samples["ingest_ratio"].append(samples["ingest"][-1] / samples["decode"][-1])
         counted = ingest.processor.stats
         assert counted.duplicate_spans == 0, counted
     finally:
@@ -187,7 +198,7 @@ def run_once(batches: int, rounds: int) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=40, help="requests of 512 spans per round")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     failed = False
@@ -195,20 +206,22 @@ def main() -> int:
     for run in range(1, args.runs + 1):
         r = run_once(args.batches, args.rounds)
         rate = 1 / r["cpu"]
-        ratio = r["cpu"] / r["decode"]
+        ratio = r["ratio"]
         rows = [
-            ("service CPU per span (us)", f"{r['cpu'] * 1e6:.2f}", ""),
-            ("service spans/s on one core (1 / CPU per span)", f"{rate:,.0f}", ">= 20,000"),
-            ("service spans/s wall clock (client on the same host)", f"{1 / r['wall']:,.0f}", ""),
-            ("decode-only per span, opentelemetry-proto (us)", f"{r['decode'] * 1e6:.2f}", ""),
-            ("decode + count per span, OtlpIngest (us)", f"{r['ingest'] * 1e6:.2f}", ""),
-            ("ratio decode + count / decode-only", f"{r['ingest'] / r['decode']:.2f}x", ""),
-            ("ratio service CPU / decode-only", f"{ratio:.2f}x", "<= 2.00x"),
+            ("service CPU per span (us)", f"{r['cpu'] * 1e6:.2f}", None),
+            ("service spans/s on one core (1 / CPU per span)", f"{rate:,.0f}", rate >= 20_000),
+            ("service spans/s wall clock (client on the same host)", f"{1 / r['wall']:,.0f}", None),
+            ("decode-only per span, opentelemetry-proto (us)", f"{r['decode'] * 1e6:.2f}", None),
+            ("decode + count per span, OtlpIngest (us)", f"{r['ingest'] * 1e6:.2f}", None),
+            ("ratio decode + count / decode-only", f"{r['ingest_ratio']:.2f}x", None),
+            ("ratio service CPU / decode-only", f"{ratio:.2f}x", ratio <= 2.0),
         ]
-        ok = rate >= 20_000 and ratio <= 2.0
-        failed |= not ok
-        for name, value, target in rows:
-            mark = f"{target} {'ok' if ok else 'MISSED'}" if target else ""
+        for name, value, ok in rows:
+            mark = ""
+            if ok is not None:
+                failed |= not ok
+                target = ">= 20,000" if "on one core" in name else "<= 2.00x"
+                mark = f"{target} {'ok' if ok else 'MISSED'}"
             print(f"{run:>3}  {name:<52} {value:>12}  {mark}")
     return 1 if failed else 0
 

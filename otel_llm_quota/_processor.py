@@ -43,7 +43,7 @@ turns each span it receives into a span view with the same fields the fast path 
 ``_instrumentation_scope``, ``resource``) and passes it to ``QuotaSpanProcessor.on_end`` of its own
 processor: usage extraction, config resolution, the dedupe tables and the framework pairing are
 this very code, so the two paths cannot drift apart. Such spans never pass through ``on_start``:
-``_pair_from_start()`` turns the framework pairing on from the first span instead.
+the service calls ``_pair_from_start()`` when a request first holds a framework span instead.
 
 Bad values (a token count that is a string, float, bool, negative or absurdly large; a config id
 that is not a string) are skipped, never guessed at; each skip is counted in ``stats`` and in the

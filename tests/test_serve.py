@@ -23,7 +23,7 @@ pytest.importorskip("opentelemetry.proto")
 from aiohttp.test_utils import TestClient, TestServer
 from google.protobuf import json_format
 from google.rpc import status_pb2
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -358,6 +358,20 @@ async def test_a_gzip_bomb_is_a_413(
     assert b"decompressed" in status_pb2.Status.FromString(body).message.encode()
 
 
+async def test_a_json_body_over_8_mib_is_a_413_protobuf_of_that_size_is_not(
+    make_service: Callable[..., QuotaService], client_for: Any
+) -> None:
+    """Parsed JSON takes about ten times its size: OTLP/JSON has a lower cap than protobuf."""
+    client = await client_for(make_service())
+    padding = "x" * (9 << 20)
+    status, _, _ = await post(
+        client, json.dumps({"resourceSpans": [], "p": padding}).encode(), JSON
+    )
+    assert status == 413
+    big = request_bytes(ended_spans([llm_attrs(**{"gen_ai.prompt": padding})]))
+    assert (await post(client, big))[0] == 200
+
+
 def test_decompress_stops_at_the_cap_instead_of_expanding_a_bomb() -> None:
     bomb = gzip.compress(b"\x00" * (256 << 20), compresslevel=9)  # 256 MiB in ~250 KB
     tracemalloc.start()
@@ -504,8 +518,10 @@ _span_spec = st.fixed_dictionaries(
     optional={
         "gen_ai.provider.name": st.sampled_from(["openai", "anthropic", ""]),
         "gen_ai.request.model": st.sampled_from(["m1", "m2"]),
-        "gen_ai.usage.input_tokens": st.one_of(st.integers(0, 1000), st.just("12"), st.just(-1)),
-        "gen_ai.usage.output_tokens": st.integers(0, 1000),
+        # Few distinct counts: spans of separate traces then repeat each other's usage, as a
+        # framework's span repeats the provider span's (the pairing rule).
+        "gen_ai.usage.input_tokens": st.sampled_from([0, 10, 250, "12", -1]),
+        "gen_ai.usage.output_tokens": st.sampled_from([0, 5, 99]),
         "gen_ai.usage.total_tokens": st.integers(0, 3000),
         "gen_ai.response.id": st.sampled_from(["r1", "r2", "r3"]),
         "llm.quota.config_id": st.sampled_from(["team-a", "team-b", " ", ""]),
@@ -546,7 +562,22 @@ def _run_chains(chains: list[list[tuple[str, dict[str, Any], bool]]]) -> tuple[A
     return result, list(exporter.get_finished_spans())
 
 
+_USAGE = {
+    "gen_ai.provider.name": "openai",
+    "gen_ai.request.model": "m1",
+    "gen_ai.usage.input_tokens": 10,
+    "gen_ai.usage.output_tokens": 5,
+}
+_PAIRED = [  # a provider span, and a framework span repeating its usage in another trace
+    [("openai-v2", {**_USAGE, "gen_ai.response.id": "r1"}, False)],
+    [(_SCOPES[2], _USAGE, False)],
+]
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(chains=_PAIRED, batch=1)
+@example(chains=_PAIRED, batch=5)
+@example(chains=_PAIRED[::-1], batch=1)
 @given(chains=st.lists(_chain, min_size=1, max_size=6), batch=st.integers(1, 20))
 def test_otlp_path_counts_exactly_like_the_in_process_processor(
     chains: list[list[tuple[str, dict[str, Any], bool]]], batch: int
@@ -569,6 +600,49 @@ def test_otlp_path_counts_exactly_like_the_in_process_processor(
         )
     finally:
         manager.close()
+
+
+async def test_otlp_metrics_are_pushed_to_an_otlp_receiver(
+    monkeypatch: pytest.MonkeyPatch, client_for: Any
+) -> None:
+    from aiohttp import web
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+
+    received: list[ExportMetricsServiceRequest] = []
+
+    async def metrics(request: web.Request) -> web.Response:
+        received.append(ExportMetricsServiceRequest.FromString(await request.read()))
+        return web.Response(body=b"", content_type=PROTOBUF)
+
+    receiver = web.Application()
+    receiver.router.add_post("/v1/metrics", metrics)
+    server = TestServer(receiver, host="127.0.0.1")
+    await server.start_server()
+    try:
+        monkeypatch.setenv(
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", str(server.make_url("/v1/metrics"))
+        )
+        monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "3600000")  # only the flush exports
+        manager = LLMProviderManager(store=False, metrics=False)
+        service = QuotaService(QuotaSetup(manager=manager), metrics=False, otlp_metrics=True)
+        client = await client_for(service)
+        status, _, _ = await post(client, request_bytes(ended_spans([llm_attrs(inp=9, out=1)])))
+        assert status == 200
+        await asyncio.to_thread(service.close)  # its last export
+    finally:
+        await server.close()
+    usage = [
+        point.as_double if point.HasField("as_double") else point.as_int
+        for request in received
+        for resource_metrics in request.resource_metrics
+        for scope_metrics in resource_metrics.scope_metrics
+        for metric in scope_metrics.metrics
+        if metric.name == "llm.quota.usage"
+        for point in metric.gauge.data_points
+    ]
+    assert usage == [10]
 
 
 # -- run_service and the command ------------------------------------------------------------------

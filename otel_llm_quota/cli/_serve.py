@@ -50,6 +50,11 @@ __all__ = ["serve"]
 @click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("--metrics/--no-metrics", default=True, show_default=True, help="GET /metrics.")
+@click.option(
+    "--otlp-metrics",
+    is_flag=True,
+    help="Also push the metrics over OTLP/HTTP (the OTEL_EXPORTER_OTLP_* variables).",
+)
 def serve(
     host: str,
     port: int,
@@ -61,6 +66,7 @@ def serve(
     tls_cert: Path | None,
     tls_key: Path | None,
     metrics: bool,
+    otlp_metrics: bool,
 ) -> None:
     """Receive OTLP/HTTP traces (POST /v1/traces) and count their LLM token usage into quotas."""
     try:
@@ -100,7 +106,9 @@ def serve(
         raise CliError(str(exc)) from None
     token = os.environ.get(env.OTEL_LLM_QUOTA_SERVE_TOKEN) or None
     try:
-        service = QuotaService(setup, limits=limits, token=token, metrics=metrics)
+        service = QuotaService(
+            setup, limits=limits, token=token, metrics=metrics, otlp_metrics=otlp_metrics
+        )
     except BaseException:
         setup.manager.close()
         raise

@@ -3,7 +3,8 @@
 Routes:
 
 * ``POST /v1/traces``: an ``ExportTraceServiceRequest``, ``application/x-protobuf`` or
-  ``application/json`` (OTLP/JSON: hex ids, enums as ints, 64-bit ints as strings), optionally
+  ``application/json`` (OTLP/JSON: hex ids, enums as ints, 64-bit ints as strings; at most
+  ``MAX_JSON_BYTES``, 8 MiB, decompressed), optionally
   ``Content-Encoding: gzip``. Answers, per the OTLP/HTTP specification: 200 with an
   ``ExportTraceServiceResponse`` in the request's content type (with ``partial_success`` when
   spans were rejected; an empty export is a success too); 400 for a body that does not decode;
@@ -13,7 +14,8 @@ Routes:
 * ``GET /healthz``: 200 and a JSON object (spans counted and refused, configs, alerts firing,
   the store's last successful sync); 503 once stopping. Never needs the token: it holds counts
   only, no config id, token figure or store URL.
-* ``GET /metrics``: the ``llm.quota.*`` metrics for Prometheus (needs the token, when set).
+* ``GET /metrics``: the ``llm.quota.*`` metrics for Prometheus (needs the token, when set); they
+  can also be pushed over OTLP (``otlp_metrics``).
 
 Decoding and counting run on one worker thread (``otel-llm-quota-serve``), so the event loop keeps
 answering (``/healthz``, 503s) while a large request is counted; the processor's own rules make
@@ -69,6 +71,9 @@ _GRPC_CODES: Final = {
 }
 _ID_KEYS: Final = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
 _MAX_JSON_DEPTH: Final = 64
+MAX_JSON_BYTES: Final = 8 * 1024 * 1024
+"""The largest OTLP/JSON body (decompressed): parsed JSON takes about ten times its size in
+Python objects, protobuf about its own size; send large batches as protobuf."""
 SHUTDOWN_GRACE_SECONDS: Final = 10.0
 """How long in-flight requests may take to finish once stopping."""
 
@@ -82,6 +87,9 @@ class QuotaService:
         limits: request limits.
         token: the bearer token every request but ``/healthz`` must carry; None: none needed.
         metrics: serve ``GET /metrics`` (needs the ``prometheus`` extra).
+        otlp_metrics: also push the metrics with the OTLP/HTTP metric exporter, configured by
+            the standard ``OTEL_EXPORTER_OTLP_*`` variables (every ``OTEL_METRIC_EXPORT_INTERVAL``
+            milliseconds, default 60000; a last export at ``close()``).
     """
 
     def __init__(
@@ -91,6 +99,7 @@ class QuotaService:
         limits: Limits | None = None,
         token: str | None = None,
         metrics: bool = True,
+        otlp_metrics: bool = False,
     ) -> None:
         self.setup = setup
         self.manager = setup.manager
@@ -100,18 +109,31 @@ class QuotaService:
         self._meter_provider: Any = None
         self._quota_metrics: QuotaMetrics | None = None
         meter_provider: Any = None
+        readers: list[Any] = []
         if metrics:
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
-            from opentelemetry.sdk.metrics import MeterProvider
             from prometheus_client import CollectorRegistry
 
             self._registry = CollectorRegistry(auto_describe=False)
-            reader = PrometheusMetricReader(
-                disable_target_info=True, scope_info_enabled=False, registry=self._registry
+            readers.append(
+                PrometheusMetricReader(
+                    disable_target_info=True, scope_info_enabled=False, registry=self._registry
+                )
             )
+        if otlp_metrics:
+            # Configured by the standard variables: OTEL_EXPORTER_OTLP_(METRICS_)ENDPOINT,
+            # _HEADERS, _COMPRESSION..., and OTEL_METRIC_EXPORT_INTERVAL.
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+                OTLPMetricExporter,
+            )
+            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        if readers:
+            from opentelemetry.sdk.metrics import MeterProvider
+
             meter_provider = MeterProvider(
-                metric_readers=[reader],
-                views=quota_metric_views(self.manager.ledger.max_configs),
+                metric_readers=readers, views=quota_metric_views(self.manager.ledger.max_configs)
             )
             self._meter_provider = meter_provider
             self._quota_metrics = QuotaMetrics(self.manager, meter_provider)
@@ -220,7 +242,8 @@ class QuotaService:
     def _export(self, body: bytes, encoding: str, json_body: bool) -> tuple[int, bytes]:
         """(200, response body) or (error status, message). Runs on the worker thread."""
         try:
-            data = decompress(body, encoding, self.limits.max_decompressed_bytes)
+            limit = self.limits.max_decompressed_bytes
+            data = decompress(body, encoding, min(limit, MAX_JSON_BYTES) if json_body else limit)
             del body
             message = _parse_json(data) if json_body else _parse_protobuf(data)
             del data
@@ -296,6 +319,11 @@ class QuotaService:
         self.stopping = True
         self._executor.shutdown(wait=True)
         self.processor.shutdown()
+        if self._meter_provider is not None:
+            try:  # the last OTLP export, while the metrics still report the manager
+                self._meter_provider.force_flush(5_000)
+            except Exception:  # closing: a failing exporter must not stop the store's flush
+                _logger.debug("otel-llm-quota serve: last metrics export failed", exc_info=True)
         try:
             self.manager.close()  # the monitor's final pass and the handlers
         finally:
