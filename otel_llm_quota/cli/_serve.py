@@ -87,6 +87,16 @@ def serve(
         except (OSError, ssl.SSLError) as exc:
             raise CliError(f"TLS certificate or key: {exc}") from None
     limits = Limits.from_env(max_body_bytes, max_decompressed_bytes, max_concurrent_requests)
+    from otel_llm_quota.serve._logs import LogSetupError, logger_provider_from_env
+
+    try:  # for the otel_log handler: OTEL_LOGS_EXPORTER, as with zero-code
+        logger_provider = logger_provider_from_env()
+    except LogSetupError as exc:
+        raise CliError(str(exc)) from None
+    if logger_provider is not None:
+        from opentelemetry._logs import set_logger_provider
+
+        set_logger_provider(logger_provider)
     if store is not None:
         # load_config reads it, as the zero-code path does
         os.environ[env.OTEL_LLM_QUOTA_STORE] = store
@@ -106,4 +116,8 @@ def serve(
     def ready(url: str) -> None:
         click.echo(f"listening on {url}", nl=True)
 
-    asyncio.run(run_service(service, host, port, ssl_context=ssl_context, ready=ready))
+    try:
+        asyncio.run(run_service(service, host, port, ssl_context=ssl_context, ready=ready))
+    finally:
+        if logger_provider is not None:  # export the last alert events
+            logger_provider.shutdown()
