@@ -307,6 +307,8 @@ OTEL_LLM_QUOTA_FORECAST_MIN_SAMPLES: Final = "OTEL_LLM_QUOTA_FORECAST_MIN_SAMPLE
 
 Usage samples (the window's start included) a forecast needs at least, beside a full window of
 data. Default: ``4``.
+"""
+
 # -- the OTLP service (otel-llm-quota serve) -----------------------------------------------------
 
 OTEL_LLM_QUOTA_SERVE_TOKEN: Final = "OTEL_LLM_QUOTA_SERVE_TOKEN"
