@@ -156,7 +156,8 @@ def _private_reader() -> tuple[Any, Any, Callable[[], None]]:
     ``registry=`` and ``scope_info_enabled=`` came with opentelemetry-exporter-prometheus
     0.64b0. Older releases (the extra's floor is 0.60b0) register their collector in the global
     registry when constructed and unregister it at shutdown: the collector is moved to the
-    private registry here, and ``release`` moves it back so the reader's own shutdown finds it.
+    private registry here, and ``release`` moves it back (silenced) so the reader's own shutdown
+    finds it.
     Those releases add no scope labels anyway.
     """
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -174,7 +175,12 @@ def _private_reader() -> tuple[Any, Any, Callable[[], None]]:
         registry.register(collector)
 
         def release() -> None:
+            # Back in the global registry for the reader's own shutdown to unregister, with
+            # nothing to collect: registering collects once to learn the names, and names
+            # claimed there (another endpoint's, say) would clash.
             registry.unregister(collector)
+            collector._callback = None
+            collector._metrics_datas.clear()
             REGISTRY.register(collector)
 
         return reader, registry, release
