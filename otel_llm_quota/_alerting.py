@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from otel_llm_quota._ledger import QuotaLedger, _ConfigState, _dt, _utc
-from otel_llm_quota._models import Alert, AlertReason, AlertState
+from otel_llm_quota._models import Alert, AlertReason, AlertState, QuotaInfo
 
 __all__ = ["EvaluationResult", "evaluate", "evaluate_ledger"]
 
@@ -51,6 +51,15 @@ class EvaluationResult:
     from (for the fleet's claims, see ``_claims``)."""
 
 
+def _quota(state: _ConfigState, alert_state: AlertState, threshold: float) -> QuotaInfo:
+    """The notification's snapshot: its state, and its threshold in the field of its kind."""
+    if state.limit_kind == "cost":
+        return replace(state.snapshot(), alert_state=alert_state, cost_alert_threshold=threshold)
+    if alert_state is AlertState.FIRING:
+        return replace(state.snapshot(), alert_threshold=threshold)
+    return replace(state.snapshot(), alert_state=alert_state, alert_threshold=threshold)
+
+
 def _resolved(
     state: _ConfigState,
     thresholds: list[float],
@@ -66,10 +75,11 @@ def _resolved(
         reason=reason,
         threshold_percent=top,
         thresholds=tuple(sorted(thresholds)),
-        quota=replace(state.snapshot(), alert_state=AlertState.RESOLVED, alert_threshold=top),
+        quota=_quota(state, AlertState.RESOLVED, top),
         started_at=_utc(min(active.get(t, now) for t in thresholds)),
         ended_at=_utc(now),
         period_start=_dt(period_start),
+        limit_kind=state.limit_kind,
     )
 
 
@@ -187,11 +197,12 @@ def _firing(
         reason=reason,
         threshold_percent=threshold,
         thresholds=tuple(sorted(active)),
-        quota=replace(state.snapshot(), alert_threshold=threshold),
+        quota=_quota(state, AlertState.FIRING, threshold),
         started_at=_utc(active[threshold]),
         period_start=_dt(state.period_start),
         repeat_at=_utc(min(now + cooldown, state.period_end)),
         span=state.trigger_span if span else None,
+        limit_kind=state.limit_kind,
     )
 
 
@@ -232,8 +243,17 @@ def evaluate_ledger(
     examined = 0
     lock = ledger.lock
     for state in ledger.states():
-        if state.active is None and (
-            not state.threshold_tokens or state.total < state.threshold_tokens[0]
+        ca = state.cost_alerts
+        if (
+            state.active is None
+            and (not state.threshold_tokens or state.total < state.threshold_tokens[0])
+            and (
+                ca is None
+                or (
+                    ca.active is None
+                    and (not ca.threshold_tokens or state.cost_total < ca.threshold_tokens[0])
+                )
+            )
         ):
             continue
         examined += 1
@@ -243,6 +263,11 @@ def evaluate_ledger(
                 version = state.alert_version
                 found = evaluate(state, now, cooldown, send_resolved)
                 due = _next_due(state, cooldown)
+                ca = state.cost_alerts
+                if ca is not None:
+                    # The cost limit: the same machine over the cost (``_CostAlerts``).
+                    found += evaluate(ca, now, cooldown, send_resolved)  # type: ignore[arg-type]
+                    due = min(due, _next_due(ca, cooldown))  # type: ignore[arg-type]
                 if encoder is not None and (found or encoder(state) != before):
                     assert before is not None
                     changes.append((state, before, found, version))

@@ -74,6 +74,16 @@ def encode(state: _ConfigState) -> str:
         "p": state.alert_pending or [],
         "lv": None if state.alert_levels is None else list(state.alert_levels),
     }
+    ca = state.cost_alerts
+    if ca is not None:  # the cost limit's alert state, in the same record
+        doc["c"] = {
+            "cur": ca.alert_generation == state.generation,
+            "ps": ca.alert_period_start if math.isfinite(ca.alert_period_start) else None,
+            "a": _keys(ca.active),
+            "s": _keys(ca.sent),
+            "h": _keys(ca.held),
+            "lv": None if ca.alert_levels is None else list(ca.alert_levels),
+        }
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
@@ -104,6 +114,17 @@ def adopt(state: _ConfigState, record: AlertRecord, *, force: bool = False) -> b
         period_start = doc.get("ps")
         levels = doc.get("lv")
         levels = None if levels is None else tuple(int(v) for v in levels)
+        cost = doc.get("c")
+        if cost is not None:
+            cost_levels = cost.get("lv")
+            cost = (
+                bool(cost.get("cur")),
+                cost.get("ps"),
+                _floats(cost.get("a")),
+                _floats(cost.get("s")),
+                _floats(cost.get("h")),
+                None if cost_levels is None else tuple(int(v) for v in cost_levels),
+            )
     except (ValueError, TypeError, AttributeError):
         _logger.warning("unreadable alert record for config %r; ignored", state.config_id)
         return False
@@ -124,6 +145,26 @@ def adopt(state: _ConfigState, record: AlertRecord, *, force: bool = False) -> b
         )
     state.alert_version = record.version
     state.arm()
+    ca = state.cost_alerts
+    if ca is not None and cost is not None:
+        cur, cost_start, ca.active, ca.sent, ca.held, ca.alert_levels = cost
+        if (
+            cur
+            and window is not None
+            and (int(window[0]), int(window[1]))
+            == (
+                here.start,
+                here.epoch,
+            )
+        ):
+            ca.alert_generation = state.generation
+            ca.alert_period_start = state.period_start
+        else:
+            ca.alert_generation = state.generation - 1
+            ca.alert_period_start = (
+                float(cost_start) if cost_start is not None else state.period_start
+            )
+        ca.arm()
     return True
 
 
@@ -142,6 +183,7 @@ def _pending_entry(alert: Alert, writer: str, until: float) -> dict[str, Any]:
         "ps": _ts(alert.period_start),
         "ra": _ts(alert.repeat_at),
         "sp": None if span is None else [span.trace_id, span.span_id, span.trace_flags],
+        "k": alert.limit_kind,
     }
 
 
@@ -156,18 +198,25 @@ def _alert_from(state: _ConfigState, entry: dict[str, Any]) -> Alert:
     started = _utc(entry["sa"])
     assert started is not None
     span = entry.get("sp")
+    kind = str(entry.get("k", "tokens"))
+    quota = replace(state.snapshot(), alert_state=alert_state)
+    if kind == "cost":
+        quota = replace(quota, cost_alert_threshold=float(entry["t"]))
+    else:
+        quota = replace(quota, alert_threshold=float(entry["t"]))
     return Alert(
         config_id=state.config_id,
         state=alert_state,
         reason=AlertReason(entry["r"]),
         threshold_percent=float(entry["t"]),
         thresholds=tuple(float(t) for t in entry["ts"]),
-        quota=replace(state.snapshot(), alert_state=alert_state, alert_threshold=float(entry["t"])),
+        quota=quota,
         started_at=started,
         ended_at=_utc(entry.get("ea")),
         period_start=_utc(entry.get("ps")),
         repeat_at=_utc(entry.get("ra")),
         span=None if not span else SpanRef(int(span[0]), int(span[1]), int(span[2])),
+        limit_kind=kind,
     )
 
 

@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanContext
 from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota._models import AlertState, QuotaInfo, SpanRef
 from otel_llm_quota._periods import Period, period_bounds, resolve_timezone, validate_period
+from otel_llm_quota._pricing import PriceOverride, Pricer
 from otel_llm_quota._validation import (
     MAX_PERIOD_TOKENS,
     MAX_TOKENS,
@@ -87,13 +88,18 @@ class _ConfigState:
         "alert_pending",
         "alert_period_start",
         "alert_version",
+        "closed_cost",
         "closed_failures",
         "closed_input",
         "closed_other",
         "closed_output",
         "closed_successes",
+        "closed_unpriced",
         "closing",
         "config_id",
+        "cost",
+        "cost_alerts",
+        "cost_total",
         "dirty",
         "epoch",
         "failures",
@@ -123,8 +129,12 @@ class _ConfigState:
         "total",
         "trigger_span",
         "tz",
+        "unpriced",
         "wake_at",
     )
+
+    limit_kind = "tokens"
+    """Which limit the alert fields of this object belong to (``_CostAlerts``: "cost")."""
 
     def __init__(
         self,
@@ -154,6 +164,15 @@ class _ConfigState:
         self.closed_input = 0
         self.closed_output = 0
         self.closed_other = 0
+        # Cost (see _pricing): micro-USD of the priced requests and the count of unpriced ones,
+        # this process's own in the period; ``cost_total`` adds the fleet's (``others[5]``).
+        self.cost = 0
+        self.unpriced = 0
+        self.cost_total = 0
+        self.closed_cost = 0
+        self.closed_unpriced = 0
+        # The cost limit's alert state (None: no cost limit), see _CostAlerts.
+        self.cost_alerts: _CostAlerts | None = None
         self.last_updated: float | None = None
         self.wake_at: float = _SATURATED
         self.trigger_span: SpanRef | None = None
@@ -190,7 +209,15 @@ class _ConfigState:
 
     def own(self) -> Counts:
         """This process's counts in the current window."""
-        return (self.successes, self.failures, self.input, self.output, self.other)
+        return (
+            self.successes,
+            self.failures,
+            self.input,
+            self.output,
+            self.other,
+            self.cost,
+            self.unpriced,
+        )
 
     def window(self) -> Window:
         """The current period window, as stores name it."""
@@ -231,10 +258,17 @@ class _ConfigState:
         self.closed_input = min(self.closed_input + self.input, cap)
         self.closed_output = min(self.closed_output + self.output, cap)
         self.closed_other = min(self.closed_other + self.other, cap)
+        self.closed_cost += self.cost
+        self.closed_unpriced += self.unpriced
         self.successes = self.failures = self.input = self.output = self.other = self.total = 0
+        self.cost = self.unpriced = self.cost_total = 0
         self.generation += 1
         self.trigger_span = None
         self.arm()
+        cost_alerts = self.cost_alerts
+        if cost_alerts is not None:
+            cost_alerts.trigger_span = None
+            cost_alerts.arm()
 
     def saturate(self) -> None:
         """Cap the period's token counters at ``MAX_PERIOD_TOKENS`` (int64-safe for every store
@@ -269,6 +303,8 @@ class _ConfigState:
         lo = self.others_life
         successes = self.successes + o[0]
         failures = self.failures + o[1]
+        ca = self.cost_alerts
+        cost_active = None if ca is None else ca.active
         return QuotaInfo(
             config_id=self.config_id,
             provider=self.provider,
@@ -287,7 +323,7 @@ class _ConfigState:
             period=self.period,
             period_start=_dt(self.period_start),
             timezone=_tz_name(self.tz),
-            alert_state=AlertState.FIRING if active else None,
+            alert_state=AlertState.FIRING if active or cost_active else None,
             alert_threshold=max(active) if active else None,
             lifetime_input_tokens=self.closed_input + self.input + lo[2],
             lifetime_output_tokens=self.closed_output + self.output + lo[3],
@@ -295,7 +331,101 @@ class _ConfigState:
             lifetime_successful_requests=self.closed_successes + self.successes + lo[0],
             lifetime_failed_requests=self.closed_failures + self.failures + lo[1],
             last_sync=_dt(self.synced_at),
+            cost_microusd=self.cost_total,
+            unpriced_requests=self.unpriced + o[6],
+            cost_limit_microusd=None if ca is None else ca.limit,
+            cost_thresholds=() if ca is None else ca.thresholds,
+            cost_alert_threshold=max(cost_active) if cost_active else None,
+            lifetime_cost_microusd=self.closed_cost + self.cost + lo[5],
+            lifetime_unpriced_requests=self.closed_unpriced + self.unpriced + lo[6],
         )
+
+
+class _CostAlerts:
+    """The alert state of a config's cost limit: the same state machine as the token limit's
+    (``_alerting.evaluate`` runs on this object), over ``cost_total`` in micro-USD.
+
+    It holds the alert fields of its own and reads the period, counters and snapshot of its
+    config. Only touched under the ledger's lock.
+    """
+
+    __slots__ = (
+        "active",
+        "alert_generation",
+        "alert_levels",
+        "alert_period_start",
+        "held",
+        "limit",
+        "parent",
+        "sent",
+        "threshold_tokens",
+        "thresholds",
+        "trigger_span",
+        "wake_at",
+    )
+
+    limit_kind = "cost"
+
+    def __init__(self, parent: _ConfigState, limit: int, thresholds: tuple[float, ...]) -> None:
+        self.parent = parent
+        self.limit: int | None = limit
+        self.thresholds = thresholds
+        self.threshold_tokens = _shared(threshold_tokens(limit, thresholds))
+        """The cost levels (micro-USD) of the thresholds (named as the token state's field)."""
+        self.active: dict[float, float] | None = None
+        self.sent: dict[float, float] | None = None
+        self.held: dict[float, float] | None = None
+        self.alert_generation = parent.generation
+        self.alert_levels: tuple[int, ...] | None = None
+        self.alert_period_start = parent.period_start
+        self.trigger_span: SpanRef | None = None
+        self.wake_at: float = _SATURATED
+        self.arm()
+
+    def set(self, limit: int, thresholds: tuple[float, ...]) -> None:
+        self.limit = limit
+        self.thresholds = thresholds
+        self.threshold_tokens = _shared(threshold_tokens(limit, thresholds))
+        self.arm()
+
+    # What the state machine reads of the config.
+    @property
+    def config_id(self) -> str:
+        return self.parent.config_id
+
+    @property
+    def total(self) -> int:
+        return self.parent.cost_total
+
+    @property
+    def generation(self) -> int:
+        return self.parent.generation
+
+    @property
+    def period_start(self) -> float:
+        return self.parent.period_start
+
+    @property
+    def period_end(self) -> float:
+        return self.parent.period_end
+
+    @property
+    def last_alert_sent(self) -> float | None:
+        return self.parent.last_alert_sent
+
+    @last_alert_sent.setter
+    def last_alert_sent(self, value: float | None) -> None:
+        self.parent.last_alert_sent = value
+
+    def roll(self, now: float) -> None:
+        self.parent.roll(now)
+
+    def snapshot(self) -> QuotaInfo:
+        return self.parent.snapshot()
+
+    def arm(self) -> None:
+        """Set ``wake_at`` (micro-USD): as ``_ConfigState.arm``."""
+        _ConfigState.arm(self)  # type: ignore[arg-type]  # the same fields, duck-typed
 
 
 class _OverflowState(_ConfigState):
@@ -385,6 +515,7 @@ class QuotaLedger:
         default_period: str | None = DEFAULT_PERIOD,
         max_configs: int = DEFAULT_MAX_CONFIGS,
         idle_config_seconds: float | None = None,
+        pricer: Pricer | None = None,
     ) -> None:
         if type(max_configs) is not int or max_configs < 1:
             raise ValueError(f"max_configs must be a positive int, got {max_configs!r}")
@@ -405,6 +536,8 @@ class QuotaLedger:
         # With a store: the configs whose usage or settings wait for the flusher (each once).
         self._tracking = False
         self._dirty: list[_ConfigState] = []
+        self._pricer = pricer if pricer is not None else Pricer()
+        self._price_cache = self._pricer._cache
         reinit_after_fork(self._at_fork_reinit)
 
     def _at_fork_reinit(self) -> None:
@@ -434,6 +567,19 @@ class QuotaLedger:
         """Usage records counted in ``_overflow`` because ``max_configs`` was reached."""
         return self._overflowed
 
+    @property
+    def pricer(self) -> Pricer:
+        """What prices the requests (see ``_pricing``)."""
+        return self._pricer
+
+    def set_prices(
+        self, overrides: Iterable[PriceOverride], *, use_genai_prices: bool = True
+    ) -> None:
+        """Price requests with ``overrides`` first, then genai-prices (from the next request)."""
+        pricer = Pricer(overrides, use_genai_prices=use_genai_prices)
+        self._pricer = pricer
+        self._price_cache = pricer._cache
+
     def set_wakeup(self, callback: Callable[[], None] | None) -> None:
         """Register the callable that wakes the monitor when usage crosses a threshold.
 
@@ -453,12 +599,14 @@ class QuotaLedger:
     def set_limit(
         self,
         config_id: str,
-        quota_limit: int,
+        quota_limit: int | None,
         *,
         thresholds: Iterable[float] = (DEFAULT_THRESHOLD_PERCENT,),
         period: str | None = DEFAULT_PERIOD,
         timezone: str | tzinfo | None = None,
         provider: str | None = None,
+        cost_limit: int | None = None,
+        cost_thresholds: Iterable[float] | None = None,
     ) -> QuotaInfo:
         """Create or update a configuration's limit, thresholds and period.
 
@@ -466,15 +614,29 @@ class QuotaLedger:
         was; ``quota_limit`` is an int in [1, ``MAX_TOKENS``] (2**53). Changing the period keeps
         the counts of the current period and re-anchors the window on the new period's current
         boundary (nothing counted is lost). Returns the new snapshot.
+
+        ``cost_limit`` is a cost limit in micro-USD (an int in [1, 2**53]) with its own
+        ``cost_thresholds`` (default: ``thresholds``) and alert state. The call sets both kinds:
+        None for either removes that limit (at least one must be given).
         """
         config_id = check_config_id(config_id)
-        limit = check_limit(quota_limit)
+        if quota_limit is None and cost_limit is None:
+            raise ValueError("give a token limit (quota_limit), a cost limit, or both")
+        limit = None if quota_limit is None else check_limit(quota_limit)
+        cost = None if cost_limit is None else check_limit(cost_limit)
         levels = check_thresholds(thresholds)
+        cost_levels = (
+            levels
+            if cost_thresholds is None
+            else check_thresholds(cost_thresholds, "cost_thresholds")
+        )
         period_name = validate_period(period)
         tz = resolve_timezone(timezone) if timezone is not None else self._tz
         provider = check_optional_str("provider", provider)
         levels = _shared(levels)
-        tokens = _shared(threshold_tokens(limit, levels))  # before the lock: nothing half-set
+        cost_levels = _shared(cost_levels)
+        # before the lock: nothing half-set
+        tokens = () if limit is None else _shared(threshold_tokens(limit, levels))
         now = self._clock()
         with self._lock:
             state = self._states.get(config_id)
@@ -482,12 +644,17 @@ class QuotaLedger:
                 state = self._states[config_id] = _new_state(
                     config_id, provider, period_name, tz, now
                 )
+                if limit is None and config_id != OVERFLOW_CONFIG_ID:
+                    self._unlimited += 1  # a cost limit alone: counted as usage-created ones
                 if self._tracking:
                     state.flushed = ZERO
                     state.dirty = False
             else:
-                if state.limit is None and config_id != OVERFLOW_CONFIG_ID:
-                    self._unlimited -= 1  # a limit takes it out of the cap's count
+                if config_id != OVERFLOW_CONFIG_ID:
+                    if state.limit is None and limit is not None:
+                        self._unlimited -= 1  # a limit takes it out of the cap's count
+                    elif state.limit is not None and limit is None:
+                        self._unlimited += 1
                 if now >= state.period_end:
                     state.roll(now)
             if provider is not None:
@@ -498,12 +665,18 @@ class QuotaLedger:
             state.thresholds = levels
             state.threshold_tokens = tokens
             state.arm()
+            _set_cost_limit(state, cost, cost_levels)
             if self._tracking:
                 state.record_dirty = True
                 if not state.dirty:
                     state.dirty = True
                     self._dirty.append(state)
-            wake = bool(state.active) or state.total >= state.wake_at
+            ca = state.cost_alerts
+            wake = (
+                bool(state.active)
+                or state.total >= state.wake_at
+                or (ca is not None and (bool(ca.active) or state.cost_total >= ca.wake_at))
+            )
             info = state.snapshot()
         if wake:
             self._wake()
@@ -568,6 +741,9 @@ class QuotaLedger:
         other_tokens: int,
         success: bool,
         span: SpanRef | SpanContext | None,
+        model: str | None = None,
+        cache_read: int = 0,
+        cache_write: int = 0,
     ) -> None:
         """``record_usage`` for callers that checked their values already (the span processor).
 
@@ -577,7 +753,23 @@ class QuotaLedger:
         config id is still validated (non-blank, at most 256 characters; control characters are
         allowed, as spans carry them) before it is created: a ValueError then, with nothing
         counted.
+
+        ``model`` (None or a str) and the cache-read/cache-write input tokens (ints, included in
+        ``input_tokens``) price the request (see ``_pricing``): its cost in micro-USD is added to
+        the config, or, for a model without a price, it is counted as unpriced.
         """
+        # Pricing, before the lock: two dict look-ups in the common case (resolved once).
+        try:
+            rates = self._price_cache[model][provider]
+        except KeyError:
+            rates = self._pricer.rates(provider, model)
+        cost = 0
+        if rates is not None:
+            if other_tokens:  # tokens of unknown kind: pricing them would be a guess
+                rates = None
+            else:
+                cost = rates.micro(input_tokens, output_tokens, cache_read, cache_write)
+        wake = False
         now = self._clock()
         # acquire/release rather than ``with``: on CPython 3.11 ``with lock`` costs about 80 ns more
         # (it looks up and binds ``__enter__``/``__exit__``), about a fifth of this method.
@@ -598,26 +790,44 @@ class QuotaLedger:
             if other_tokens:
                 state.other += other_tokens
             total = state.total = state.total + input_tokens + output_tokens + other_tokens
+            if rates is None:
+                state.unpriced += 1
+            elif cost:
+                state.cost += cost
+                cost_total = state.cost_total = state.cost_total + cost
+                cost_alerts = state.cost_alerts
+                if cost_alerts is not None and cost_total >= cost_alerts.wake_at:
+                    cost_alerts.wake_at = _SATURATED
+                    if span is None or type(span) is SpanRef:
+                        cost_alerts.trigger_span = span
+                    else:
+                        cost_alerts.trigger_span = SpanRef(
+                            span.trace_id, span.span_id, int(span.trace_flags)
+                        )
+                    wake = True
             state.last_updated = now
             if not state.dirty:  # always True without a store: one attribute test
                 state.dirty = True
                 self._dirty.append(state)
             if provider is not None and state.provider is None:
                 state.provider = provider
-            if total < state.wake_at:
-                return
-            if total > MAX_PERIOD_TOKENS:
-                state.saturate()
-                if state.wake_at == _SATURATED:  # the cap, not a threshold
-                    return
-            state.wake_at = _SATURATED
-            if span is None or type(span) is SpanRef:
-                state.trigger_span = span
-            else:
-                state.trigger_span = SpanRef(span.trace_id, span.span_id, int(span.trace_flags))
+            if total >= state.wake_at and (total <= MAX_PERIOD_TOKENS or self._saturate(state)):
+                state.wake_at = _SATURATED
+                if span is None or type(span) is SpanRef:
+                    state.trigger_span = span
+                else:
+                    state.trigger_span = SpanRef(span.trace_id, span.span_id, int(span.trace_flags))
+                wake = True
         finally:
             lock.release()
-        self._wake()
+        if wake:
+            self._wake()
+
+    @staticmethod
+    def _saturate(state: _ConfigState) -> bool:
+        # Under the lock: the period's total passed the cap. True if a threshold is due too.
+        state.saturate()
+        return state.wake_at != _SATURATED
 
     def _create(self, config_id: str, provider: str | None, now: float) -> _ConfigState:
         # Under the lock. Validation, expiry and the cap happen here, off the hot path: only new
@@ -705,6 +915,7 @@ class QuotaLedger:
             config_id
             for config_id, state in states.items()
             if state.limit is None
+            and state.cost_alerts is None
             and state.last_updated is not None
             and state.last_updated <= cutoff
             and config_id != OVERFLOW_CONFIG_ID
@@ -844,7 +1055,7 @@ class QuotaLedger:
             for state in self._states.values():
                 state.dirty = False
                 state.flushed = ZERO
-                state.record_dirty = state.limit is not None
+                state.record_dirty = state.limit is not None or state.cost_alerts is not None
                 self._track(state)
 
     def take_deltas(self) -> tuple[list[Delta], list[ConfigRecord]]:
@@ -953,6 +1164,7 @@ class QuotaLedger:
                         state.limit = None
                         state.threshold_tokens = ()
                         state.arm()
+                        state.cost_alerts = None
                         self._unlimited += 1
                 if state.provider is None and sync.provider is not None:
                     state.provider = sync.provider
@@ -975,11 +1187,16 @@ class QuotaLedger:
                         + others[4],
                         MAX_PERIOD_TOKENS,
                     )
+                    state.cost_total = state.cost + others[5]
                 state.others_life = sub_counts(sync.lifetime, state.life_flushed)
                 state.synced_at = now
                 if state.total >= state.wake_at and state.wake_at != _SATURATED:
                     # The fleet's usage crossed a threshold: the monitor must look.
                     state.wake_at = _SATURATED
+                    wake = True
+                ca = state.cost_alerts
+                if ca is not None and state.cost_total >= ca.wake_at != _SATURATED:
+                    ca.wake_at = _SATURATED
                     wake = True
                 touched.append((state, sync.alert))
         if wake:
@@ -1020,6 +1237,7 @@ class QuotaLedger:
                 () if record.limit is None else _shared(threshold_tokens(record.limit, thresholds))
             )
             state.arm()
+        _set_cost_limit(state, record.cost_limit, _shared(tuple(record.cost_thresholds)))
 
     def restart_epoch(self, config_id: str, epoch: int) -> bool:
         """Apply a store reset: ``config_id`` moves to reset epoch ``epoch`` (a new window)."""
@@ -1066,8 +1284,17 @@ class QuotaLedger:
         if unflushed == ZERO:
             return
         state = self._create(old.config_id, old.provider, now)
-        state.successes, state.failures, state.input, state.output, state.other = unflushed
+        (
+            state.successes,
+            state.failures,
+            state.input,
+            state.output,
+            state.other,
+            state.cost,
+            state.unpriced,
+        ) = unflushed
         state.total = min(unflushed[2] + unflushed[3] + unflushed[4], MAX_PERIOD_TOKENS)
+        state.cost_total = state.cost
         state.last_updated = old.last_updated
 
     def _reseed(self, state: _ConfigState) -> None:
@@ -1078,10 +1305,11 @@ class QuotaLedger:
         state.others = ZERO
         state.others_life = ZERO
         state.total = min(state.input + state.output + state.other, MAX_PERIOD_TOKENS)
+        state.cost_total = state.cost
         state.epoch = 0  # the store starts the config afresh at epoch 0: the same window
         state.stored = False
         state.alert_version = 0
-        state.record_dirty = state.limit is not None
+        state.record_dirty = state.limit is not None or state.cost_alerts is not None
         if not state.dirty:
             state.dirty = True
             self._dirty.append(state)
@@ -1113,7 +1341,22 @@ def _change_period(state: _ConfigState, period: Period | None, tz: tzinfo, now: 
     state.period_start, state.period_end = period_bounds(period, now, tz)
 
 
+def _set_cost_limit(
+    state: _ConfigState, cost_limit: int | None, thresholds: tuple[float, ...]
+) -> None:
+    """Give ``state`` a cost limit (micro-USD) with ``thresholds``, or none (under the lock).
+
+    Removing it drops its alert state: like a deleted config, nothing more is told about it."""
+    if cost_limit is None:
+        state.cost_alerts = None
+    elif state.cost_alerts is None:
+        state.cost_alerts = _CostAlerts(state, cost_limit, thresholds)
+    elif state.cost_alerts.limit != cost_limit or state.cost_alerts.thresholds != thresholds:
+        state.cost_alerts.set(cost_limit, thresholds)
+
+
 def _record(state: _ConfigState, now: float) -> ConfigRecord:
+    ca = state.cost_alerts
     return ConfigRecord(
         config_id=state.config_id,
         provider=state.provider,
@@ -1122,4 +1365,6 @@ def _record(state: _ConfigState, now: float) -> ConfigRecord:
         period=state.period,
         timezone=_tz_name(state.tz),
         updated_at=now,
+        cost_limit=None if ca is None else ca.limit,
+        cost_thresholds=() if ca is None else ca.thresholds,
     )
