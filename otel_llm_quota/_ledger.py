@@ -694,6 +694,9 @@ class QuotaLedger:
         total_tokens: int | None = None,
         success: bool = True,
         span: SpanRef | SpanContext | None = None,
+        model: str | None = None,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> None:
         """Add one request's usage to ``config_id`` (created on first use). Thread-safe.
 
@@ -708,6 +711,9 @@ class QuotaLedger:
         ``span`` is kept (as a ``SpanRef``) only when this usage crosses a threshold. An OTel
         ``SpanContext`` is accepted as is and converted only then, so the span processor does not
         build a ``SpanRef`` for every span.
+
+        ``model`` and the cache-read/cache-write tokens (part of ``input_tokens``) price the
+        request (see ``record_checked``).
         """
         if type(input_tokens) is not int or not 0 <= input_tokens <= MAX_TOKENS:
             input_tokens = check_count("input_tokens", input_tokens)
@@ -730,7 +736,24 @@ class QuotaLedger:
             raise TypeError(
                 f"span must be a SpanRef, a SpanContext or None, not {type(span).__name__}"
             )
-        self.record_checked(config_id, provider, input_tokens, output_tokens, other, success, span)
+        if model is not None and (type(model) is not str or not model):
+            check_optional_str("model", model)
+        if type(cache_read_tokens) is not int or not 0 <= cache_read_tokens <= MAX_TOKENS:
+            cache_read_tokens = check_count("cache_read_tokens", cache_read_tokens)
+        if type(cache_write_tokens) is not int or not 0 <= cache_write_tokens <= MAX_TOKENS:
+            cache_write_tokens = check_count("cache_write_tokens", cache_write_tokens)
+        self.record_checked(
+            config_id,
+            provider,
+            input_tokens,
+            output_tokens,
+            other,
+            success,
+            span,
+            model,
+            cache_read_tokens,
+            cache_write_tokens,
+        )
 
     def record_checked(
         self,

@@ -33,6 +33,7 @@ from otel_llm_quota._metrics import instrument_metrics, shutdown_metrics
 from otel_llm_quota._models import Alert, QuotaInfo, SpanRef
 from otel_llm_quota._monitor import Monitor, MonitorThread
 from otel_llm_quota._periods import resolve_timezone
+from otel_llm_quota._pricing import PriceOverride, check_usd, parse_price_overrides
 from otel_llm_quota._validation import (
     check_bool,
     check_count,
@@ -415,13 +416,15 @@ class LLMProviderManager:
     async def set_quota_limit(
         self,
         config_id: str,
-        quota_limit: int,
+        quota_limit: int | None,
         alert_threshold_percent: float | None = None,
         *,
         thresholds: Iterable[float] | None = None,
         period: str | None = DEFAULT_PERIOD,
         timezone: str | tzinfo | None = None,
         provider: str | None = None,
+        cost_limit_usd: float | None = None,
+        cost_thresholds: Iterable[float] | None = None,
     ) -> QuotaInfo:
         """Set the token limit of ``config_id`` (created if unknown) and when to alert.
 
@@ -430,6 +433,11 @@ class LLMProviderManager:
         ``"month"`` (default) or ``None`` (never resets), aligned to the calendar in
         ``timezone`` (default: the manager's). Raises ValueError/TypeError naming the bad
         argument; the ledger is unchanged then. Returns the new state.
+
+        ``cost_limit_usd`` adds a cost limit in USD (see the README, "Cost budgets"), alerting at
+        ``cost_thresholds`` (default: the token limit's thresholds) with an alert state of its
+        own. ``quota_limit`` may be None for a cost limit alone; the call sets both, so a limit
+        left out is removed.
         """
         return self.set_quota_limit_sync(
             config_id,
@@ -439,20 +447,25 @@ class LLMProviderManager:
             period=period,
             timezone=timezone,
             provider=provider,
+            cost_limit_usd=cost_limit_usd,
+            cost_thresholds=cost_thresholds,
         )
 
     def set_quota_limit_sync(
         self,
         config_id: str,
-        quota_limit: int,
+        quota_limit: int | None,
         alert_threshold_percent: float | None = None,
         *,
         thresholds: Iterable[float] | None = None,
         period: str | None = DEFAULT_PERIOD,
         timezone: str | tzinfo | None = None,
         provider: str | None = None,
+        cost_limit_usd: float | None = None,
+        cost_thresholds: Iterable[float] | None = None,
     ) -> QuotaInfo:
         """The synchronous form of ``set_quota_limit`` (for configuration code without a loop)."""
+        cost_limit = None if cost_limit_usd is None else check_usd("cost_limit_usd", cost_limit_usd)
         levels: list[float] = []
         if alert_threshold_percent is not None:
             levels.extend(check_thresholds((alert_threshold_percent,), "alert_threshold_percent"))
@@ -467,7 +480,20 @@ class LLMProviderManager:
             period=period,
             timezone=timezone,
             provider=provider,
+            cost_limit=cost_limit,
+            cost_thresholds=cost_thresholds,
         )
+
+    def set_prices(
+        self,
+        prices: Iterable[PriceOverride | Mapping[str, Any]],
+        *,
+        use_genai_prices: bool = True,
+    ) -> None:
+        """Price requests with ``prices`` first (the config file's ``prices:`` entries: model
+        and provider patterns, USD per million tokens, or ``free``), then with genai-prices.
+        Raises ValueError for a bad entry, before anything changes."""
+        self._ledger.set_prices(parse_price_overrides(prices), use_genai_prices=use_genai_prices)
 
     # -- usage -----------------------------------------------------------------------------------
 
@@ -481,8 +507,14 @@ class LLMProviderManager:
         total_tokens: int | None = None,
         success: bool = True,
         span: SpanRef | SpanContext | None = None,
+        model: str | None = None,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> None:
-        """Record one request's usage synchronously, from any thread (see ``QuotaLedger``)."""
+        """Record one request's usage synchronously, from any thread (see ``QuotaLedger``).
+
+        ``model`` and the cache-read/cache-write tokens (included in ``input_tokens``) price
+        the request; without a model it is counted as unpriced."""
         self._ledger.record_usage(
             config_id,
             provider=provider,
@@ -491,6 +523,9 @@ class LLMProviderManager:
             total_tokens=total_tokens,
             success=success,
             span=span,
+            model=model,
+            cache_read_tokens=cache_read_tokens,
+            cache_write_tokens=cache_write_tokens,
         )
 
     async def update_quota_usage(

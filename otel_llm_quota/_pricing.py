@@ -41,6 +41,7 @@ from typing import Any, Final
 __all__ = [
     "MICRO_USD",
     "Price",
+    "check_usd",
     "PriceOverride",
     "Pricer",
     "micro_usd",
@@ -61,6 +62,21 @@ def micro_usd(amount_usd: float | int | str | Fraction) -> int:
     """``amount_usd`` in whole micro-USD, rounded to the nearest (halves up): the unit of limits."""
     value = Fraction(str(amount_usd)) if isinstance(amount_usd, float) else Fraction(amount_usd)
     return math.floor(value * MICRO_USD + Fraction(1, 2))
+
+
+def check_usd(name: str, value: object) -> int:
+    """A positive amount of USD (int or float, at least one micro-USD) as micro-USD, else
+    TypeError/ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of USD, not {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive, finite number of USD, got {value!r}")
+    micro = micro_usd(value)
+    if not 1 <= micro <= 2**53:
+        raise ValueError(
+            f"{name} must be in [0.000001, {2**53 / MICRO_USD:.0f}] USD, got {value!r}"
+        )
+    return micro
 
 
 def usd(amount_microusd: int) -> float:
@@ -355,7 +371,13 @@ class Pricer:
 
     @property
     def overrides(self) -> tuple[PriceOverride, ...]:
+        """The user's prices, in the order they are tried."""
         return self._overrides
+
+    def warm_up(self) -> None:
+        """Load genai-prices' table in the background now (if this pricer uses it)."""
+        if self._use_genai:
+            warm_up()
 
     def rates(self, provider: str | None, model: str | None) -> _Rates | None:
         """The cached rates of a pair (resolving it on first use); None if unpriced."""
