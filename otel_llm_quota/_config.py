@@ -5,7 +5,10 @@ The file is a mapping with these top-level keys, all optional::
     manager:    {timezone, cooldown_seconds, handler_timeout_seconds, send_resolved, default_period}
     monitor:    {enabled: true, interval_seconds: 60}
     processor:  {default_config_id: "unknown", max_tracked_responses: 10000}
-    quotas:     [{config_id, limit, thresholds: [50, 80], period, timezone, provider}, ...]
+    quotas:     [{config_id, limit, thresholds: [50, 80], period, timezone, provider,
+                  cost_limit_usd: 50.0, cost_thresholds: [80, 100]}, ...]
+    prices:     [{provider: openai, model: "ft:gpt-4o*", input: 0.3, output: 1.2,
+                  cache_read: 0.15, cache_write: 0.3, request: 0}, {model: "llama*", free: true}]
     rules:      [{config_id, match: {provider: openai, model: "gpt-4o*", service.name: api}}, ...]
     handlers:   [{type: logging | otel_log | webhook | slack | email | alertmanager
                         | "package.module:factory", ...keyword arguments}, ...]
@@ -61,7 +64,7 @@ BUILTIN_HANDLERS: Final[Mapping[str, str]] = {
 BUILTIN_HANDLERS_MODULE: Final = "otel_llm_quota.handlers"
 
 _SECTIONS: Final = frozenset(
-    {"manager", "monitor", "processor", "quotas", "rules", "handlers", "store"}
+    {"manager", "monitor", "processor", "quotas", "rules", "handlers", "store", "prices"}
 )
 _MANAGER_KEYS: Final = frozenset(
     {
@@ -85,6 +88,8 @@ _QUOTA_KEYS: Final = frozenset(
         "period",
         "timezone",
         "provider",
+        "cost_limit_usd",
+        "cost_thresholds",
     }
 )
 
@@ -368,10 +373,13 @@ def _apply_quota(manager: LLMProviderManager, quota: Any) -> None:
     unknown = set(quota) - _QUOTA_KEYS
     if unknown:
         raise ConfigError(f"unknown quota keys: {_keys(unknown)}")
-    if "config_id" not in quota or "limit" not in quota:
-        raise ConfigError(f"a quota needs 'config_id' and 'limit' (it has keys {_keys(quota)})")
+    if "config_id" not in quota or ("limit" not in quota and "cost_limit_usd" not in quota):
+        raise ConfigError(
+            "a quota needs 'config_id' and 'limit', 'cost_limit_usd' or both "
+            f"(it has keys {_keys(quota)})"
+        )
     kwargs: dict[str, Any] = {}
-    for key in ("period", "timezone", "provider"):
+    for key in ("period", "timezone", "provider", "cost_limit_usd", "cost_thresholds"):
         if key in quota:
             kwargs[key] = quota[key]
     if "thresholds" in quota:
@@ -379,7 +387,7 @@ def _apply_quota(manager: LLMProviderManager, quota: Any) -> None:
     try:
         manager.set_quota_limit_sync(
             quota["config_id"],
-            quota["limit"],
+            quota.get("limit"),
             quota.get("alert_threshold_percent"),
             **kwargs,
         )
@@ -627,6 +635,16 @@ def load_config(
         for number, item in enumerate(_items(raw), 1):  # one bad item skips only itself
             collect.run(f"item {number}", functools.partial(apply, item))
 
+    def prices() -> None:
+        entries = data.get("prices")
+        if entries is None:
+            return
+        try:
+            setup.manager.set_prices(entries)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(_masked(str(exc), entries)) from None
+
+    collect.run("prices", prices)
     collect.run("quotas", quotas)
     if environment:
         collect.run(None, env_quotas, source=env.OTEL_LLM_QUOTA_LIMITS)

@@ -105,8 +105,27 @@ def _bar(info: QuotaInfo) -> RenderableType:
 
 def _alert(info: QuotaInfo) -> Text:
     if info.alert_triggered:
-        return Text(f"firing ≥{info.alert_threshold:g}%", style="bold red")
+        firing = []
+        if info.alert_threshold is not None:
+            firing.append(f"≥{info.alert_threshold:g}%")
+        if info.cost_alert_threshold is not None:
+            firing.append(f"cost ≥{info.cost_alert_threshold:g}%")
+        return Text("firing " + " ".join(firing), style="bold red")
     return Text("ok", style="green")
+
+
+def format_cost(info: QuotaInfo) -> str:
+    """``$1.23/$50.00 (2.5%)``, ``$0.0042/—``, with ``+N unpriced`` requests when there are."""
+    cost = info.cost_usd
+    shown = f"${cost:,.2f}" if cost >= 1 or cost == 0 else f"${cost:.4f}"
+    limit = info.cost_limit_usd
+    text = f"{shown}/{_NONE if limit is None else f'${limit:,.2f}'}"
+    percent = info.cost_usage_percent
+    if percent is not None:
+        text += f" ({percent:.1f}%)"
+    if info.unpriced_requests:
+        text += f" +{info.unpriced_requests:,} unpriced"
+    return text
 
 
 def render(infos: Sequence[QuotaInfo], url: str, now: float) -> RenderableType:
@@ -124,6 +143,11 @@ def render(infos: Sequence[QuotaInfo], url: str, now: float) -> RenderableType:
     table.add_column("used/limit", justify="right")
     table.add_column("left", justify="right")
     table.add_column("%", justify="right", no_wrap=True)
+    costs = any(
+        i.cost_microusd or i.unpriced_requests or i.cost_limit_microusd is not None for i in infos
+    )
+    if costs:  # only when there is a cost to show
+        table.add_column("cost USD/limit", justify="right")
     table.add_column("period, resets in")
     table.add_column("req (failed)", justify="right")
     table.add_column("alert, last sent")
@@ -139,12 +163,17 @@ def render(infos: Sequence[QuotaInfo], url: str, now: float) -> RenderableType:
             else info.last_alert_sent.strftime("%m-%d %H:%M:%S")
         )
         exhaustion = seconds_to_exhaustion(info, now)
-        table.add_row(
+        cells: list[RenderableType] = [
             info.config_id if info.provider is None else f"{info.config_id} ({info.provider})",
             _bar(info),
             f"{format_tokens(info.total_tokens)}/{format_tokens(info.quota_limit)}",
             format_tokens(info.quota_remaining),
             Text(_NONE if percent is None else f"{percent:.1f}%", style=usage_colour(info)),
+        ]
+        if costs:
+            cells.append(format_cost(info))
+        table.add_row(
+            *cells,
             f"{info.period or 'none'}, {resets}",
             f"{info.total_requests:,} ({info.failed_requests:,})",
             Text.assemble(_alert(info), f", {last_alert}"),
