@@ -54,11 +54,15 @@ _logger = logging.getLogger(__name__)
 Clock = Callable[[], float]
 """A zero-argument callable returning the current POSIX time in seconds (``time.time``)."""
 
-MetricRow = tuple[str, str | None, int, int | None, float, int, int, int, int, int]
+MetricRow = tuple[
+    str, str | None, int, int | None, float, int, int, int, int, int, int, int, int | None, int
+]
 """One config in ``QuotaLedger.metric_rows``: ``(config_id, provider, period_tokens, limit,
 period_end, lifetime_input_tokens, lifetime_output_tokens, lifetime_other_tokens,
-lifetime_successful_requests, lifetime_failed_requests)``; ``period_end`` is POSIX seconds (``inf``
-for a quota that never resets)."""
+lifetime_successful_requests, lifetime_failed_requests, lifetime_cost_microusd,
+period_cost_microusd, cost_limit_microusd, lifetime_unpriced_requests)``; ``period_end`` is POSIX
+seconds (``inf`` for a quota that never resets). Lifetime values are this process's own, period
+ones the fleet's."""
 
 _INF: Final = math.inf
 _SATURATED: Final = MAX_PERIOD_TOKENS + 1
@@ -781,11 +785,17 @@ class QuotaLedger:
         ``input_tokens``) price the request (see ``_pricing``): its cost in micro-USD is added to
         the config, or, for a model without a price, it is counted as unpriced.
         """
-        # Pricing, before the lock: two dict look-ups in the common case (resolved once).
+        # Pricing, before the lock: two dict look-ups in the common case (resolved once). A
+        # request without a provider is priced as one of its config's provider.
+        priced_as = provider
+        if priced_as is None:
+            known = self._states.get(config_id)
+            if known is not None:
+                priced_as = known.provider
         try:
-            rates = self._price_cache[model][provider]
+            rates = self._price_cache[model][priced_as]
         except KeyError:
-            rates = self._pricer.rates(provider, model)
+            rates = self._pricer.rates(priced_as, model)
         cost = 0
         if rates is not None:
             if other_tokens:  # tokens of unknown kind: pricing them would be a guess
@@ -1056,6 +1066,10 @@ class QuotaLedger:
                         state.closed_other + state.other,
                         state.closed_successes + state.successes,
                         state.closed_failures + state.failures,
+                        state.closed_cost + state.cost,
+                        state.cost_total,
+                        None if state.cost_alerts is None else state.cost_alerts.limit,
+                        state.closed_unpriced + state.unpriced,
                     )
                 )
             return rows

@@ -17,6 +17,7 @@ __all__ = [
     "ATTR_ERROR_TYPE",
     "ATTR_HANDLER_NAME",
     "ATTR_LIMIT",
+    "ATTR_LIMIT_KIND",
     "ATTR_PERIOD_END",
     "ATTR_PROVIDER",
     "ATTR_REQUEST_OUTCOME",
@@ -28,6 +29,9 @@ __all__ = [
     "EVENT_THRESHOLD",
     "METER_NAME",
     "METRIC_ALERTS",
+    "METRIC_COST",
+    "METRIC_COST_LIMIT",
+    "METRIC_COST_USAGE",
     "METRIC_HANDLER_DROPPED",
     "METRIC_HANDLER_FAILURES",
     "METRIC_LIMIT",
@@ -39,6 +43,7 @@ __all__ = [
     "METRIC_STORE_PENDING",
     "METRIC_TIME_UNTIL_RESET",
     "METRIC_TOKENS",
+    "METRIC_UNPRICED_REQUESTS",
     "METRIC_USAGE",
     "METRIC_UTILIZATION",
 ]
@@ -59,6 +64,8 @@ ATTR_HANDLER_NAME: Final = "llm.quota.handler.name"
 ATTR_ERROR_TYPE: Final = "error.type"
 ATTR_USAGE: Final = "llm.quota.usage"
 ATTR_LIMIT: Final = "llm.quota.limit"
+ATTR_LIMIT_KIND: Final = "llm.quota.limit.kind"
+"""Which limit an alert is about: ``tokens`` or ``cost``."""
 ATTR_UTILIZATION: Final = "llm.quota.utilization"
 ATTR_PERIOD_END: Final = "llm.quota.period.end"
 ATTR_STORE_OPERATION: Final = "llm.quota.store.operation"
@@ -78,6 +85,10 @@ METRIC_STORE_ERRORS: Final = "llm.quota.store.errors"
 METRIC_STORE_FLUSH_DURATION: Final = "llm.quota.store.flush.duration"
 METRIC_HANDLER_DROPPED: Final = "llm.quota.handler.dropped"
 METRIC_OVERFLOW_RECORDS: Final = "llm.quota.overflow.records"
+METRIC_COST: Final = "llm.quota.cost"
+METRIC_COST_USAGE: Final = "llm.quota.cost.usage"
+METRIC_COST_LIMIT: Final = "llm.quota.cost.limit"
+METRIC_UNPRICED_REQUESTS: Final = "llm.quota.requests.unpriced"
 
 # -- events ----------------------------------------------------------------------------------------
 EVENT_THRESHOLD: Final = "llm.quota.threshold"
