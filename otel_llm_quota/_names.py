@@ -14,6 +14,8 @@ __all__ = [
     "ATTR_ALERT_REASON",
     "ATTR_ALERT_STATE",
     "ATTR_CONFIG_ID",
+    "ATTR_COST_LIMIT",
+    "ATTR_COST_USAGE",
     "ATTR_ERROR_TYPE",
     "ATTR_HANDLER_NAME",
     "ATTR_LIMIT",
@@ -65,6 +67,10 @@ ATTR_ERROR_TYPE: Final = "error.type"
 ATTR_USAGE: Final = "llm.quota.usage"
 ATTR_LIMIT: Final = "llm.quota.limit"
 ATTR_LIMIT_KIND: Final = "llm.quota.limit.kind"
+ATTR_COST_USAGE: Final = "llm.quota.cost.usage"
+"""The period's cost in USD (cost alerts)."""
+ATTR_COST_LIMIT: Final = "llm.quota.cost.limit"
+"""The cost limit in USD (cost alerts)."""
 """Which limit an alert is about: ``tokens`` or ``cost``."""
 ATTR_UTILIZATION: Final = "llm.quota.utilization"
 ATTR_PERIOD_END: Final = "llm.quota.period.end"

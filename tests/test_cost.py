@@ -331,3 +331,32 @@ async def test_costs_and_cost_alerts_are_fleet_wide(clock: FakeClock) -> None:
     finally:
         for m in managers:
             await m.aclose()
+
+
+async def test_notifications_say_which_limit_fired(priced: LLMProviderManager) -> None:
+    from otel_llm_quota.handlers._otel_log import OTelLogEventHandler
+    from otel_llm_quota.handlers._payload import alert_details, summary, webhook_payload
+
+    await priced.set_quota_limit("c", 100, thresholds=(50,), cost_limit_usd=0.0001)
+    priced.record_usage("c", provider="acme", model="m", input_tokens=60)
+    by_kind = {a.limit_kind: a for a in await priced.check_quotas()}
+    cost, tokens = by_kind["cost"], by_kind["tokens"]
+    assert summary(cost) == "LLM quota c cost crossed 50% (60.0% of 0.0001 USD used)"
+    assert summary(tokens) == "LLM quota c crossed 50% (60.0% used)"
+    details = alert_details(cost)
+    assert (details["limit_kind"], details["cost_microusd"], details["cost_utilization"]) == (
+        "cost",
+        60,
+        0.6,
+    )
+    cost_body, token_body = (
+        webhook_payload(cost, receiver="r"),
+        webhook_payload(tokens, receiver="r"),
+    )
+    assert cost_body["alerts"][0]["labels"]["limit_kind"] == "cost"
+    assert "limit_kind" not in token_body["alerts"][0]["labels"]  # token alerts as before
+    assert cost_body["alerts"][0]["fingerprint"] != token_body["alerts"][0]["fingerprint"]
+    assert "USD spent" in cost_body["alerts"][0]["annotations"]["description"]
+    attrs = OTelLogEventHandler.attributes(cost)
+    assert (attrs["llm.quota.limit.kind"], attrs["llm.quota.utilization"]) == ("cost", 0.6)
+    assert "llm.quota.limit.kind" not in OTelLogEventHandler.attributes(tokens)
