@@ -103,7 +103,6 @@ class _ConfigState:
         "config_id",
         "cost",
         "cost_alerts",
-        "cost_total",
         "dirty",
         "epoch",
         "failures",
@@ -172,7 +171,6 @@ class _ConfigState:
         # this process's own in the period; ``cost_total`` adds the fleet's (``others[5]``).
         self.cost = 0
         self.unpriced = 0
-        self.cost_total = 0
         self.closed_cost = 0
         self.closed_unpriced = 0
         # The cost limit's alert state (None: no cost limit), see _CostAlerts.
@@ -210,6 +208,11 @@ class _ConfigState:
         self.alert_version = 0
         # Notifications this fleet claimed and has not confirmed delivered (see _claims).
         self.alert_pending: list[dict[str, Any]] | None = None
+
+    @property
+    def cost_total(self) -> int:
+        """The period's cost in micro-USD, fleet-wide: this process's plus the others' synced."""
+        return self.cost + self.others[5]
 
     def own(self) -> Counts:
         """This process's counts in the current window."""
@@ -265,7 +268,7 @@ class _ConfigState:
         self.closed_cost += self.cost
         self.closed_unpriced += self.unpriced
         self.successes = self.failures = self.input = self.output = self.other = self.total = 0
-        self.cost = self.unpriced = self.cost_total = 0
+        self.cost = self.unpriced = 0
         self.generation += 1
         self.trigger_span = None
         self.arm()
@@ -800,6 +803,11 @@ class QuotaLedger:
         if rates is not None:
             if other_tokens:  # tokens of unknown kind: pricing them would be a guess
                 rates = None
+            elif rates.flat and not (cache_read or cache_write):  # inlined: the common case
+                cost = (
+                    2 * (input_tokens * rates.input + output_tokens * rates.output + rates.request)
+                    + rates.den
+                ) // rates.den2
             else:
                 cost = rates.micro(input_tokens, output_tokens, cache_read, cache_write)
         wake = False
@@ -826,10 +834,9 @@ class QuotaLedger:
             if rates is None:
                 state.unpriced += 1
             elif cost:
-                state.cost += cost
-                cost_total = state.cost_total = state.cost_total + cost
+                cost_total = state.cost = state.cost + cost
                 cost_alerts = state.cost_alerts
-                if cost_alerts is not None and cost_total >= cost_alerts.wake_at:
+                if cost_alerts is not None and cost_total + state.others[5] >= cost_alerts.wake_at:
                     cost_alerts.wake_at = _SATURATED
                     if span is None or type(span) is SpanRef:
                         cost_alerts.trigger_span = span
@@ -1224,7 +1231,6 @@ class QuotaLedger:
                         + others[4],
                         MAX_PERIOD_TOKENS,
                     )
-                    state.cost_total = state.cost + others[5]
                 state.others_life = sub_counts(sync.lifetime, state.life_flushed)
                 state.synced_at = now
                 if state.total >= state.wake_at and state.wake_at != _SATURATED:
@@ -1331,7 +1337,6 @@ class QuotaLedger:
             state.unpriced,
         ) = unflushed
         state.total = min(unflushed[2] + unflushed[3] + unflushed[4], MAX_PERIOD_TOKENS)
-        state.cost_total = state.cost
         state.last_updated = old.last_updated
 
     def _reseed(self, state: _ConfigState) -> None:
@@ -1342,7 +1347,6 @@ class QuotaLedger:
         state.others = ZERO
         state.others_life = ZERO
         state.total = min(state.input + state.output + state.other, MAX_PERIOD_TOKENS)
-        state.cost_total = state.cost
         state.epoch = 0  # the store starts the config afresh at epoch 0: the same window
         state.stored = False
         state.alert_version = 0

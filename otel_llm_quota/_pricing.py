@@ -113,7 +113,17 @@ class _Rates:
     Rates are micro-USD per token times ``den`` (USD per million tokens is micro-USD per token).
     """
 
-    __slots__ = ("cache_read", "cache_write", "den2", "input", "output", "request", "tiers")
+    __slots__ = (
+        "cache_read",
+        "cache_write",
+        "den",
+        "den2",
+        "flat",
+        "input",
+        "output",
+        "request",
+        "tiers",
+    )
 
     def __init__(self, price: Price) -> None:
         parts = (price.input, price.output, price.cache_read, price.cache_write)
@@ -121,8 +131,12 @@ class _Rates:
         den = math.lcm(*(p.denominator for p in parts), request.denominator)
         self.input, self.output, self.cache_read, self.cache_write = (int(p * den) for p in parts)
         self.request = int(request * den)
+        self.den = den
         self.den2 = 2 * den
         self.tiers = tuple((above, _Rates(tier)) for above, tier in price.tiers)
+        self.flat = not self.tiers
+        """No tiers: ``QuotaLedger.record_checked`` inlines ``micro`` for requests without
+        cache tokens (the same arithmetic)."""
 
     @staticmethod
     def of(price: Price) -> _Rates:
@@ -148,7 +162,7 @@ class _Rates:
             + rates.request
         )
         # floor(n / den + 1/2): the nearest micro-USD, halves up.
-        return (2 * n + rates.den2 // 2) // rates.den2
+        return (2 * n + rates.den) // rates.den2
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,7 +176,7 @@ class QuotaSpanProcessor(SpanProcessor):
         ledger.pricer.warm_up()  # genai-prices loads in the background, not on the first span
         self._cache_read_keys = conv.cache_read_tokens
         self._cache_write_keys = conv.cache_write_tokens
-        self._cache_keys = conv.cache_read_tokens + conv.cache_write_tokens
+        self._cache_keys = frozenset(conv.cache_read_tokens + conv.cache_write_tokens)
         self._response_keys = conv.response_id
         self._trigger_keys = conv.usage_keys | frozenset(conv.provider)
         self._rules: tuple[ConfigRule, ...] = tuple(
@@ -409,11 +409,10 @@ class QuotaSpanProcessor(SpanProcessor):
             if model.__class__ is not str or not model:
                 model = _first_str(attributes, self._model_keys)
             cache_read = cache_write = 0
-            for key in self._cache_keys:
-                if key in attributes:
-                    cache_read = self._read_tokens(attributes, self._cache_read_keys) or 0
-                    cache_write = self._read_tokens(attributes, self._cache_write_keys) or 0
-                    break
+            # One C-level pass (a dict view's isdisjoint looks the few keys up in the dict).
+            if not attributes.keys().isdisjoint(self._cache_keys):
+                cache_read = self._read_tokens(attributes, self._cache_read_keys) or 0
+                cache_write = self._read_tokens(attributes, self._cache_write_keys) or 0
             try:
                 self._record(
                     config_id,

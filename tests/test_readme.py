@@ -29,7 +29,8 @@ async def run_async_snippet(code: str) -> dict[str, object]:
 
 
 @pytest.mark.parametrize(
-    "heading", ["## Quick start", "## Testing your own alert logic", "## Metrics"]
+    "heading",
+    ["## Quick start", "## Testing your own alert logic", "## Metrics", "## Cost budgets"],
 )
 async def test_snippet_runs(heading: str, capsys: pytest.CaptureFixture[str]) -> None:
     names = await run_async_snippet(python_block_after(heading))
@@ -38,6 +39,9 @@ async def test_snippet_runs(heading: str, capsys: pytest.CaptureFixture[str]) ->
     if heading == "## Metrics":
         names["meter_provider"].shutdown()  # type: ignore[attr-defined]
         assert {"llm.quota.usage", "llm.quota.limit"} <= names["names"]  # type: ignore[operator]
+    if heading == "## Cost budgets":  # 1,000 * 0.30 + 200 * 1.20 micro-USD
+        assert names["status"]["cost_microusd"] == 540  # type: ignore[index]
+        assert capsys.readouterr().out.strip() == "0.00054 540 0"
     if heading == "## Quick start":
         assert names["status"]["total_tokens"] == 1500  # type: ignore[index]
         assert len(names["all_statuses"]) == 1  # type: ignore[arg-type]
