@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_cost.py [--rounds 41] [--n 20000]
 
-Interleaved rounds (medians, see ``_common.interleaved``), all in one process:
+Interleaved rounds (medians of the calling thread's CPU time, as bench_processor.py), all in
+one process:
 
 1. ``record_checked`` of a priced model (genai-prices' gpt-4o-mini, resolved once and cached):
    the processor's path, pricing included;
@@ -25,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import interleaved
+from bench_processor import interleaved  # CPU time of the calling thread: steadier here
 
 from otel_llm_quota._ledger import QuotaLedger
 from otel_llm_quota._pricing import Pricer

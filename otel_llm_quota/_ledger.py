@@ -801,13 +801,12 @@ class QuotaLedger:
             rates = self._pricer.rates(priced_as, model)
         cost = 0
         if rates is not None:
-            if other_tokens:  # tokens of unknown kind: pricing them would be a guess
+            fast = rates.fast
+            if fast is not None and not (other_tokens or cache_read or cache_write):
+                # _Rates.micro inlined for the common case (no tiers, no cache tokens).
+                cost = (input_tokens * fast[0] + output_tokens * fast[1] + fast[2]) // fast[3]
+            elif other_tokens:  # tokens of unknown kind: pricing them would be a guess
                 rates = None
-            elif rates.flat and not (cache_read or cache_write):  # inlined: the common case
-                cost = (
-                    2 * (input_tokens * rates.input + output_tokens * rates.output + rates.request)
-                    + rates.den
-                ) // rates.den2
             else:
                 cost = rates.micro(input_tokens, output_tokens, cache_read, cache_write)
         wake = False
@@ -834,9 +833,9 @@ class QuotaLedger:
             if rates is None:
                 state.unpriced += 1
             elif cost:
-                cost_total = state.cost = state.cost + cost
+                state.cost += cost
                 cost_alerts = state.cost_alerts
-                if cost_alerts is not None and cost_total + state.others[5] >= cost_alerts.wake_at:
+                if cost_alerts is not None and state.cost_total >= cost_alerts.wake_at:
                     cost_alerts.wake_at = _SATURATED
                     if span is None or type(span) is SpanRef:
                         cost_alerts.trigger_span = span

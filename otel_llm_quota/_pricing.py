@@ -118,7 +118,7 @@ class _Rates:
         "cache_write",
         "den",
         "den2",
-        "flat",
+        "fast",
         "input",
         "output",
         "request",
@@ -134,9 +134,14 @@ class _Rates:
         self.den = den
         self.den2 = 2 * den
         self.tiers = tuple((above, _Rates(tier)) for above, tier in price.tiers)
-        self.flat = not self.tiers
-        """No tiers: ``QuotaLedger.record_checked`` inlines ``micro`` for requests without
-        cache tokens (the same arithmetic)."""
+        self.fast: tuple[int, int, int, int] | None = (
+            None
+            if self.tiers
+            else (2 * self.input, 2 * self.output, 2 * self.request + den, self.den2)
+        )
+        """Without tiers: ``QuotaLedger.record_checked`` inlines ``micro`` for requests without
+        cache tokens, ``(input * f[0] + output * f[1] + f[2]) // f[3]``: the same arithmetic
+        (``(2n + den) // 2den``), with the constants folded."""
 
     @staticmethod
     def of(price: Price) -> _Rates:
