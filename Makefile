@@ -13,7 +13,7 @@ OLDEST_STAMP := $(OLDEST_VENV)/.installed
 .PHONY: help venv demo test lint typecheck unit unit-oldest integration system-deps collector bench clean
 
 help:
-	@echo "make demo         run the quota monitoring example"
+	@echo "make demo         otel-llm-quota demo: real openai calls against a local stub, quotas filling up"
 	@echo "make test         lint, type-check and run every test (unit + integration)"
 	@echo "make unit         unit tests only"
 	@echo "make unit-oldest  unit tests against the oldest opentelemetry-api/sdk pyproject.toml allows"
@@ -39,7 +39,7 @@ $(OLDEST_STAMP): pyproject.toml tests/constraints-oldest.txt
 	touch $@
 
 demo: venv
-	PYTHONPATH=. $(BIN)/python examples/quota_monitoring_example.py
+	$(BIN)/otel-llm-quota demo
 
 system-deps:
 	bash scripts/install-system-deps.sh

@@ -1,6 +1,6 @@
 """A complete tour of the quota API: limits, usage, alerts, status, reset. Finishes in seconds.
 
-Run it with ``PYTHONPATH=. python3 examples/quota_monitoring_example.py`` (or ``make demo``).
+Run it with ``make venv && .venv/bin/python examples/quota_monitoring_example.py``.
 """
 
 from __future__ import annotations

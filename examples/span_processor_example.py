@@ -4,7 +4,7 @@ Your LLM client is already traced by an instrumentation (openai-v2, OpenLLMetry,
 the anthropic SDK's own spans). Here we play that instrumentation with a few hand-made spans that
 carry the OTel GenAI attributes, so the example needs no network and no API key.
 
-Run it with ``PYTHONPATH=. python3 examples/span_processor_example.py``.
+Run it with ``make venv && .venv/bin/python examples/span_processor_example.py``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from otel_llm_quota._handlers import AlertCallback, AlertHandler, NoOpAlertHandl
 from otel_llm_quota._ledger import QuotaLedger
 from otel_llm_quota._manager import LLMProviderManager
 from otel_llm_quota._metrics import QuotaMetrics, instrument_metrics, quota_metric_views
-from otel_llm_quota._models import Alert, AlertReason, AlertState, QuotaInfo, SpanRef
+from otel_llm_quota._models import Alert, AlertReason, AlertState, Forecast, QuotaInfo, SpanRef
 from otel_llm_quota._periods import PERIODS
 from otel_llm_quota._processor import ProcessorStats, QuotaSpanProcessor
 from otel_llm_quota._registration import get_manager, instrument
@@ -28,6 +28,7 @@ __all__ = [
     "ConfigRule",
     "Conventions",
     "DEFAULT_CONVENTIONS",
+    "Forecast",
     "LLMProviderManager",
     "NoOpAlertHandler",
     "PERIODS",

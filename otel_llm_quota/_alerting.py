@@ -27,11 +27,19 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
+from otel_llm_quota._forecast import (
+    MAX_SAMPLES,
+    ForecastSettings,
+    add_sample,
+    burn_rate,
+    window_for,
+)
 from otel_llm_quota._ledger import QuotaLedger, _ConfigState, _dt, _utc
-from otel_llm_quota._models import Alert, AlertReason, AlertState, QuotaInfo
+from otel_llm_quota._models import Alert, AlertReason, AlertState, Forecast, QuotaInfo
 
-__all__ = ["EvaluationResult", "evaluate", "evaluate_ledger"]
+__all__ = ["EvaluationResult", "evaluate", "evaluate_forecast", "evaluate_ledger"]
 
 _logger = logging.getLogger(__name__)
 
@@ -51,13 +59,14 @@ class EvaluationResult:
     from (for the fleet's claims, see ``_claims``)."""
 
 
-def _quota(state: _ConfigState, alert_state: AlertState, threshold: float) -> QuotaInfo:
+def _quota(state: _ConfigState, alert_state: AlertState, threshold: float, now: float) -> QuotaInfo:
     """The notification's snapshot: its state, and its threshold in the field of its kind."""
+    snapshot = state.snapshot(now)
     if state.limit_kind == "cost":
-        return replace(state.snapshot(), alert_state=alert_state, cost_alert_threshold=threshold)
+        return replace(snapshot, alert_state=alert_state, cost_alert_threshold=threshold)
     if alert_state is AlertState.FIRING:
-        return replace(state.snapshot(), alert_threshold=threshold)
-    return replace(state.snapshot(), alert_state=alert_state, alert_threshold=threshold)
+        return replace(snapshot, alert_threshold=threshold)
+    return replace(snapshot, alert_state=alert_state, alert_threshold=threshold)
 
 
 def _resolved(
@@ -75,7 +84,7 @@ def _resolved(
         reason=reason,
         threshold_percent=top,
         thresholds=tuple(sorted(thresholds)),
-        quota=_quota(state, AlertState.RESOLVED, top),
+        quota=_quota(state, AlertState.RESOLVED, top, now),
         started_at=_utc(min(active.get(t, now) for t in thresholds)),
         ended_at=_utc(now),
         period_start=_dt(period_start),
@@ -197,12 +206,112 @@ def _firing(
         reason=reason,
         threshold_percent=threshold,
         thresholds=tuple(sorted(active)),
-        quota=_quota(state, AlertState.FIRING, threshold),
+        quota=_quota(state, AlertState.FIRING, threshold, now),
         started_at=_utc(active[threshold]),
         period_start=_dt(state.period_start),
         repeat_at=_utc(min(now + cooldown, state.period_end)),
         span=state.trigger_span if span else None,
         limit_kind=state.limit_kind,
+    )
+
+
+def evaluate_forecast(
+    state: _ConfigState, now: float, settings: ForecastSettings, send_resolved: bool
+) -> list[Alert]:
+    """Sample ``state`` and advance its forecast alert (call under the lock, after ``evaluate``).
+
+    Fires (reason ``FORECAST``) once per period when the projection at the reset reaches 100 %
+    of the limit with at least the minimum lead time left and enough data (a full window and
+    ``min_samples`` samples); resolves when the projection falls below ``resolve_percent``, or
+    at the period's end. A forecast that resolved does not fire again in the same period.
+    """
+    alerts: list[Alert] = []
+    if now >= state.period_end:
+        state.roll(now)
+    window = window_for(state.period_start, state.period_end, settings.window_seconds)
+    state.forecast_due = now + window / MAX_SAMPLES
+    found = state.forecast
+    if found is not None and found[0] != state.generation:
+        if not found[2] and send_resolved:  # the period ended (or a reset) while on pace
+            alerts.append(_forecast_alert(state, now, AlertReason.PERIOD_RESET, None, found))
+        found = state.forecast = None
+    samples = state.samples
+    if samples is None or state.samples_generation != state.generation:
+        # A new window: a new period starts with 0 tokens at its start (also for a monitor
+        # started mid-period); after a reset within the period, the samples start now.
+        if not samples or samples[-1][0] < state.period_start:
+            samples = state.samples = [(state.period_start, 0)]
+        else:
+            samples = state.samples = [(now, state.total)]
+        state.samples_generation = state.generation
+    add_sample(samples, now, state.total, window)
+    limit = state.limit
+    if limit is None or not math.isfinite(state.period_end):
+        return alerts
+    if found is None and (
+        now - samples[0][0] < window or len(samples) < settings.min_samples or state.total >= limit
+    ):
+        return alerts  # not enough data yet (or already exhausted: the thresholds speak)
+    if found is not None and found[2]:
+        return alerts  # resolved: once per period
+    rate = burn_rate(samples, state.period_start, now, state.total, window) or 0.0
+    projected = (state.total + rate * (state.period_end - now)) * 100.0 / limit
+    if found is None:
+        if projected < 100.0:
+            return alerts
+        if (limit - state.total) / rate < settings.lead_for(state.period_start, state.period_end):
+            return alerts  # too late to act: the threshold alerts say it
+        found = state.forecast = [state.generation, now, False, state.period_start]
+        state.last_alert_sent = now
+        alerts.append(_forecast_alert(state, now, AlertReason.FORECAST, (projected, rate), found))
+    elif projected < settings.resolve_percent:
+        found[2] = True
+        if send_resolved:
+            alerts.append(
+                _forecast_alert(state, now, AlertReason.FORECAST, (projected, rate), found)
+            )
+    return alerts
+
+
+def _forecast_alert(
+    state: _ConfigState,
+    now: float,
+    reason: AlertReason,
+    pace: tuple[float, float] | None,
+    found: list[Any],
+) -> Alert:
+    firing = reason is AlertReason.FORECAST and not found[2]
+    if pace is None:
+        projected, rate = 0.0, 0.0
+    else:
+        projected, rate = pace
+    limit = state.limit or 0
+    left = limit - state.total
+    exhaustion = 0.0 if left <= 0 else (left / rate if rate > 0 else None)
+    quota = state.snapshot(now)
+    return Alert(
+        config_id=state.config_id,
+        state=AlertState.FIRING if firing else AlertState.RESOLVED,
+        reason=reason,
+        threshold_percent=100.0,
+        thresholds=(100.0,),
+        # The notification's state, but no threshold: a forecast is about the pace (a plain
+        # callable handler tells it by ``alert_threshold`` None).
+        quota=replace(
+            quota,
+            alert_state=AlertState.FIRING if firing else AlertState.RESOLVED,
+            alert_threshold=None,
+        ),
+        started_at=_utc(float(found[1])),
+        ended_at=None if firing else _utc(now),
+        period_start=_dt(float(found[3])),
+        repeat_at=_utc(state.period_end) if firing else None,
+        forecast=Forecast(
+            projected_percent=projected,
+            burn_rate=rate,
+            time_to_exhaustion=exhaustion,
+            reset_at=quota.reset_at,
+        ),
     )
 
 
@@ -225,6 +334,7 @@ def evaluate_ledger(
     cooldown: float,
     send_resolved: bool,
     encoder: Callable[[_ConfigState], str] | None = None,
+    forecast: ForecastSettings | None = None,
 ) -> EvaluationResult:
     """One monitor pass over every configuration.
 
@@ -242,7 +352,10 @@ def evaluate_ledger(
     next_due = math.inf
     examined = 0
     lock = ledger.lock
+    forecasting = forecast is not None and forecast.enabled
     for state in ledger.states():
+        # Forecasts: every config with a limit, a few times per estimator window (and one
+        # with a forecast alert of an older period, to resolve it).
         ca = state.cost_alerts
         if (
             state.active is None
@@ -255,16 +368,28 @@ def evaluate_ledger(
                 )
             )
         ):
-            continue
+            if not forecasting or not (
+                (state.threshold_tokens and now >= state.forecast_due) or state.forecast is not None
+            ):
+                continue  # the idle config's skip costs one more test without forecasts
+            look, idle = True, True  # only its forecast is due: its thresholds need nothing
+        else:
+            idle = False
+            look = forecasting and (
+                (bool(state.threshold_tokens) and now >= state.forecast_due)
+                or state.forecast is not None
+            )
         examined += 1
         try:
             with lock:
                 before = None if encoder is None else encoder(state)
                 version = state.alert_version
-                found = evaluate(state, now, cooldown, send_resolved)
+                found = [] if idle else evaluate(state, now, cooldown, send_resolved)
+                if look and forecast is not None:
+                    found += evaluate_forecast(state, now, forecast, send_resolved)
                 due = _next_due(state, cooldown)
                 ca = state.cost_alerts
-                if ca is not None:
+                if ca is not None and not idle:
                     # The cost limit: the same machine over the cost (``_CostAlerts``).
                     found += evaluate(ca, now, cooldown, send_resolved)  # type: ignore[arg-type]
                     due = min(due, _next_due(ca, cooldown))  # type: ignore[arg-type]

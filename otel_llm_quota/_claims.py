@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from otel_llm_quota._ledger import QuotaLedger, _ConfigState
-from otel_llm_quota._models import Alert, AlertReason, AlertState, SpanRef
+from otel_llm_quota._models import Alert, AlertReason, AlertState, Forecast, SpanRef
 from otel_llm_quota.stores._base import AlertRecord
 
 if TYPE_CHECKING:
@@ -84,6 +84,8 @@ def encode(state: _ConfigState) -> str:
             "h": _keys(ca.held),
             "lv": None if ca.alert_levels is None else list(ca.alert_levels),
         }
+    if state.forecast is not None:  # [generation, fired at, resolved, period start]
+        doc["f"] = [state.forecast[1], state.forecast[2], state.forecast[3]]
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
@@ -125,6 +127,12 @@ def adopt(state: _ConfigState, record: AlertRecord, *, force: bool = False) -> b
                 _floats(cost.get("h")),
                 None if cost_levels is None else tuple(int(v) for v in cost_levels),
             )
+        forecast = doc.get("f")
+        forecast = (
+            None
+            if forecast is None
+            else [float(forecast[0]), bool(forecast[1]), float(forecast[2])]
+        )
     except (ValueError, TypeError, AttributeError):
         _logger.warning("unreadable alert record for config %r; ignored", state.config_id)
         return False
@@ -135,7 +143,14 @@ def adopt(state: _ConfigState, record: AlertRecord, *, force: bool = False) -> b
     state.last_alert_sent = None if last is None else float(last)
     state.alert_pending = pending
     state.alert_levels = levels
-    if window is not None and (int(window[0]), int(window[1])) == (here.start, here.epoch):
+    current = window is not None and (int(window[0]), int(window[1])) == (here.start, here.epoch)
+    # A forecast belongs to this generation if the record is of this window, else to the last.
+    state.forecast = (
+        None
+        if forecast is None
+        else [state.generation if current else state.generation - 1, *forecast]
+    )
+    if current:
         state.alert_generation = state.generation
         state.alert_period_start = state.period_start
     else:  # an older window's alerts: the next pass resolves them (once, fleet-wide)
@@ -148,15 +163,7 @@ def adopt(state: _ConfigState, record: AlertRecord, *, force: bool = False) -> b
     ca = state.cost_alerts
     if ca is not None and cost is not None:
         cur, cost_start, ca.active, ca.sent, ca.held, ca.alert_levels = cost
-        if (
-            cur
-            and window is not None
-            and (int(window[0]), int(window[1]))
-            == (
-                here.start,
-                here.epoch,
-            )
-        ):
+        if cur and current:
             ca.alert_generation = state.generation
             ca.alert_period_start = state.period_start
         else:
@@ -170,6 +177,7 @@ def adopt(state: _ConfigState, record: AlertRecord, *, force: bool = False) -> b
 
 def _pending_entry(alert: Alert, writer: str, until: float) -> dict[str, Any]:
     span = alert.span
+    fc = alert.forecast
     return {
         "id": uuid.uuid4().hex,
         "by": writer,
@@ -184,6 +192,7 @@ def _pending_entry(alert: Alert, writer: str, until: float) -> dict[str, Any]:
         "ra": _ts(alert.repeat_at),
         "sp": None if span is None else [span.trace_id, span.span_id, span.trace_flags],
         "k": alert.limit_kind,
+        "fc": None if fc is None else [fc.projected_percent, fc.burn_rate, fc.time_to_exhaustion],
     }
 
 
@@ -199,11 +208,12 @@ def _alert_from(state: _ConfigState, entry: dict[str, Any]) -> Alert:
     assert started is not None
     span = entry.get("sp")
     kind = str(entry.get("k", "tokens"))
-    quota = replace(state.snapshot(), alert_state=alert_state)
+    fc = entry.get("fc")
+    quota = replace(state.snapshot(state.last_updated), alert_state=alert_state)
     if kind == "cost":
         quota = replace(quota, cost_alert_threshold=float(entry["t"]))
     else:
-        quota = replace(quota, alert_threshold=float(entry["t"]))
+        quota = replace(quota, alert_threshold=None if fc else float(entry["t"]))
     return Alert(
         config_id=state.config_id,
         state=alert_state,
@@ -217,6 +227,16 @@ def _alert_from(state: _ConfigState, entry: dict[str, Any]) -> Alert:
         repeat_at=_utc(entry.get("ra")),
         span=None if not span else SpanRef(int(span[0]), int(span[1]), int(span[2])),
         limit_kind=kind,
+        forecast=(
+            None
+            if not fc
+            else Forecast(
+                float(fc[0]),
+                float(fc[1]),
+                None if fc[2] is None else float(fc[2]),
+                quota.reset_at,
+            )
+        ),
     )
 
 

@@ -3,13 +3,20 @@
 The file is a mapping with these top-level keys, all optional::
 
     manager:    {timezone, cooldown_seconds, handler_timeout_seconds, send_resolved, default_period}
-    monitor:    {enabled: true, interval_seconds: 60}
+    monitor:    {enabled: true, interval_seconds: 60, forecast: true, forecast_window_seconds,
+                 forecast_min_lead_seconds, forecast_min_samples}
     processor:  {default_config_id: "unknown", max_tracked_responses: 10000}
     quotas:     [{config_id, limit, thresholds: [50, 80], period, timezone, provider,
-                  cost_limit_usd: 50.0, cost_thresholds: [80, 100]}, ...]
+                  parent, cost_limit_usd: 50.0, cost_thresholds: [80, 100]}, ...]
     prices:     [{provider: openai, model: "ft:gpt-4o*", input: 0.3, output: 1.2,
                   cache_read: 0.15, cache_write: 0.3, request: 0}, {model: "llama*", free: true}]
-    rules:      [{config_id, match: {provider: openai, model: "gpt-4o*", service.name: api}}, ...]
+    rules:      [{config_id, match: {provider: openai, model: "gpt-4o*", service.name: api}},
+                 {config_id: "tenant-{value}", attribute: app.tenant_id}, ...]
+
+A quota's ``parent`` names another quota its usage (tokens and cost) also counts toward (nested
+budgets); the order of the quotas does not matter, and an unknown parent or a cycle is an error
+of the quota that names it. ``limit: null`` declares a config without a token limit (a parent
+that only aggregates, or one with a cost limit alone).
     handlers:   [{type: logging | otel_log | webhook | slack | email | alertmanager
                         | "package.module:factory", ...keyword arguments}, ...]
 
@@ -37,7 +44,7 @@ from typing import Any, Final
 from otel_llm_quota import environment_variables as env
 from otel_llm_quota._env import env_str
 from otel_llm_quota._handlers import AnyAlertHandler
-from otel_llm_quota._manager import LLMProviderManager
+from otel_llm_quota._manager import LLMProviderManager, _forecast_settings
 from otel_llm_quota._rules import ConfigRule
 from otel_llm_quota._validation import (
     MAX_CONFIG_ID_LENGTH,
@@ -77,7 +84,10 @@ _MANAGER_KEYS: Final = frozenset(
         "handler_queue_size",
     }
 )
-_MONITOR_KEYS: Final = frozenset({"enabled", "interval_seconds"})
+_FORECAST_KEYS: Final = frozenset(
+    {"forecast", "forecast_window_seconds", "forecast_min_lead_seconds", "forecast_min_samples"}
+)
+_MONITOR_KEYS: Final = frozenset({"enabled", "interval_seconds"}) | _FORECAST_KEYS
 _PROCESSOR_KEYS: Final = frozenset({"default_config_id", "max_tracked_responses"})
 _QUOTA_KEYS: Final = frozenset(
     {
@@ -90,6 +100,7 @@ _QUOTA_KEYS: Final = frozenset(
         "provider",
         "cost_limit_usd",
         "cost_thresholds",
+        "parent",
     }
 )
 
@@ -379,7 +390,7 @@ def _apply_quota(manager: LLMProviderManager, quota: Any) -> None:
             f"(it has keys {_keys(quota)})"
         )
     kwargs: dict[str, Any] = {}
-    for key in ("period", "timezone", "provider", "cost_limit_usd", "cost_thresholds"):
+    for key in ("period", "timezone", "provider", "parent", "cost_limit_usd", "cost_thresholds"):
         if key in quota:
             kwargs[key] = quota[key]
     if "thresholds" in quota:
@@ -520,6 +531,26 @@ def load_config(
 
     collect.run("manager", manager_section)
 
+    def forecast_settings() -> None:
+        # The forecast knobs live in 'monitor' but are the manager's: taken before it is built.
+        monitor = data.get("monitor")
+        if not isinstance(monitor, Mapping):
+            return  # monitor_section reports it
+        knobs = {k: monitor[k] for k in _FORECAST_KEYS if k in monitor}
+        try:
+            _forecast_settings(
+                knobs.get("forecast"),
+                knobs.get("forecast_window_seconds"),
+                knobs.get("forecast_min_lead_seconds"),
+                knobs.get("forecast_min_samples"),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(_masked(str(exc), knobs)) from None
+        manager_kwargs.update(knobs)
+
+    if manager is None:
+        collect.run("monitor", forecast_settings)
+
     def store_section() -> None:
         raw = data.get("store")
         if raw is None or (environment and env_str(env.OTEL_LLM_QUOTA_STORE) is not None):
@@ -610,11 +641,16 @@ def load_config(
     collect.run("processor", processor_section)
 
     def quotas() -> None:
-        for index, quota in enumerate(_list(data, "quotas")):
-            collect.run(
-                _entry_key("quotas", index, quota, "config_id"),
-                functools.partial(_apply_quota, setup.manager, quota),
-            )
+        entries = list(enumerate(_list(data, "quotas")))
+        problems = _parent_problems(entries, setup.manager)
+        for index, quota in entries:  # in the file's order
+            if index in problems:
+                key = _entry_key("quotas", index, quota, "config_id")
+                collect.run(key, _raiser(ConfigError(problems[index])))
+        for index, quota in _parents_first(entries):  # any order in the file: parents first
+            if index not in problems:
+                key = _entry_key("quotas", index, quota, "config_id")
+                collect.run(key, functools.partial(_apply_quota, setup.manager, quota))
 
     def env_quotas() -> None:
         raw = env_str(env.OTEL_LLM_QUOTA_LIMITS)
@@ -630,7 +666,10 @@ def load_config(
 
         def apply(item: str) -> None:
             config_id, limit = parse_limit(item)
-            _apply_quota(setup.manager, {**quota, "config_id": config_id, "limit": limit})
+            known = setup.manager.ledger.get(config_id)
+            linked = {} if known is None or known.parent is None else {"parent": known.parent}
+            # A limit from the environment wins over the file's, the file's parent stays.
+            _apply_quota(setup.manager, {**quota, **linked, "config_id": config_id, "limit": limit})
 
         for number, item in enumerate(_items(raw), 1):  # one bad item skips only itself
             collect.run(f"item {number}", functools.partial(apply, item))
@@ -733,6 +772,70 @@ def _entry_key(section: str, index: int, entry: object, name_key: str) -> str:
         if isinstance(name, str) and name.isprintable() and len(name) <= MAX_CONFIG_ID_LENGTH:
             return f"{key} ({name!r})"
     return key
+
+
+def _quota_link(quota: object) -> tuple[str, str | None] | None:
+    """``(config_id, parent)`` of a quota entry, or None if it has no usable ones (then the
+    entry's own checks report it)."""
+    if not isinstance(quota, Mapping):
+        return None
+    config_id, parent = quota.get("config_id"), quota.get("parent")
+    if not isinstance(config_id, str) or (parent is not None and not isinstance(parent, str)):
+        return None
+    return config_id, parent
+
+
+def _parent_problems(entries: list[tuple[int, Any]], manager: LLMProviderManager) -> dict[int, str]:
+    """Entries (by index) naming a parent that is neither declared nor known, or in a cycle."""
+    parents: dict[str, str | None] = {}
+    for _, quota in entries:
+        link = _quota_link(quota)
+        if link is not None:
+            parents[link[0]] = link[1]
+    problems: dict[int, str] = {}
+    for index, quota in entries:
+        link = _quota_link(quota)
+        if link is None or link[1] is None:
+            continue
+        config_id, parent = link
+        if parent not in parents and parent not in manager.ledger:
+            problems[index] = f"parent {parent!r} is not a declared quota"
+            continue
+        path = [config_id]
+        step: str | None = parent
+        while step is not None and step in parents and step not in path:
+            path.append(step)
+            step = parents[step]
+        if step == config_id:
+            shown = " -> ".join(repr(p) for p in [*path, config_id])
+            problems[index] = f"parent {parent!r} makes a cycle: {shown}"
+    return problems
+
+
+def _parents_first(entries: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    """The quota entries in an order where each parent comes before its children (stable
+    otherwise; entries in a cycle or without a usable id keep their place at the end)."""
+    by_id: dict[str, int] = {}
+    for position, (_, quota) in enumerate(entries):
+        link = _quota_link(quota)
+        if link is not None:
+            by_id.setdefault(link[0], position)
+    done: set[int] = set()
+    ordered: list[tuple[int, Any]] = []
+
+    def place(position: int, visiting: set[int]) -> None:
+        if position in done or position in visiting:
+            return
+        visiting.add(position)
+        link = _quota_link(entries[position][1])
+        if link is not None and link[1] is not None and link[1] in by_id:
+            place(by_id[link[1]], visiting)
+        done.add(position)
+        ordered.append(entries[position])
+
+    for position in range(len(entries)):
+        place(position, set())
+    return ordered
 
 
 def _raiser(exc: ConfigError) -> Callable[[], None]:

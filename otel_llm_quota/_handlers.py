@@ -16,7 +16,6 @@ handler has an outcome for every alert of the batch.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import logging
@@ -24,9 +23,12 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from otel_llm_quota._models import Alert, QuotaInfo
+
+if TYPE_CHECKING:  # asyncio is imported where it runs: `import otel_llm_quota` need not load it
+    import asyncio
 
 __all__ = [
     "DEFAULT_QUEUE_SIZE",
@@ -338,6 +340,8 @@ class _ThreadLane(_Lane):
                 delivery.report(DELIVERED)
 
     def _call(self, alert: Alert) -> BaseException | None:
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         try:
             target, takes_alert = _target(self.handler)
             result = target(*_call_args(takes_alert, alert))
@@ -368,6 +372,8 @@ class _TaskLane(_Lane):
             return not self.queue and not self.busy
 
     def stop(self) -> asyncio.Task[None] | None:
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         with self.lock:
             consumer, self.consumer = self.consumer, None
         if consumer is None or consumer.done():
@@ -386,6 +392,8 @@ class _TaskLane(_Lane):
         return None
 
     def _wake(self) -> None:
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         consumer, event = self.consumer, self.event
         if consumer is not None and event is not None and not consumer.done():
             loop = consumer.get_loop()
@@ -402,6 +410,8 @@ class _TaskLane(_Lane):
         )
 
     async def _consume(self, event: asyncio.Event) -> None:
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         me = asyncio.current_task()
         delivery: _Delivery | None = None
         try:
@@ -442,9 +452,13 @@ class _TaskLane(_Lane):
     async def _call(self, alert: Alert) -> str:
         """Call the handler in a task of its own, so that its exceptions (``CancelledError``,
         ``SystemExit`` included) are told apart from a cancellation of the consumer."""
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         args = _call_args(self.takes_alert, alert)
 
         async def guarded() -> BaseException | None:
+            import asyncio  # here: `import otel_llm_quota` need not load it
+
             try:
                 await self.target(*args)
             except asyncio.CancelledError:
@@ -525,6 +539,8 @@ class HandlerDispatcher:
         delivered in the order given, so a resolved notification never overtakes the firing
         one it ends.
         """
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         handlers = tuple(handlers)
         loop = asyncio.get_running_loop()
         with self._lock:
@@ -540,6 +556,8 @@ class HandlerDispatcher:
     def flush(self) -> Dispatch:
         """An awaitable completed once every notification queued so far, to every handler, has
         an outcome (like ``dispatch``; a marker queued behind them). Call on an event loop."""
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         loop = asyncio.get_running_loop()
         with self._lock:
             lanes = list(self._lanes.values())
@@ -641,6 +659,8 @@ class HandlerDispatcher:
 
     async def close(self) -> None:
         """``stop``, then wait for this loop's consumer tasks to end."""
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         tasks = self.stop()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -653,6 +673,8 @@ class HandlerDispatcher:
 
         Failures (any exception) are logged, never raised: closing must finish.
         """
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         closers = [(handler, getattr(handler, "aclose", None)) for handler in handlers]
         calls = [(handler, closer) for handler, closer in closers if callable(closer)]
         if not calls:
@@ -660,6 +682,8 @@ class HandlerDispatcher:
         limit = self.timeout_seconds if timeout_seconds is None else timeout_seconds
 
         async def close(closer: Callable[[], Awaitable[None]]) -> BaseException | None:
+            import asyncio  # here: `import otel_llm_quota` need not load it
+
             try:
                 await closer()
             except asyncio.CancelledError:

@@ -21,6 +21,7 @@ from typing import Any, Final, TypeVar
 
 from opentelemetry.trace import SpanContext
 
+from otel_llm_quota._forecast import burn_rate, window_for
 from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota._models import AlertState, QuotaInfo, SpanRef
 from otel_llm_quota._periods import Period, period_bounds, resolve_timezone, validate_period
@@ -92,6 +93,7 @@ class _ConfigState:
         "alert_pending",
         "alert_period_start",
         "alert_version",
+        "ancestors",
         "closed_cost",
         "closed_failures",
         "closed_input",
@@ -101,12 +103,15 @@ class _ConfigState:
         "closed_unpriced",
         "closing",
         "config_id",
+        "configured",
         "cost",
         "cost_alerts",
         "dirty",
         "epoch",
         "failures",
         "flushed",
+        "forecast",
+        "forecast_due",
         "generation",
         "held",
         "input",
@@ -118,11 +123,14 @@ class _ConfigState:
         "others",
         "others_life",
         "output",
+        "parent",
         "period",
         "period_end",
         "period_start",
         "provider",
         "record_dirty",
+        "samples",
+        "samples_generation",
         "sent",
         "stored",
         "successes",
@@ -150,6 +158,22 @@ class _ConfigState:
         self.config_id = config_id
         self.provider = provider
         self.limit: int | None = None
+        # Set by ``set_limit`` or a store record: exempt from ``max_configs`` and idle expiry
+        # (a config may have settings but no token limit: a parent with only other limits).
+        self.configured = False
+        # Nested scopes: the parent's id, and the resolved chain of ancestor states (nearest
+        # first, each once; None without ancestors), rebuilt by ``QuotaLedger._relink``
+        # whenever a parent link or the set of configs changes, so the hot path walks a tuple.
+        self.parent: str | None = None
+        self.ancestors: tuple[_ConfigState, ...] | None = None
+        # Usage samples ``[(time, total), ...]`` of the current window, kept by the monitor for
+        # the burn-rate estimator (``_forecast``); never touched by the hot path.
+        self.samples: list[tuple[float, int]] | None = None
+        self.samples_generation = -1
+        # Forecast alert state (``_alerting.evaluate_forecast``): [generation, first fired at,
+        # resolved] once a forecast fired in the current period, and when to look again.
+        self.forecast: list[Any] | None = None
+        self.forecast_due = -_INF
         self.thresholds: tuple[float, ...] = (DEFAULT_THRESHOLD_PERCENT,)
         self.threshold_tokens: tuple[int, ...] = ()
         self.period = period
@@ -302,9 +326,27 @@ class _ConfigState:
                 return
         self.wake_at = _SATURATED
 
-    def snapshot(self) -> QuotaInfo:
+    def exhaustion(self, now: float, window: float | None = None) -> float | None:
+        """Seconds until the limit is reached at the current burn rate (see ``_forecast``); 0
+        when reached, None without a limit or without usage to estimate a rate from."""
+        limit = self.limit
+        if limit is None:
+            return None
+        if self.total >= limit:
+            return 0.0
+        span = window_for(self.period_start, self.period_end, window)
+        samples = self.samples if self.samples_generation == self.generation else None
+        rate = burn_rate(samples, self.period_start, now, self.total, span)
+        if rate is None or rate <= 0.0:
+            return None
+        return (limit - self.total) / rate
+
+    def snapshot(self, now: float | None = None, window: float | None = None) -> QuotaInfo:
         """A consistent QuotaInfo of this state (call under the lock): fleet-wide counts with a
-        store (what was synced plus this process's unflushed usage), this process's without."""
+        store (what was synced plus this process's unflushed usage), this process's without.
+
+        ``time_to_exhaustion`` is estimated at ``now`` (None when ``now`` is not given), over
+        a burn-rate window of ``window`` seconds (default: a tenth of the period)."""
         active = self.active
         o = self.others
         lo = self.others_life
@@ -345,6 +387,8 @@ class _ConfigState:
             cost_alert_threshold=max(cost_active) if cost_active else None,
             lifetime_cost_microusd=self.closed_cost + self.cost + lo[5],
             lifetime_unpriced_requests=self.closed_unpriced + self.unpriced + lo[6],
+            parent=self.parent,
+            time_to_exhaustion=None if now is None else self.exhaustion(now, window),
         )
 
 
@@ -427,8 +471,8 @@ class _CostAlerts:
     def roll(self, now: float) -> None:
         self.parent.roll(now)
 
-    def snapshot(self) -> QuotaInfo:
-        return self.parent.snapshot()
+    def snapshot(self, now: float | None = None, window: float | None = None) -> QuotaInfo:
+        return self.parent.snapshot(now, window)
 
     def arm(self) -> None:
         """Set ``wake_at`` (micro-USD): as ``_ConfigState.arm``."""
@@ -455,6 +499,13 @@ def _new_state(
     if config_id == OVERFLOW_CONFIG_ID:
         return _OverflowState(config_id, None, period, tz, now)
     return _ConfigState(config_id, provider, period, tz, now)
+
+
+def _span_ref(span: SpanRef | SpanContext | None) -> SpanRef | None:
+    # Off the common path: only when usage crosses a threshold.
+    if span is None or type(span) is SpanRef:
+        return span
+    return SpanRef(span.trace_id, span.span_id, int(span.trace_flags))
 
 
 def _utc(ts: float) -> datetime:
@@ -545,6 +596,12 @@ class QuotaLedger:
         self._dirty: list[_ConfigState] = []
         self._pricer = pricer if pricer is not None else Pricer()
         self._price_cache = self._pricer._cache
+        # Nested scopes: whether any config has a parent, and the ids named as parents.
+        self._linked = False
+        self._parent_names: set[str] = set()
+        self.forecast_window_seconds: float | None = None
+        """The burn-rate window of ``time_to_exhaustion`` (None: a tenth of the period); the
+        manager sets it to the monitor's forecast window."""
         reinit_after_fork(self._at_fork_reinit)
 
     def _at_fork_reinit(self) -> None:
@@ -614,6 +671,7 @@ class QuotaLedger:
         provider: str | None = None,
         cost_limit: int | None = None,
         cost_thresholds: Iterable[float] | None = None,
+        parent: str | None = None,
     ) -> QuotaInfo:
         """Create or update a configuration's limit, thresholds and period.
 
@@ -622,15 +680,21 @@ class QuotaLedger:
         the counts of the current period and re-anchors the window on the new period's current
         boundary (nothing counted is lost). Returns the new snapshot.
 
+        ``quota_limit`` None: a config with settings but no token limit (a parent that only
+        aggregates, or has a cost limit only). ``parent``: the config this one's usage (tokens
+        and cost) also counts toward (with its ancestors); it must exist already, and may not be
+        this config or one of its descendants (ValueError naming it). Like the period, the parent
+        is replaced: None removes it.
+
         ``cost_limit`` is a cost limit in micro-USD (an int in [1, 2**53]) with its own
         ``cost_thresholds`` (default: ``thresholds``) and alert state. The call sets both kinds:
-        None for either removes that limit (at least one must be given).
+        None for either removes that limit.
         """
         config_id = check_config_id(config_id)
-        if quota_limit is None and cost_limit is None:
-            raise ValueError("give a token limit (quota_limit), a cost limit, or both")
         limit = None if quota_limit is None else check_limit(quota_limit)
         cost = None if cost_limit is None else check_limit(cost_limit)
+        if parent is not None:
+            parent = check_config_id(parent)
         levels = check_thresholds(thresholds)
         cost_levels = (
             levels
@@ -642,28 +706,30 @@ class QuotaLedger:
         provider = check_optional_str("provider", provider)
         levels = _shared(levels)
         cost_levels = _shared(cost_levels)
-        # before the lock: nothing half-set
         tokens = () if limit is None else _shared(threshold_tokens(limit, levels))
-        now = self._clock()
+        now = self._clock()  # everything checked before the lock: nothing half-set
         with self._lock:
             state = self._states.get(config_id)
+            if parent is not None:
+                self._check_parent(config_id, parent)
             if state is None:
                 state = self._states[config_id] = _new_state(
                     config_id, provider, period_name, tz, now
                 )
-                if limit is None and config_id != OVERFLOW_CONFIG_ID:
-                    self._unlimited += 1  # a cost limit alone: counted as usage-created ones
                 if self._tracking:
                     state.flushed = ZERO
                     state.dirty = False
             else:
-                if config_id != OVERFLOW_CONFIG_ID:
-                    if state.limit is None and limit is not None:
-                        self._unlimited -= 1  # a limit takes it out of the cap's count
-                    elif state.limit is not None and limit is None:
-                        self._unlimited += 1
+                if not state.configured and config_id != OVERFLOW_CONFIG_ID:
+                    self._unlimited -= 1  # settings take it out of the cap's count
                 if now >= state.period_end:
                     state.roll(now)
+            state.configured = True
+            if parent != state.parent:
+                state.parent = parent
+                self._relink()
+            elif state.ancestors is None and self._linked and config_id in self._parent_names:
+                self._relink()  # a new config that others name as their parent
             if provider is not None:
                 state.provider = provider
             if period_name != state.period or tz != state.tz:
@@ -684,10 +750,98 @@ class QuotaLedger:
                 or state.total >= state.wake_at
                 or (ca is not None and (bool(ca.active) or state.cost_total >= ca.wake_at))
             )
-            info = state.snapshot()
+            info = state.snapshot(now, self.forecast_window_seconds)
         if wake:
             self._wake()
         return info
+
+    def _check_parent(self, config_id: str, parent: str) -> None:
+        # Under the lock, before anything changes: the parent exists and is no descendant.
+        if parent == config_id:
+            raise ValueError(f"config {config_id!r} cannot be its own parent")
+        found = self._states.get(parent)
+        if found is None:
+            raise ValueError(
+                f"parent {parent!r} of config {config_id!r} does not exist: create it first"
+            )
+        seen = {parent}
+        while found is not None and found.parent is not None:
+            if found.parent == config_id:
+                raise ValueError(
+                    f"parent {parent!r} of config {config_id!r} would make a cycle "
+                    f"({parent!r} is below {config_id!r})"
+                )
+            if found.parent in seen:
+                break
+            seen.add(found.parent)
+            found = self._states.get(found.parent)
+
+    def _relink(self) -> None:
+        """Rebuild every config's ancestor chain (under the lock; only when links change).
+
+        A missing parent ends a chain (usage counts up to the last known ancestor; it is linked
+        again when the parent appears) and each ancestor is counted once, so even a cycle the
+        store might hand over (two processes racing) cannot count usage twice."""
+        states = self._states
+        names: set[str] = set()
+        for state in states.values():
+            parent = state.parent
+            if parent is None:
+                state.ancestors = None
+                continue
+            names.add(parent)
+            chain: list[_ConfigState] = []
+            seen = {state.config_id}
+            while parent is not None and parent not in seen:
+                found = states.get(parent)
+                if found is None:
+                    break
+                chain.append(found)
+                seen.add(parent)
+                parent = found.parent
+            state.ancestors = tuple(chain) if chain else None
+        self._parent_names = names
+        self._linked = bool(names)
+
+    def link_new(self, config_id: str, parent: str) -> bool:
+        """Create ``config_id`` (as usage would: no limit, subject to ``max_configs``) with
+        ``parent``, unless it exists; True if it was created. For span rules whose configs
+        count toward a parent (``ConfigRule(parent=...)``); an unknown parent links it once
+        the parent exists. Never raises for a refused id (the record that follows decides)."""
+        now = self._clock()
+        with self._lock:
+            if config_id in self._states:
+                return False
+            try:
+                state = self._create(config_id, None, now)
+            except ValueError:
+                return False
+            if state.config_id != config_id:  # the cap: its usage counts in _overflow
+                return False
+            state.parent = parent
+            # Only this config's chain is new (nobody names it as a parent, or _create linked it).
+            chain: list[_ConfigState] = []
+            seen = {config_id}
+            step: str | None = parent
+            while step is not None and step not in seen:
+                found = self._states.get(step)
+                if found is None:
+                    break
+                chain.append(found)
+                seen.add(step)
+                step = found.parent
+            state.ancestors = tuple(chain) if chain else None
+            self._parent_names.add(parent)
+            self._linked = True
+            return True
+
+    def ancestors(self, config_id: str) -> list[str]:
+        """The ids ``config_id``'s usage also counts toward, nearest first ([] if none)."""
+        with self._lock:
+            state = self._states.get(config_id)
+            if state is None or state.ancestors is None:
+                return []
+            return [a.config_id for a in state.ancestors]
 
     # -- the hot path ----------------------------------------------------------------------------
 
@@ -809,10 +963,10 @@ class QuotaLedger:
                 rates = None
             else:
                 cost = rates.micro(input_tokens, output_tokens, cache_read, cache_write)
-        wake = False
         now = self._clock()
         # acquire/release rather than ``with``: on CPython 3.11 ``with lock`` costs about 80 ns more
         # (it looks up and binds ``__enter__``/``__exit__``), about a fifth of this method.
+        up = False
         lock = self._lock
         lock.acquire()
         try:
@@ -837,36 +991,99 @@ class QuotaLedger:
                 cost_alerts = state.cost_alerts
                 if cost_alerts is not None and state.cost_total >= cost_alerts.wake_at:
                     cost_alerts.wake_at = _SATURATED
-                    if span is None or type(span) is SpanRef:
-                        cost_alerts.trigger_span = span
-                    else:
-                        cost_alerts.trigger_span = SpanRef(
-                            span.trace_id, span.span_id, int(span.trace_flags)
-                        )
-                    wake = True
+                    cost_alerts.trigger_span = _span_ref(span)
+                    up = True
             state.last_updated = now
             if not state.dirty:  # always True without a store: one attribute test
                 state.dirty = True
                 self._dirty.append(state)
             if provider is not None and state.provider is None:
                 state.provider = provider
-            if total >= state.wake_at and (total <= MAX_PERIOD_TOKENS or self._saturate(state)):
-                state.wake_at = _SATURATED
-                if span is None or type(span) is SpanRef:
-                    state.trigger_span = span
-                else:
-                    state.trigger_span = SpanRef(span.trace_id, span.span_id, int(span.trace_flags))
-                wake = True
+            if state.ancestors is not None:  # nested scopes: the parent, its parent, ...
+                up = (
+                    self._add_up(
+                        state.ancestors,
+                        now,
+                        input_tokens,
+                        output_tokens,
+                        other_tokens,
+                        success,
+                        span,
+                        -1 if rates is None else cost,
+                    )
+                    or up
+                )
+            if total < state.wake_at:
+                return
+            if total > MAX_PERIOD_TOKENS:
+                state.saturate()
+                if state.wake_at == _SATURATED:  # the cap, not a threshold
+                    return
+            state.wake_at = _SATURATED
+            if span is None or type(span) is SpanRef:
+                state.trigger_span = span
+            else:
+                state.trigger_span = SpanRef(span.trace_id, span.span_id, int(span.trace_flags))
+            up = True
         finally:
             lock.release()
-        if wake:
-            self._wake()
+            if up:
+                self._wake()
 
-    @staticmethod
-    def _saturate(state: _ConfigState) -> bool:
-        # Under the lock: the period's total passed the cap. True if a threshold is due too.
-        state.saturate()
-        return state.wake_at != _SATURATED
+    def _add_up(
+        self,
+        ancestors: tuple[_ConfigState, ...],
+        now: float,
+        input_tokens: int,
+        output_tokens: int,
+        other_tokens: int,
+        success: bool,
+        span: SpanRef | SpanContext | None,
+        cost: int,
+    ) -> bool:
+        # Under the lock: count one request toward each ancestor, in its own period window,
+        # with its cost in micro-USD (-1: unpriced). True if one of them crossed its next token
+        # or cost threshold (the monitor must look).
+        up = False
+        tokens = input_tokens + output_tokens + other_tokens
+        for state in ancestors:
+            if now >= state.period_end:
+                state.roll(now)
+            if success:
+                state.successes += 1
+            else:
+                state.failures += 1
+            state.input += input_tokens
+            state.output += output_tokens
+            if other_tokens:
+                state.other += other_tokens
+            total = state.total = state.total + tokens
+            if cost < 0:
+                state.unpriced += 1
+            elif cost:
+                state.cost += cost
+                cost_alerts = state.cost_alerts
+                if cost_alerts is not None and state.cost_total >= cost_alerts.wake_at:
+                    cost_alerts.wake_at = _SATURATED
+                    cost_alerts.trigger_span = _span_ref(span)
+                    up = True
+            state.last_updated = now
+            if not state.dirty:
+                state.dirty = True
+                self._dirty.append(state)
+            if total < state.wake_at:
+                continue
+            if total > MAX_PERIOD_TOKENS:
+                state.saturate()
+                if state.wake_at == _SATURATED:
+                    continue
+            state.wake_at = _SATURATED
+            if span is None or type(span) is SpanRef:
+                state.trigger_span = span
+            else:
+                state.trigger_span = SpanRef(span.trace_id, span.span_id, int(span.trace_flags))
+            up = True
+        return up
 
     def _create(self, config_id: str, provider: str | None, now: float) -> _ConfigState:
         # Under the lock. Validation, expiry and the cap happen here, off the hot path: only new
@@ -882,6 +1099,8 @@ class QuotaLedger:
                 )
                 if self._tracking:
                     self._track(state)
+                if self._linked and config_id in self._parent_names:
+                    self._relink()
                 return state
             self._overflowed += 1
             if not self._warned:
@@ -927,8 +1146,10 @@ class QuotaLedger:
         state = self._states.pop(config_id, None)
         if state is None:
             return False
-        if state.limit is None and config_id != OVERFLOW_CONFIG_ID:
+        if not state.configured and config_id != OVERFLOW_CONFIG_ID:
             self._unlimited -= 1
+        if self._linked:
+            self._relink()
         return True
 
     def expire_idle(self, now: float | None = None) -> int:
@@ -953,8 +1174,7 @@ class QuotaLedger:
         stale = [
             config_id
             for config_id, state in states.items()
-            if state.limit is None
-            and state.cost_alerts is None
+            if not state.configured
             and state.last_updated is not None
             and state.last_updated <= cutoff
             and config_id != OVERFLOW_CONFIG_ID
@@ -962,6 +1182,8 @@ class QuotaLedger:
         for config_id in stale:
             del states[config_id]
         self._unlimited -= len(stale)
+        if stale and self._linked:
+            self._relink()
         return len(stale)
 
     # -- reads -----------------------------------------------------------------------------------
@@ -977,7 +1199,7 @@ class QuotaLedger:
                 return None
             if now >= state.period_end:
                 state.roll(now)
-            return state.snapshot()
+            return state.snapshot(now, self.forecast_window_seconds)
 
     def get_all(self) -> list[QuotaInfo]:
         """Snapshots of every configuration, in creation order."""
@@ -987,7 +1209,7 @@ class QuotaLedger:
             for state in self._states.values():
                 if now >= state.period_end:
                     state.roll(now)
-                out.append(state.snapshot())
+                out.append(state.snapshot(now, self.forecast_window_seconds))
         return out
 
     def config_ids(self) -> list[str]:
@@ -1080,6 +1302,44 @@ class QuotaLedger:
                 )
             return rows
 
+    def exhaustion_rows(self, now: float | None = None) -> list[tuple[str, float]]:
+        """``(config_id, seconds)`` of every config with a limit and a burn rate: the
+        ``time_to_exhaustion`` of its snapshot, for the metric of that name."""
+        if now is None:
+            now = self._clock()
+        window = self.forecast_window_seconds
+        taken: list[tuple[str, int, int, float, float, tuple[tuple[float, int], ...] | None]] = []
+        with self._lock:  # only copies under the lock; the estimates are computed after it
+            for state in self._states.values():
+                limit = state.limit
+                if limit is None or now >= state.period_end:
+                    continue
+                samples = state.samples
+                taken.append(
+                    (
+                        state.config_id,
+                        limit,
+                        state.total,
+                        state.period_start,
+                        state.period_end,
+                        tuple(samples)
+                        if samples and state.samples_generation == state.generation
+                        else None,
+                    )
+                )
+        out: list[tuple[str, float]] = []
+        for config_id, limit, total, start, end, points in taken:
+            if total >= limit:
+                out.append((config_id, 0.0))
+                continue
+            if points is None:  # no samples (no monitor): the period's average rate
+                rate = total / (now - start) if now > start else 0.0
+            else:
+                rate = burn_rate(points, start, now, total, window_for(start, end, window)) or 0.0
+            if rate > 0.0:
+                out.append((config_id, (limit - total) / rate))
+        return out
+
     # -- shared store ----------------------------------------------------------------------------
 
     @property
@@ -1098,7 +1358,7 @@ class QuotaLedger:
             for state in self._states.values():
                 state.dirty = False
                 state.flushed = ZERO
-                state.record_dirty = state.limit is not None or state.cost_alerts is not None
+                state.record_dirty = state.configured
                 self._track(state)
 
     def take_deltas(self) -> tuple[list[Delta], list[ConfigRecord]]:
@@ -1160,6 +1420,14 @@ class QuotaLedger:
                         state.dirty = True
                         self._dirty.append(state)
 
+    def default_window_start(self) -> int:
+        """The window start (as ``_ConfigState.window`` names it) that a config of the default
+        period and time zone has now: the flusher's guess for a config it has not seen yet."""
+        if self._default_period is None:
+            return 0
+        start, _ = period_bounds(self._default_period, self._clock(), self._tz)
+        return round(start)
+
     def sync_targets(self) -> list[tuple[str, int]]:
         """``(config_id, window_start)`` of every config, for a refresh read."""
         now = self._clock()
@@ -1201,14 +1469,18 @@ class QuotaLedger:
                 if not state.record_dirty:
                     if record is not None:
                         self._adopt_settings(state, record, now)
-                    elif state.limit is not None and state.stored:
+                    elif state.configured and state.stored:
                         # Settings this process had from the store are gone there: the config
                         # was deleted and usage re-created it bare. Follow the store.
                         state.limit = None
                         state.threshold_tokens = ()
+                        state.configured = False
                         state.arm()
                         state.cost_alerts = None
                         self._unlimited += 1
+                        if state.parent is not None:
+                            state.parent = None
+                            self._relink()
                 if state.provider is None and sync.provider is not None:
                     state.provider = sync.provider
                 if now >= state.period_end:
@@ -1256,11 +1528,15 @@ class QuotaLedger:
         state = self._states[sync.config_id] = _ConfigState(
             sync.config_id, sync.provider, period, tz, now
         )
-        if record is None or record.limit is None:
+        if record is None:
             self._unlimited += 1  # counted like a config created here (see max_configs)
+        else:
+            state.configured = True
         state.flushed = ZERO
         state.dirty = False
         state.epoch = sync.epoch
+        if self._linked and sync.config_id in self._parent_names:
+            self._relink()  # a parent others named arrived
         return state
 
     def _adopt_settings(self, state: _ConfigState, record: ConfigRecord, now: float) -> None:
@@ -1269,6 +1545,13 @@ class QuotaLedger:
         tz = resolve_timezone(record.timezone)
         if record.provider is not None:
             state.provider = record.provider
+        if not state.configured:
+            state.configured = True
+            if state.config_id != OVERFLOW_CONFIG_ID:
+                self._unlimited -= 1
+        if record.parent != state.parent:
+            state.parent = record.parent
+            self._relink()
         if period != state.period or _tz_name(tz) != _tz_name(state.tz):
             _change_period(state, period, tz, now)
         thresholds = tuple(record.thresholds)
@@ -1349,7 +1632,7 @@ class QuotaLedger:
         state.epoch = 0  # the store starts the config afresh at epoch 0: the same window
         state.stored = False
         state.alert_version = 0
-        state.record_dirty = state.limit is not None or state.cost_alerts is not None
+        state.record_dirty = state.configured
         if not state.dirty:
             state.dirty = True
             self._dirty.append(state)
@@ -1407,4 +1690,5 @@ def _record(state: _ConfigState, now: float) -> ConfigRecord:
         updated_at=now,
         cost_limit=None if ca is None else ca.limit,
         cost_thresholds=() if ca is None else ca.thresholds,
+        parent=state.parent,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import logging
 import signal
@@ -20,6 +19,7 @@ from opentelemetry.trace import SpanContext
 from otel_llm_quota import environment_variables as env
 from otel_llm_quota._claims import FleetAlerts
 from otel_llm_quota._env import env_bool, env_positive_int, env_seconds, env_str
+from otel_llm_quota._forecast import DEFAULT_MIN_SAMPLES, ForecastSettings
 from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota._handlers import DEFAULT_QUEUE_SIZE, AnyAlertHandler, HandlerDispatcher
 from otel_llm_quota._ledger import (
@@ -144,6 +144,15 @@ class LLMProviderManager:
             stops them; ``instrument_metrics(manager)`` returns them.
         meter_provider: where the metrics go (default: the global one, also when the
             application sets it only after this manager is created).
+        forecast: forecast alerts, reason ``forecast`` (``OTEL_LLM_QUOTA_FORECAST_ENABLED``,
+            default true): once per period when a config will pass its limit before the reset
+            at the current burn rate (see the README's "Nested budgets and forecasts").
+        forecast_window_seconds: the burn-rate window (``OTEL_LLM_QUOTA_FORECAST_WINDOW_SECONDS``,
+            default a tenth of each config's period); ``time_to_exhaustion`` uses it too.
+        forecast_min_lead_seconds: fire only while exhaustion is at least this far away
+            (``OTEL_LLM_QUOTA_FORECAST_MIN_LEAD_SECONDS``, default a twentieth of the period).
+        forecast_min_samples: samples a forecast needs besides a full window
+            (``OTEL_LLM_QUOTA_FORECAST_MIN_SAMPLES``, default 4).
     """
 
     def __init__(
@@ -164,6 +173,10 @@ class LLMProviderManager:
         idle_config_seconds: float | None = None,
         metrics: bool | None = None,
         meter_provider: MeterProvider | None = None,
+        forecast: bool | None = None,
+        forecast_window_seconds: float | None = None,
+        forecast_min_lead_seconds: float | None = None,
+        forecast_min_samples: int | None = None,
     ) -> None:
         sizing: dict[str, Any] = {
             "max_configs": (
@@ -227,12 +240,17 @@ class LLMProviderManager:
         self._handlers_lock = threading.Lock()
         self._handlers: tuple[AnyAlertHandler, ...] = ()
         self._dispatcher = HandlerDispatcher(timeout, handler_queue_size)
+        forecasting = _forecast_settings(
+            forecast, forecast_window_seconds, forecast_min_lead_seconds, forecast_min_samples
+        )
+        self._ledger.forecast_window_seconds = forecasting.window_seconds
         self._monitor = Monitor(
             self._ledger,
             self._dispatcher,
             lambda: self._handlers,
             cooldown_seconds=cooldown,
             send_resolved=resolved,
+            forecast=forecasting if forecasting.enabled else None,
         )
         self._thread = MonitorThread(self._monitor, on_exit=self._close_handlers)
         self._thread_interval: float | None = None
@@ -333,6 +351,8 @@ class LLMProviderManager:
 
     async def aflush(self, timeout_seconds: float = _FINAL_FLUSH_SECONDS) -> bool:
         """``flush`` for coroutines (waits off the event loop)."""
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         if self._sync is None:
             return True
         return await asyncio.to_thread(self._sync.flush, timeout_seconds)
@@ -425,6 +445,7 @@ class LLMProviderManager:
         provider: str | None = None,
         cost_limit_usd: float | None = None,
         cost_thresholds: Iterable[float] | None = None,
+        parent: str | None = None,
     ) -> QuotaInfo:
         """Set the token limit of ``config_id`` (created if unknown) and when to alert.
 
@@ -436,8 +457,14 @@ class LLMProviderManager:
 
         ``cost_limit_usd`` adds a cost limit in USD (see the README, "Cost budgets"), alerting at
         ``cost_thresholds`` (default: the token limit's thresholds) with an alert state of its
-        own. ``quota_limit`` may be None for a cost limit alone; the call sets both, so a limit
-        left out is removed.
+        own. The call sets both, so a limit left out is removed.
+
+        Nested budgets: ``parent`` names a config (which must exist already) that this one's
+        usage (tokens and cost) also counts toward, and so on up its own parents; each level
+        keeps its own limits, period and alerts. ``quota_limit`` may be None for a config without
+        a token limit (a parent that only aggregates, or one with a cost limit alone). Every
+        setting is replaced: an omitted ``parent`` removes the link, as an omitted ``period``
+        sets the monthly default.
         """
         return self.set_quota_limit_sync(
             config_id,
@@ -449,6 +476,7 @@ class LLMProviderManager:
             provider=provider,
             cost_limit_usd=cost_limit_usd,
             cost_thresholds=cost_thresholds,
+            parent=parent,
         )
 
     def set_quota_limit_sync(
@@ -463,6 +491,7 @@ class LLMProviderManager:
         provider: str | None = None,
         cost_limit_usd: float | None = None,
         cost_thresholds: Iterable[float] | None = None,
+        parent: str | None = None,
     ) -> QuotaInfo:
         """The synchronous form of ``set_quota_limit`` (for configuration code without a loop)."""
         cost_limit = None if cost_limit_usd is None else check_usd("cost_limit_usd", cost_limit_usd)
@@ -482,6 +511,7 @@ class LLMProviderManager:
             provider=provider,
             cost_limit=cost_limit,
             cost_thresholds=cost_thresholds,
+            parent=parent,
         )
 
     def set_prices(
@@ -627,6 +657,8 @@ class LLMProviderManager:
         The final pass delivers what crossed a threshold since the last one; the pass then in
         progress finishes its deliveries first; all within ``shutdown_timeout_seconds``.
         """
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         if self._thread.running:
             await asyncio.to_thread(self.stop_monitoring_thread, self._shutdown_timeout)
         else:
@@ -667,6 +699,8 @@ class LLMProviderManager:
         for the final flush (what is pending reaches the store; past that it is lost with the
         process, and a warning says so).
         """
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         if self._closed:
             return
         self._closed = True
@@ -713,9 +747,12 @@ class LLMProviderManager:
         self._thread_interval = None
         if self._thread.running:
             self._thread.stop(self._shutdown_timeout)  # closes the handlers on its loop
+            self._stop_store()  # the final flush, as below
             return
         self._dispatcher.stop()  # the handlers' worker threads end
         if any(callable(getattr(h, "aclose", None)) for h in self._handlers):
+            import asyncio  # here: `import otel_llm_quota` need not load it
+
             try:
                 asyncio.get_running_loop()
             except RuntimeError:  # no loop in this thread: close the handlers on a fresh one
@@ -727,6 +764,8 @@ class LLMProviderManager:
     def _close_handlers_in_thread(self) -> None:
         """Run the handlers' ``aclose()`` on a fresh loop in a daemon thread, within the deadline
         (an ``aclose()`` that blocks its loop cannot be cancelled; it can be left behind)."""
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         timeout = self._shutdown_timeout
         closer = threading.Thread(
             target=asyncio.run,
@@ -772,6 +811,44 @@ class LLMProviderManager:
             f"LLMProviderManager(configs={len(self._ledger)}, handlers={len(self._handlers)}, "
             f"monitoring={self.monitoring})"
         )
+
+
+def _forecast_settings(
+    enabled: bool | None,
+    window: float | None,
+    lead: float | None,
+    samples: int | None,
+) -> ForecastSettings:
+    """The forecast knobs: each argument, else its environment variable, else the default."""
+    return ForecastSettings(
+        enabled=(
+            env_bool(env.OTEL_LLM_QUOTA_FORECAST_ENABLED, True)
+            if enabled is None
+            else check_bool("forecast", enabled)
+        ),
+        window_seconds=(
+            env_seconds(env.OTEL_LLM_QUOTA_FORECAST_WINDOW_SECONDS, None)
+            if window is None
+            else check_positive_seconds("forecast_window_seconds", window)
+        ),
+        min_lead_seconds=(
+            env_seconds(env.OTEL_LLM_QUOTA_FORECAST_MIN_LEAD_SECONDS, None)
+            if lead is None
+            else check_positive_seconds("forecast_min_lead_seconds", lead)
+        ),
+        min_samples=(
+            env_positive_int(env.OTEL_LLM_QUOTA_FORECAST_MIN_SAMPLES, DEFAULT_MIN_SAMPLES)
+            if samples is None
+            else _positive_int("forecast_min_samples", samples)
+        ),
+    )
+
+
+def _positive_int(name: str, value: object) -> int:
+    number = check_count(name, value)
+    if number == 0:
+        raise ValueError(f"{name} must be > 0, got 0")
+    return number
 
 
 def _remaining(deadline: float) -> float:

@@ -147,6 +147,15 @@ class QuotaMetrics:
             unit="s",
             description="Seconds until the quota period ends (periodic quotas only).",
         )
+        meter.create_observable_gauge(
+            n.METRIC_TIME_TO_EXHAUSTION,
+            callbacks=[self._observe_time_to_exhaustion],
+            unit="s",
+            description=(
+                "Seconds until the limit is reached at the current burn rate (0 once reached; "
+                "configs with a limit and a rate only)."
+            ),
+        )
         meter.create_observable_counter(
             n.METRIC_ALERTS,
             callbacks=[self._observe_alerts],
@@ -335,6 +344,19 @@ class QuotaMetrics:
             Observation(max(row[4] - now, 0.0), attrs[row[0]].base)
             for row in rows
             if row[4] != math.inf
+        )
+
+    def _observe_time_to_exhaustion(self, options: CallbackOptions) -> Iterable[Observation]:
+        manager = self._manager()
+        if manager is None:
+            return ()
+        with self._lock:
+            now, attrs = self._now, self._attrs
+        found = manager.ledger.exhaustion_rows(now)
+        return (
+            Observation(seconds, attrs[config_id].base)
+            for config_id, seconds in found
+            if config_id in attrs
         )
 
     def _observe_alerts(self, options: CallbackOptions) -> Iterable[Observation]:

@@ -16,19 +16,23 @@ their own queues (``_handlers``), so nothing they raise reaches it. Should the m
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from otel_llm_quota._alerting import evaluate_ledger
 from otel_llm_quota._claims import FleetAlerts, encode
+from otel_llm_quota._forecast import ForecastSettings
 from otel_llm_quota._handlers import AnyAlertHandler, HandlerDispatcher
 from otel_llm_quota._ledger import QuotaLedger
 from otel_llm_quota._models import Alert
+
+if TYPE_CHECKING:  # asyncio is imported where it runs: `import otel_llm_quota` need not load it
+    import asyncio
 
 __all__ = ["Monitor", "MonitorThread"]
 
@@ -49,8 +53,11 @@ class Monitor:
         *,
         cooldown_seconds: float,
         send_resolved: bool,
+        forecast: ForecastSettings | None = None,
     ) -> None:
         self._ledger = ledger
+        self.forecast = forecast
+        """Forecast alerts' settings (None: no forecasts)."""
         self._dispatcher = dispatcher
         self._handlers = handlers
         self.cooldown_seconds = cooldown_seconds
@@ -94,6 +101,7 @@ class Monitor:
             self.cooldown_seconds,
             self.send_resolved,
             encoder=None if fleet is None else encode,
+            forecast=self.forecast,
         )
         self._next_due = result.next_due
         if fleet is None:
@@ -114,6 +122,8 @@ class Monitor:
     async def _fleet_pass(self) -> list[Alert]:
         # Passes of one manager run one at a time in fleet mode, whatever loop or thread they
         # come from: a claim must start from the state its evaluation saw.
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         lock = self._fleet_lock
         if not lock.acquire(blocking=False):
             acquired = asyncio.get_running_loop().run_in_executor(None, lock.acquire)
@@ -143,6 +153,8 @@ class Monitor:
 
     def start(self, interval: float) -> None:
         """Start the monitor task on the running loop (a second start only updates the interval)."""
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         self.interval = interval
         if self.running:
             return
@@ -176,6 +188,8 @@ class Monitor:
             pass
 
     async def _run(self) -> None:
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         assert self._event is not None
         event = self._event
         while True:
@@ -218,6 +232,8 @@ class Monitor:
         whatever crossed a threshold since (a flush). Should that not end in time, the task is
         cancelled (the notifications already queued stay in their handlers' queues).
         """
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         task = self._task
         if task is None:
             return
@@ -288,7 +304,11 @@ class MonitorThread:
         return max(self._deadline - time.monotonic(), 0.0)
 
     def _main(self, interval: float) -> None:
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         async def run() -> None:
+            import asyncio  # here: `import otel_llm_quota` need not load it
+
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
             self._monitor.start(interval)

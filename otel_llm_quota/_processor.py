@@ -37,6 +37,14 @@ on a private ``TracerProvider`` and checks that those internals say what the pub
 an SDK release renamed one, it logs one warning and reads every span through the public API
 instead (slower, same results), rather than failing on every span.
 
+One core for in-process and OTLP spans: ``otel-llm-quota serve`` (``otel_llm_quota.serve``)
+turns each span it receives into a span view with the same fields the fast path reads (plain
+``dict`` attributes, ``_context``, ``_parent``, ``_status._status_code``, ``_end_time``,
+``_instrumentation_scope``, ``resource``) and passes it to ``QuotaSpanProcessor.on_end`` of its own
+processor: usage extraction, config resolution, the dedupe tables and the framework pairing are
+this very code, so the two paths cannot drift apart. Such spans never pass through ``on_start``:
+the service calls ``_pair_from_start()`` when a request first holds a framework span instead.
+
 Bad values (a token count that is a string, float, bool, negative or absurdly large; a config id
 that is not a string) are skipped, never guessed at; each skip is counted in ``stats`` and in the
 ``llm.quota.processor.skipped_values`` counter, and logged at debug level.
@@ -45,7 +53,6 @@ that is not a string) are skipped, never guessed at; each skip is counted in ``s
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import logging
 import threading
@@ -73,7 +80,13 @@ from otel_llm_quota._conventions import (
 from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota._ledger import QuotaLedger
 from otel_llm_quota._manager import LLMProviderManager
-from otel_llm_quota._rules import ConfigResolver, ConfigRule, SpanUsage, first_match
+from otel_llm_quota._rules import (
+    ConfigResolver,
+    ConfigRule,
+    SpanUsage,
+    attribute_keys,
+    first_rule,
+)
 from otel_llm_quota._validation import MAX_CONFIG_ID_LENGTH, check_config_id
 from otel_llm_quota.version import __version__
 
@@ -206,7 +219,9 @@ class QuotaSpanProcessor(SpanProcessor):
         self._provider_first = conv.provider[0] if conv.provider else ""
         self._response_first = conv.response_id[0] if conv.response_id else ""
         self._request_model_first = conv.request_model[0] if conv.request_model else ""
-        self._rule_cache: dict[tuple[str | None, str | None, int], tuple[object, str | None]] = {}
+        # (provider, model, id(resource), *routing attribute values) -> (resource, id, rule)
+        self._rule_cache: dict[tuple[Any, ...], tuple[object, str | None, ConfigRule | None]] = {}
+        self._rule_attributes = attribute_keys(self._rules)
         self._tickets = itertools.count()
         self._ticket = self._tickets.__next__
         self._duplicates = 0
@@ -236,6 +251,12 @@ class QuotaSpanProcessor(SpanProcessor):
             # An instance attribute: the SDK calls processor.on_end, found here first.
             self.on_end = self._on_end_portable  # type: ignore[method-assign]
             self._pairing, self._watching = bool(self._framework_scopes), False
+
+    def _pair_from_start(self) -> None:
+        """Pair framework spans from the first span on (module docstring), as the portable path
+        does: for spans that never pass through ``on_start`` (those ``otel-llm-quota serve``
+        receives over OTLP)."""
+        self._pairing, self._watching = bool(self._framework_scopes), False
 
     def _at_fork_reinit(self) -> None:
         # In a forked child: a thread of the parent may have held the lock at fork time. The
@@ -520,16 +541,23 @@ class QuotaSpanProcessor(SpanProcessor):
             model = _first_str(attributes, self._model_keys)
             resource = span.resource
             if self._rules:
-                key = (provider, model, id(resource))
+                key: tuple[Any, ...] = (provider, model, id(resource))
+                if self._rule_attributes:  # routing by a span attribute: its value too
+                    key += tuple(_str_or_none(attributes.get(k)) for k in self._rule_attributes)
                 cached = self._rule_cache.get(key)
                 if cached is not None and cached[0] is resource:
-                    matched = cached[1]
+                    matched, rule = cached[1], cached[2]
                 else:
-                    matched = first_match(self._rules, provider, model, resource.attributes)
+                    found = first_rule(
+                        self._rules, provider, model, resource.attributes, attributes
+                    )
+                    matched, rule = (None, None) if found is None else found
                     if len(self._rule_cache) >= _RULE_CACHE_SIZE:
                         self._rule_cache.clear()
-                    self._rule_cache[key] = (resource, matched)
+                    self._rule_cache[key] = (resource, matched, rule)
                 if matched is not None:
+                    if rule is not None and rule.parent is not None and matched not in self._ledger:
+                        self._ledger.link_new(matched, rule.parent)  # a new config of the rule
                     return matched
             if self._resolver is not None:
                 chosen = self._call_resolver(
@@ -752,6 +780,10 @@ def _usable_id(config_id: str) -> bool:
     return 0 < len(config_id) <= MAX_CONFIG_ID_LENGTH and not config_id.isspace()
 
 
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _first_str(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
     for key in keys:
         value = attributes.get(key)
@@ -765,7 +797,10 @@ def _id_key(response_id: str) -> bytes:
 
     Keyed BLAKE2b is not needed: a collision needs 2**64 ids, and a collision only makes two
     responses count once. Ids that are not valid UTF-8 (lone surrogates) are digested as is.
+    Only ids over 64 characters come here: ``hashlib`` is imported on the first.
     """
+    import hashlib  # here: `import otel_llm_quota` need not load it (OpenSSL's bindings)
+
     return hashlib.blake2b(response_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 

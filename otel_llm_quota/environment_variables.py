@@ -275,3 +275,72 @@ With a store: ``true`` turns SIGTERM into a normal exit (``SystemExit(143)``) wh
 application has no SIGTERM handler of its own, so the final flush runs (Python's default ends
 the process without it). ``false`` leaves SIGTERM alone. Default: ``true``.
 """
+
+OTEL_LLM_QUOTA_FORECAST_ENABLED: Final = "OTEL_LLM_QUOTA_FORECAST_ENABLED"
+"""
+.. envvar:: OTEL_LLM_QUOTA_FORECAST_ENABLED
+
+Forecast alerts (reason ``forecast``): the monitor samples each limited config's usage and
+notifies once per period when, at the current burn rate, it will pass its limit before the
+reset. ``true``/``false``. Default: ``true``.
+"""
+
+OTEL_LLM_QUOTA_FORECAST_WINDOW_SECONDS: Final = "OTEL_LLM_QUOTA_FORECAST_WINDOW_SECONDS"
+"""
+.. envvar:: OTEL_LLM_QUOTA_FORECAST_WINDOW_SECONDS
+
+The burn-rate estimator's sliding window in seconds (also used by ``time_to_exhaustion``).
+Default: a tenth of each config's period.
+"""
+
+OTEL_LLM_QUOTA_FORECAST_MIN_LEAD_SECONDS: Final = "OTEL_LLM_QUOTA_FORECAST_MIN_LEAD_SECONDS"
+"""
+.. envvar:: OTEL_LLM_QUOTA_FORECAST_MIN_LEAD_SECONDS
+
+A forecast fires only while the projected exhaustion is at least this far away (later, the
+threshold alerts speak). Default: a twentieth of each config's period.
+"""
+
+OTEL_LLM_QUOTA_FORECAST_MIN_SAMPLES: Final = "OTEL_LLM_QUOTA_FORECAST_MIN_SAMPLES"
+"""
+.. envvar:: OTEL_LLM_QUOTA_FORECAST_MIN_SAMPLES
+
+Usage samples (the window's start included) a forecast needs at least, beside a full window of
+data. Default: ``4``.
+"""
+
+# -- the OTLP service (otel-llm-quota serve) -----------------------------------------------------
+
+OTEL_LLM_QUOTA_SERVE_TOKEN: Final = "OTEL_LLM_QUOTA_SERVE_TOKEN"
+"""
+.. envvar:: OTEL_LLM_QUOTA_SERVE_TOKEN
+
+``otel-llm-quota serve``: when set, every request but ``GET /healthz`` must carry
+``Authorization: Bearer <this token>`` (compared in constant time); others get 401. A secret:
+never logged. Unset: no authentication (the service binds to 127.0.0.1 by default).
+"""
+
+OTEL_LLM_QUOTA_SERVE_MAX_BODY_BYTES: Final = "OTEL_LLM_QUOTA_SERVE_MAX_BODY_BYTES"
+"""
+.. envvar:: OTEL_LLM_QUOTA_SERVE_MAX_BODY_BYTES
+
+``otel-llm-quota serve``: the largest request body accepted, as sent (compressed); larger ones
+get 413. Default: ``16777216`` (16 MiB).
+"""
+
+OTEL_LLM_QUOTA_SERVE_MAX_DECOMPRESSED_BYTES: Final = "OTEL_LLM_QUOTA_SERVE_MAX_DECOMPRESSED_BYTES"
+"""
+.. envvar:: OTEL_LLM_QUOTA_SERVE_MAX_DECOMPRESSED_BYTES
+
+``otel-llm-quota serve``: the largest gzip-decompressed body; inflating stops there and the
+request gets 413 (a gzip bomb is never expanded in full). Default: ``67108864`` (64 MiB).
+"""
+
+OTEL_LLM_QUOTA_SERVE_MAX_CONCURRENT_REQUESTS: Final = "OTEL_LLM_QUOTA_SERVE_MAX_CONCURRENT_REQUESTS"
+"""
+.. envvar:: OTEL_LLM_QUOTA_SERVE_MAX_CONCURRENT_REQUESTS
+
+``otel-llm-quota serve``: export requests handled at once; more get 503 with ``Retry-After``
+(OTLP exporters retry them). Bounds memory at about this many times the two size limits.
+Default: ``8``.
+"""

@@ -9,6 +9,9 @@ wanted=(
   "prometheus-alertmanager:prometheus-alertmanager"
   "redis-server:redis-server"
   "redis-tools:redis-cli"
+  # The Node.js app of tests/integration/test_service_e2e.py (its npm packages: `npm ci` there).
+  "nodejs:node"
+  "npm:npm"
 )
 
 missing=()

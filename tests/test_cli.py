@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -92,7 +93,8 @@ def test_status_json_is_get_all_quota_statuses(store: str) -> None:
     assert result.exit_code == 0
     got = json.loads(result.stdout)
     assert sorted(s["config_id"] for s in got) == ["claude", "gpt"]
-    drop = {"last_sync"}  # when each reader last synced: differs by nature
+    # When each reader last synced, and the time to exhaustion at its own now: differ by nature.
+    drop = {"last_sync", "time_to_exhaustion"}
     assert [{k: v for k, v in s.items() if k not in drop} for s in got] == [
         {k: v for k, v in s.items() if k not in drop} for s in expected
     ]
@@ -111,6 +113,70 @@ def test_status_table_shows_every_config(store: str) -> None:
     assert "2 (1)" in gpt  # requests (failed)
     assert "claude" in lines
     assert "42/—" in lines["claude"]
+
+
+def firing(url: str) -> None:
+    """A config over its 90 % threshold whose alert was sent (state kept in the store)."""
+
+    async def run() -> None:
+        manager = LLMProviderManager(store=url)
+        try:
+            await manager.set_quota_limit("hot", 1000, thresholds=(50, 90), period="day")
+            manager.record_usage("hot", input_tokens=950)
+            manager.add_alert_handler(lambda config_id, quota: None)
+            await manager.check_quotas()
+            quota = await manager.get_quota_usage("hot")
+            assert quota is not None
+            assert (quota.alert_triggered, quota.alert_threshold) == (True, 90.0)
+            assert await manager.aflush()
+        finally:
+            await manager.aclose()
+
+    asyncio.run(run())
+
+
+def test_status_table_shows_alert_state_last_alert_reset_and_exhaustion(store: str) -> None:
+    written(store)
+    firing(store)
+    hot_status = statuses(store)[-1]
+    reset = datetime.fromisoformat(hot_status["reset_at"]).timestamp()
+    before = format_duration(reset - datetime.now(timezone.utc).timestamp())
+    result = invoke("status", "--store", store)
+    after = format_duration(reset - datetime.now(timezone.utc).timestamp())
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    hot = lines["hot"]
+    assert "950/1,000" in hot
+    assert "95.0%" in hot
+    stamp = datetime.fromisoformat(hot_status["last_alert_sent"]).strftime("%m-%d %H:%M:%S")
+    assert f"firing ≥90%, {stamp}" in hot
+    found = re.search(r"day, (\S+(?: \S+)?) ", hot)
+    assert found is not None
+    assert found.group(1) in (before, after)  # the time to the reset, as the table ran
+    assert "firing ≥50%" in lines["gpt"]  # 61 %: the same monitor pass fired its 50 %
+    assert "ok, —" in lines["claude"]
+    assert lines["claude"].rstrip().endswith("—")  # no limit: never runs out
+
+
+def test_status_colours_usage_by_threshold_in_a_colour_terminal(store: str) -> None:
+    written(store)  # gpt at 61 % of thresholds 50/90: yellow
+    firing(store)  # hot at 95 %: yellow too; make one over its limit
+    manager = LLMProviderManager(store=store)
+    manager.set_quota_limit_sync("full", 10, thresholds=(50,))
+    manager.record_usage("full", input_tokens=20)
+    manager.set_quota_limit_sync("calm", 1000, thresholds=(50,))
+    manager.record_usage("calm", input_tokens=1)
+    manager.close()
+    coloured = invoke("status", "--store", store, env={"FORCE_COLOR": "1", "NO_COLOR": ""})
+    assert coloured.exit_code == 0, coloured.output
+    rows = {line.split()[0]: line for line in coloured.stdout.splitlines() if line.strip()}
+    yellow, red, green = "\x1b[33m", "\x1b[31m", "\x1b[32m"  # the percent, padded, in colour
+    assert re.search(re.escape(yellow) + r" *61\.0%", rows["gpt"])
+    assert re.search(re.escape(red) + r" *200\.0%", rows["full"])
+    assert re.search(re.escape(green) + r" *0\.1%", rows["calm"])
+    assert "\x1b[1;31mfiring" in rows["hot"]
+    plain = invoke("status", "--store", store, env={"FORCE_COLOR": "1", "NO_COLOR": "1"})
+    assert "\x1b[" not in plain.stdout
 
 
 def test_watch_refreshes_from_the_store_until_ctrl_c(
@@ -135,6 +201,132 @@ def test_watch_refreshes_from_the_store_until_ctrl_c(
     assert "7,105/10.0k" in result.stdout  # the frame after the refresh
 
 
+def test_to_dict_gives_every_field_as_asdict_would() -> None:
+    from dataclasses import asdict
+
+    from otel_llm_quota import AlertState
+
+    stamp = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    info = QuotaInfo(
+        "c",
+        provider="p",
+        quota_limit=100,
+        total_tokens=90,
+        input_tokens=50,
+        thresholds=(50.0, 80.0),
+        last_alert_sent=stamp,
+        period_start=stamp,
+        alert_state=AlertState.FIRING,
+        alert_threshold=80.0,
+    )
+    reference = {
+        k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(info).items()
+    }
+    reference.update(thresholds=[50.0, 80.0], alert_state="firing")
+    reference.update(other_tokens=40, quota_remaining=10, usage_percent=90.0)
+    reference["alert_triggered"] = True
+    reference.update(cost_thresholds=[], cost_usd=0.0, cost_limit_usd=None)
+    reference.update(cost_remaining_usd=None, cost_usage_percent=None)
+    assert info.to_dict() == reference
+    assert list(info.to_dict()) == list(reference)  # the same keys in the same order
+
+
+def many(url: str, count: int) -> None:
+    """``count`` configs, one in two with a limit, usage growing with the index."""
+    manager = LLMProviderManager(store=url, max_configs=2 * count)
+    try:
+        for i in range(count):
+            if i % 2 == 0:
+                manager.set_quota_limit_sync(f"cfg-{i:04d}", 1_000, thresholds=(50, 90))
+            manager.record_usage(f"cfg-{i:04d}", input_tokens=i)
+    finally:
+        manager.close()
+
+
+def test_a_large_table_is_every_config_in_aligned_columns(store: str) -> None:
+    many(store, 2 * _status._CHUNK_ROWS + 7)  # over several chunks of output
+    result = invoke("status", "--store", store)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith(f"({2 * _status._CHUNK_ROWS + 7:,} configs)")
+    rows = [line for line in lines if line.startswith("cfg-")]
+    assert [row.split()[0] for row in rows] == [
+        f"cfg-{i:04d}" for i in range(2 * _status._CHUNK_ROWS + 7)
+    ]
+    header = lines[1]
+    for column in ("used/limit", "left", "req (failed)"):  # right-justified: same right edge
+        edge = header.index(column) + len(column)
+        assert all(row[edge - 1] != " " and row[edge : edge + 2] == "  " for row in rows), column
+    over = next(row for row in rows if row.startswith("cfg-0400 "))
+    assert "400/1,000" in over
+    assert "40.0%" in over
+
+
+def test_runs_out_after_the_reset_says_so() -> None:
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    reset = start + timedelta(days=1)
+    now = (start + timedelta(hours=12)).timestamp()
+
+    def info(used: int) -> QuotaInfo:
+        return QuotaInfo(
+            "c", quota_limit=1000, total_tokens=used, period_start=start, reset_at=reset
+        )
+
+    # 600 tokens in 12 h: the 400 left take 8 h, before the reset.
+    assert _status._runs_out(info(600), now) == "8h 00m"
+    # 100 tokens in 12 h: 900 left would take 108 h, but usage starts from zero in 12 h.
+    assert _status._runs_out(info(100), now) == "after reset"
+    assert _status._runs_out(info(1000), now) == "exhausted"
+    never = QuotaInfo("c", quota_limit=10**9, total_tokens=1, period_start=start, period=None)
+    assert _status._runs_out(never, now) == ">999d"
+
+
+def test_watch_shows_the_highest_usage_when_the_store_does_not_fit(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    many(store, 60)  # more than the 25 lines of a console that is not a terminal
+
+    def stop(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_status, "_sleep", stop)
+    result = invoke("status", "--watch", "--store", store)
+    assert result.exit_code == 0, result.output
+    words = [line.split() for line in result.stdout.splitlines()]
+    shown = [w[0] for w in words if w and w[0].startswith("cfg-")]
+    rows = 25 - _status._WATCH_CHROME_LINES
+    # The configs with a limit, by percent used (5.8 %, 5.6 %, ...); those without one last.
+    assert shown == [f"cfg-{i:04d}" for i in range(58, 58 - 2 * rows, -2)]
+    text = " ".join(result.stdout.split())  # rich wraps the title and the note
+    assert "(60 configs, showing 18)" in text
+    assert "The 18 configs with the highest usage of 60" in text
+
+
+def test_watch_rows_keep_the_store_order_when_everything_fits() -> None:
+    infos = [QuotaInfo(f"c{i}", quota_limit=100, total_tokens=i) for i in range(5)]
+    assert _status.watch_rows(infos, 5) == infos
+    assert [i.config_id for i in _status.watch_rows(infos, 2)] == ["c4", "c3"]
+
+
+def test_status_into_a_pipe_closed_early_ends_quietly(store: str) -> None:
+    many(store, 3 * _status._CHUNK_ROWS)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_LLM_QUOTA_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otel_llm_quota", "status", "--store", store],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environ,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    first = proc.stdout.readline()  # as `| head -1` does
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, err
+    assert first.startswith(b"otel-llm-quota: ")
+    assert err == b""
+
+
 def test_status_reads_the_store_from_the_environment(store: str) -> None:
     written(store)
     result = invoke("status", "--json", env={"OTEL_LLM_QUOTA_STORE": store})
@@ -143,17 +335,53 @@ def test_status_reads_the_store_from_the_environment(store: str) -> None:
 
 
 def test_status_of_an_empty_store_says_so(store: str) -> None:
+    LLMProviderManager(store=store).close()  # the file exists (apps created it), no quota yet
     result = invoke("status", "--store", store)
     assert result.exit_code == 0
     assert "No quotas in the store" in result.stdout
     assert json.loads(invoke("status", "--json", "--store", store).stdout) == []
 
 
-def test_status_without_a_store_says_how_to_give_one() -> None:
-    assert_one_line_error(invoke("status"), "--store", "OTEL_LLM_QUOTA_STORE")
+EVERY_STORE_COMMAND = [
+    ["status"],
+    ["status", "--json"],
+    ["set-limit", "x", "5"],
+    ["reset", "x"],
+    ["delete", "x"],
+]
+READING_COMMANDS = [["status"], ["status", "--json"], ["reset", "x"], ["delete", "x"]]
 
 
-@pytest.mark.parametrize("command", [["status"], ["reset", "x"], ["delete", "x"]])
+@pytest.mark.parametrize("command", EVERY_STORE_COMMAND)
+def test_no_store_given_says_how_to_give_one(command: list[str]) -> None:
+    assert_one_line_error(invoke(*command), "--store", "OTEL_LLM_QUOTA_STORE")
+
+
+@pytest.mark.parametrize("command", READING_COMMANDS)
+def test_a_missing_sqlite_file_is_an_error_not_a_new_empty_store(
+    tmp_path: Path, command: list[str]
+) -> None:
+    db = tmp_path / "typo.db"
+    result = invoke(*command, "--store", f"sqlite:///{db}")
+    assert_one_line_error(result, f"no such file '{db}'")
+    assert not db.exists()
+
+
+def test_set_limit_may_create_the_sqlite_file(tmp_path: Path) -> None:
+    # An administrator may set limits before any app ran.
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    assert invoke("set-limit", "gpt", "100", "--store", url).exit_code == 0
+    assert [s["quota_limit"] for s in statuses(url)] == [100]
+
+
+@pytest.mark.parametrize("command", EVERY_STORE_COMMAND)
+def test_a_memory_store_is_refused(command: list[str]) -> None:
+    assert_one_line_error(
+        invoke(*command, "--store", "memory://"), "memory:// is a store inside one process"
+    )
+
+
+@pytest.mark.parametrize("command", EVERY_STORE_COMMAND)
 def test_an_unreachable_store_is_a_one_line_error(command: list[str]) -> None:
     assert_one_line_error(invoke(*command, "--store", UNREACHABLE), UNREACHABLE, "unreachable")
 
@@ -161,7 +389,9 @@ def test_an_unreachable_store_is_a_one_line_error(command: list[str]) -> None:
 def test_a_bad_store_url_is_a_one_line_error(tmp_path: Path) -> None:
     assert_one_line_error(invoke("status", "--store", "foo://x"), "unknown store URL")
     missing = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}"
-    assert_one_line_error(invoke("status", "--store", missing), "does not exist")
+    assert_one_line_error(invoke("status", "--store", missing), "no such file")
+    result = invoke("set-limit", "x", "5", "--store", missing)  # which may create a file
+    assert_one_line_error(result, "does not exist")
 
 
 def test_an_unforeseen_error_is_one_line_without_debug(
@@ -337,7 +567,7 @@ def test_python_m_status_json_reads_another_processes_store(store: str) -> None:
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     now = statuses(store)
-    drop = {"last_sync"}
+    drop = {"last_sync", "time_to_exhaustion"}  # both depend on when each reader looked
     assert [{k: v for k, v in s.items() if k not in drop} for s in got] == [
         {k: v for k, v in s.items() if k not in drop} for s in now
     ]
@@ -355,6 +585,59 @@ def test_set_limit_in_one_process_is_seen_by_another_processes_manager(store: st
         manager.close()
     assert info is not None
     assert (info.quota_limit, info.thresholds, info.total_tokens) == (50_000, (60.0,), 6_105)
+
+
+_WATCHER = """
+import json, sys
+from otel_llm_quota import LLMProviderManager
+manager = LLMProviderManager(store=sys.argv[1], flush_interval_seconds=3600)
+print("ready", flush=True)
+for _ in sys.stdin:  # each line: sync with the store, print what this process sees of gpt
+    assert manager.flush()
+    info = manager.ledger.get("gpt")
+    view = None if info is None else [info.quota_limit, list(info.thresholds), info.total_tokens]
+    print(json.dumps(view), flush=True)
+manager.close()
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_admin_commands_are_seen_by_a_running_manager_in_another_process(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("store" if kind == "sqlite" else "redis_url")
+    written(url)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_LLM_QUOTA_")}
+    app = subprocess.Popen(
+        [sys.executable, "-c", _WATCHER, url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=environ,
+    )
+    assert app.stdin is not None
+    assert app.stdout is not None
+
+    def seen() -> Any:
+        assert app.stdin is not None
+        assert app.stdout is not None
+        app.stdin.write("?\n")
+        app.stdin.flush()
+        return json.loads(app.stdout.readline())
+
+    try:
+        assert app.stdout.readline() == "ready\n"
+        assert seen() == [10_000, [50.0, 90.0], 6_105]
+        done = run_module("set-limit", "gpt", "50000", "--threshold", "60", "--store", url)
+        assert done.returncode == 0, done.stderr
+        assert seen() == [50_000, [60.0], 6_105]
+        assert run_module("reset", "gpt", "--store", url).returncode == 0
+        assert seen() == [50_000, [60.0], 0]
+        assert run_module("delete", "gpt", "--store", url).returncode == 0
+        assert seen() is None
+    finally:
+        app.stdin.close()
+        assert app.wait(timeout=60) == 0
 
 
 def test_unreachable_store_in_a_real_process_is_one_line_on_stderr() -> None:
@@ -458,6 +741,37 @@ def test_check_config_prints_each_error_and_exits_1(
         assert line.startswith("Error: " + start.format(file=config)), line
     assert "Traceback" not in result.output
     assert not (tmp_path / "q.db").exists()
+
+
+# The broken files behind the messages README.md's "Command line" section documents.
+DOCUMENTED = {
+    "quotas.yaml: not valid YAML": ("quotas.yaml", "quotas: [\n  - {"),
+    "quotas.json: not valid JSON": ("quotas.json", '{"quotas": [\n'),
+    "quotas.yaml: unknown top-level keys": ("quotas.yaml", "bogus_top: 1\n"),
+    "quotas.yaml: quotas[0]": ("quotas.yaml", "quotas:\n  - {config_id: gpt, limit: -5}\n"),
+    "quotas.yaml: rules[0]": ("quotas.yaml", "rules:\n  - {config_id: gpt, bogus: 1}\n"),
+    "quotas.yaml: handlers[0]": ("quotas.yaml", "handlers: [nosuchhandler]\n"),
+    "quotas.yaml: store": ("quotas.yaml", "store: 'foo://x'\n"),
+    "quotas.yaml: monitor": ("quotas.yaml", "monitor: {interval_seconds: -1}\n"),
+}
+
+
+def test_check_config_prints_the_messages_the_readme_documents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("`check-config` prints one line per error", 1)[1]
+    block = block.split("```text\n", 1)[1].split("```", 1)[0]
+    documented = block.splitlines()
+    assert len(documented) == len(DOCUMENTED)
+    monkeypatch.chdir(tmp_path)  # the messages name the file as given: quotas.yaml
+    for line in documented:
+        key = next(k for k in DOCUMENTED if line.startswith(f"Error: {k}"))
+        name, text = DOCUMENTED[key]
+        Path(name).write_text(text)
+        result = invoke("check-config", name)
+        assert result.exit_code == 1
+        assert result.stderr.splitlines() == [line]
 
 
 def test_check_config_of_a_missing_file(tmp_path: Path) -> None:

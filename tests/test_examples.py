@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_example(name: str) -> subprocess.CompletedProcess[str]:
-    """Run ``examples/<name>`` as the README says (PYTHONPATH=.); it must exit 0 by itself."""
+    """Run ``examples/<name>`` as the README says (the venv's python); it must exit 0 by itself."""
     result = subprocess.run(
         [sys.executable, f"examples/{name}"],
         cwd=ROOT,

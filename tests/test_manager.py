@@ -358,6 +358,23 @@ def test_close_runs_handler_cleanup_on_the_monitor_thread() -> None:
     assert closable.closed_on == [monitor_thread.ident]
 
 
+def test_close_with_the_monitor_thread_makes_the_final_flush(tmp_path: Path) -> None:
+    """close() after start_monitoring_thread() flushes to the store, as close() without the
+    thread and aclose() do, not only when the interpreter exits."""
+    url = f"sqlite:///{tmp_path / 'quota.db'}"
+    manager = LLMProviderManager(store=url, flush_interval_seconds=3600)  # only the final one
+    manager.start_monitoring_thread(interval=3600)
+    manager.record_usage("c", provider="openai", input_tokens=7, output_tokens=5)
+    manager.close()
+    reader = LLMProviderManager(store=url)
+    try:
+        info = reader.ledger.get("c")
+        assert info is not None
+        assert (info.input_tokens, info.output_tokens, info.total_requests) == (7, 5, 1)
+    finally:
+        reader.close()
+
+
 async def test_stop_and_aclose_handle_the_monitor_thread_from_a_loop(
     recorder: RecordingAlertHandler,
 ) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from otel_llm_quota._validation import MAX_TOKENS
-from otel_llm_quota.cli._app import CliError, cli, open_manager, store_url
+from otel_llm_quota.cli._app import CliError, cli, open_manager, refuse_memory_store, store_url
 from otel_llm_quota.stores import redact_url
 
 __all__ = ["delete", "parse_limit_argument", "reset", "set_limit"]
@@ -99,7 +99,8 @@ def set_limit(
         raise CliError("give LIMIT (tokens), --usd AMOUNT (a cost limit), or both")
     tokens = None if limit is None else parse_limit_argument(limit)
     url = store_url(store)
-    manager = open_manager(url)
+    refuse_memory_store(url)
+    manager = open_manager(url)  # may create a SQLite file: limits may come before any app
     try:
         current = manager.ledger.get(config_id)
         options: dict[str, Any] = {}
@@ -127,6 +128,8 @@ def set_limit(
             options["timezone"] = current.timezone
         if provider is not None:
             options["provider"] = provider
+        if current is not None and current.parent is not None:
+            options["parent"] = current.parent  # nested budgets: keep the link
         try:
             info = manager.set_quota_limit_sync(config_id, tokens, **options)
         except (TypeError, ValueError) as exc:
@@ -153,7 +156,7 @@ def set_limit(
 def reset(config_id: str, store: str | None) -> None:
     """Start the current period's usage of CONFIG_ID from zero, fleet-wide."""
     url = store_url(store)
-    manager = open_manager(url)
+    manager = open_manager(url, must_exist=True)
     try:
         _known(manager, config_id, url)
         asyncio.run(manager.reset_quota_cache(config_id))
@@ -168,7 +171,7 @@ def reset(config_id: str, store: str | None) -> None:
 def delete(config_id: str, store: str | None) -> None:
     """Remove CONFIG_ID (usage, limit, alert state) from the store."""
     url = store_url(store)
-    manager = open_manager(url)
+    manager = open_manager(url, must_exist=True)
     try:
         _known(manager, config_id, url)
         manager.delete_config_sync(config_id)

@@ -14,7 +14,15 @@ import click
 
 from otel_llm_quota import environment_variables as env
 
-__all__ = ["CliError", "cli", "main", "open_manager", "store_url"]
+__all__ = [
+    "CliError",
+    "check_existing_store",
+    "cli",
+    "main",
+    "open_manager",
+    "refuse_memory_store",
+    "store_url",
+]
 
 _PACKAGE_LOGGER = "otel_llm_quota"
 
@@ -74,15 +82,51 @@ def store_url(given: str | None) -> str:
     return url
 
 
-def open_manager(url: str, *, flush_interval_seconds: float = 60.0) -> Any:
+def refuse_memory_store(url: str) -> None:
+    """A CliError for ``memory://``: a store inside one process, so no command can see or
+    change what the apps keep there."""
+    if url.partition(":")[0].lower() == "memory":
+        raise CliError(
+            "memory:// is a store inside one process: give the store the apps share "
+            "(sqlite:///path or redis://...)"
+        )
+
+
+def check_existing_store(url: str) -> None:
+    """A CliError unless ``url`` names a store that may already hold quotas: never ``memory://``
+    (this process's only), never a SQLite file that does not exist (opening it would create an
+    empty one: a typo in the path would show "no quotas" and leave a stray file)."""
+    from otel_llm_quota.stores import redact_url
+
+    refuse_memory_store(url)
+    if url.partition(":")[0].lower() == "sqlite":
+        from otel_llm_quota.stores._sqlite import _path_from_url
+
+        try:
+            path = _path_from_url(url)[0]
+        except ValueError:
+            return  # open_manager reports a bad URL
+        if not os.path.exists(path):
+            raise CliError(
+                f"store {redact_url(url)}: no such file {os.path.abspath(path)!r} "
+                "(the apps create it when they first record usage)"
+            )
+
+
+def open_manager(
+    url: str, *, flush_interval_seconds: float = 60.0, must_exist: bool = False
+) -> Any:
     """A ``LLMProviderManager`` on the store at ``url``, with the fleet's state loaded.
 
     Raises CliError when the URL is bad or the store did not answer its first sync (the manager
-    itself only logs that and retries in the background).
+    itself only logs that and retries in the background), and with ``must_exist`` when the store
+    cannot hold quotas yet (see ``check_existing_store``).
     """
     from otel_llm_quota import LLMProviderManager
     from otel_llm_quota.stores import StoreError, redact_url
 
+    if must_exist:
+        check_existing_store(url)
     try:
         manager = LLMProviderManager(store=url, flush_interval_seconds=flush_interval_seconds)
     except (ValueError, TypeError, ImportError, StoreError) as exc:

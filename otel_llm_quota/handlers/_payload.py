@@ -59,7 +59,7 @@ def severity(threshold_percent: float) -> str:
 
 def is_critical(alert: Alert) -> bool:
     """A firing alert about a threshold at or above 100 %, or with usage at or above the limit."""
-    if not alert.is_firing:
+    if not alert.is_firing or alert.forecast is not None:  # a forecast warns ahead
         return False
     usage = alert.quota.cost_usage_percent if _cost(alert) else alert.quota.usage_percent
     return alert.threshold_percent >= 100 or (usage is not None and usage >= 100)
@@ -101,6 +101,18 @@ def summary(alert: Alert) -> str:
     else:
         usage = quota.usage_percent
         used = "" if usage is None else f" ({usage:.1f}% used)"
+    forecast = alert.forecast
+    if forecast is not None:
+        resets = "" if forecast.reset_at is None else f" on {rfc3339(forecast.reset_at)}"
+        if alert.is_firing:
+            return (
+                f"LLM quota {config_id} on pace to use {forecast.projected_percent:.0f}% of "
+                f"the budget before it resets{resets}{used}"
+            )
+        return (
+            f"LLM quota {config_id} back on a pace within the budget "
+            f"({forecast.projected_percent:.0f}% projected){used}: {alert.reason.value}"
+        )
     if alert.is_firing:
         return f"LLM quota {config_id} crossed {format_percent(alert.threshold_percent)}%{used}"
     levels = ", ".join(format_percent(t) + "%" for t in alert.thresholds)
@@ -140,6 +152,19 @@ def alert_details(alert: Alert) -> dict[str, Any]:
             None if quota.cost_usage_percent is None else quota.cost_usage_percent / 100.0
         ),
         "unpriced_requests": quota.unpriced_requests,
+        **_forecast_details(alert),
+    }
+
+
+def _forecast_details(alert: Alert) -> dict[str, Any]:
+    forecast = alert.forecast
+    if forecast is None:
+        return {}
+    return {
+        "kind": "forecast",
+        "projected_percent": round(forecast.projected_percent, 2),
+        "burn_rate_tokens_per_second": forecast.burn_rate,
+        "time_to_exhaustion_seconds": forecast.time_to_exhaustion,
     }
 
 
@@ -154,6 +179,9 @@ def alert_labels(
         threshold=format_percent(threshold_percent),
         severity=severity(threshold_percent),
     )
+    if alert.forecast is not None:  # not the same alert as a 100 % threshold's
+        labels["kind"] = "forecast"
+        labels["severity"] = "warning"
     if alert.provider is not None:
         labels["provider"] = alert.provider
     if _cost(alert):  # a cost alert is another alert than the token one at the same threshold

@@ -36,7 +36,9 @@ def slack_message(
     """
     quota = alert.quota
     usage = quota.usage_percent
-    if alert.is_firing:
+    if alert.forecast is not None and alert.is_firing:  # the pace, not a threshold crossed
+        title = f":chart_with_upwards_trend: {summary(alert)}"
+    elif alert.is_firing:
         emoji = ":rotating_light:" if is_critical(alert) else ":warning:"
         level = format_percent(alert.threshold_percent)
         title = f"{emoji} LLM quota {alert.config_id} crossed {level}%"

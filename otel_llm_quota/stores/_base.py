@@ -123,6 +123,8 @@ class ConfigRecord:
     """The cost limit in micro-USD (None: none)."""
     cost_thresholds: tuple[float, ...] = ()
     """The cost limit's thresholds (percent); empty without a cost limit."""
+    parent: str | None = None
+    """The config this one's usage also counts toward (nested budgets), or None."""
 
 
 @dataclass(frozen=True, slots=True)

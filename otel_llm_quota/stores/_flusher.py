@@ -16,7 +16,6 @@ never wait on the store.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import logging
 import random
@@ -47,6 +46,8 @@ _FLUSH_RETRY_SECONDS = 0.1
 _T = TypeVar("_T")
 
 if TYPE_CHECKING:  # the ledger imports this package's types: no import at run time
+    import asyncio  # (imported where it runs: `import otel_llm_quota` need not load it)
+
     from otel_llm_quota._ledger import QuotaLedger, _ConfigState
 
 
@@ -177,6 +178,8 @@ class StoreSync:
 
     def submit(self, coro: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
         """Run ``coro`` on the flusher's event loop (where the store's connections live)."""
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         loop = self._loop
         if loop is None or loop.is_closed() or not self.running:
             coro.close()
@@ -185,6 +188,8 @@ class StoreSync:
 
     async def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Await ``coro`` run on the flusher's loop, from any event loop."""
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         return await asyncio.wrap_future(self.submit(coro))
 
     def call(self, coro: Coroutine[Any, Any, _T], timeout_seconds: float) -> _T:
@@ -239,6 +244,8 @@ class StoreSync:
     # -- the thread --------------------------------------------------------------------------------
 
     def _main(self) -> None:
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         try:
             asyncio.run(self._run())
         except BaseException:  # never let the thread die silently
@@ -249,6 +256,8 @@ class StoreSync:
             self._settle_waiters(False)
 
     async def _run(self) -> None:
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         self._loop = asyncio.get_running_loop()
         wake = self._wake = asyncio.Event()
         self._started.set()
@@ -260,7 +269,8 @@ class StoreSync:
                 with self._waiters_lock:
                     waiters, self._waiters = self._waiters, []
                 cycle_started = time.monotonic()
-                ok = await self._cycle()
+                # The final flush sends; refreshing the fleet's totals is for a reader left.
+                ok = await self._cycle(refresh=not stopping)
                 self._first_sync.set()
                 for future in waiters:
                     if not future.done():
@@ -271,7 +281,7 @@ class StoreSync:
                     for _ in range(4):
                         if not ok or self.ledger.pending_count() == 0:
                             break
-                        ok = await self._cycle()
+                        ok = await self._cycle(refresh=False)
                     return
                 failures = 0 if ok else failures + 1
                 # Fixed rate: a cycle starts every interval, however long the last one took
@@ -299,7 +309,11 @@ class StoreSync:
             if not future.done():
                 future.set_result(ok)
 
-    async def _cycle(self) -> bool:
+    async def _cycle(self, refresh: bool = True) -> bool:
+        """Send what is pending (settings, then deltas) and, if ``refresh``, read every other
+        config's fleet state (and the configs new in the store); True if the store answered."""
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         started = time.perf_counter()
         op = "instance_id"
         try:
@@ -335,18 +349,27 @@ class StoreSync:
                 touched += self._fold(zip(syncs, starts, strict=True))
                 flushed = {d.config_id for d in batch.deltas}
             op = "read"
-            targets = [t for t in ledger.sync_targets() if t[0] not in flushed]
+            targets = (
+                [] if not refresh else [t for t in ledger.sync_targets() if t[0] not in flushed]
+            )
             known = {t[0] for t in targets} | flushed
-            new_ids = [cid for cid in await store.config_ids() if cid not in known]
-            targets += [(cid, 0) for cid in new_ids]
+            new_ids = (
+                [] if not refresh else [cid for cid in await store.config_ids() if cid not in known]
+            )
+            # A config new here is read at the window a config of the default period has now
+            # (its period is in the store's record, read by this very read): the ones whose
+            # period turns out otherwise are read again below, the others are done.
+            guess = ledger.default_window_start() if new_ids else 0
+            targets += [(cid, guess) for cid in new_ids]
             if targets:
                 syncs = await store.read(targets)
                 touched += self._fold(zip(syncs, [t[1] for t in targets], strict=True))
-            if new_ids:  # created here by that read: read them again at their current window
+            if new_ids:  # created here by that read: read again those at another window
                 wanted = set(new_ids)
-                again = [t for t in ledger.sync_targets() if t[0] in wanted]
-                syncs = await store.read(again)
-                touched += self._fold(zip(syncs, [t[1] for t in again], strict=True))
+                again = [t for t in ledger.sync_targets() if t[0] in wanted and t[1] != guess]
+                if again:
+                    syncs = await store.read(again)
+                    touched += self._fold(zip(syncs, [t[1] for t in again], strict=True))
             if touched and self._on_synced is not None:
                 self._on_synced(touched)
         except (Exception, asyncio.CancelledError) as exc:
@@ -375,6 +398,8 @@ class StoreSync:
     @staticmethod
     def _cancelled() -> bool:
         """Whether the flusher's own task is being cancelled (not a store's stray error)."""
+        import asyncio  # here: `import otel_llm_quota` need not load it
+
         task = asyncio.current_task()
         cancelling = getattr(task, "cancelling", None)  # Python 3.11+
         return bool(cancelling()) if callable(cancelling) else False

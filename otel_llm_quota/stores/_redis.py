@@ -368,20 +368,20 @@ def _text(value: Any) -> str:
 
 
 def _record_json(record: ConfigRecord) -> str:
-    return json.dumps(
-        {
-            "config_id": record.config_id,
-            "provider": record.provider,
-            "limit": record.limit,
-            "thresholds": list(record.thresholds),
-            "period": record.period,
-            "timezone": record.timezone,
-            "updated_at": record.updated_at,
-            "cost_limit": record.cost_limit,
-            "cost_thresholds": list(record.cost_thresholds),
-        },
-        separators=(",", ":"),
-    )
+    doc: dict[str, Any] = {
+        "config_id": record.config_id,
+        "provider": record.provider,
+        "limit": record.limit,
+        "thresholds": list(record.thresholds),
+        "period": record.period,
+        "timezone": record.timezone,
+        "updated_at": record.updated_at,
+        "cost_limit": record.cost_limit,
+        "cost_thresholds": list(record.cost_thresholds),
+    }
+    if record.parent is not None:  # only when set: records of older versions read the same
+        doc["parent"] = record.parent
+    return json.dumps(doc, separators=(",", ":"))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -404,6 +404,7 @@ def _record_from_json(text: str | bytes) -> ConfigRecord:
         updated_at=float(data["updated_at"]),
         cost_limit=None if data.get("cost_limit") is None else int(data["cost_limit"]),
         cost_thresholds=tuple(float(t) for t in data.get("cost_thresholds", ())),
+        parent=None if data.get("parent") is None else str(data["parent"]),
     )
 
 

@@ -7,7 +7,7 @@ writer) with ``synchronous=NORMAL`` (a committed flush survives a crash of the p
 cut may lose the last flushes, never corrupt the file) and a busy timeout: an operation waits up
 to ``busy_timeout_ms`` for another process's transaction, then fails with ``StoreError``.
 
-Rows (schema version 1, ``PRAGMA user_version``):
+Rows (schema version 2, ``PRAGMA user_version``; version 1 files are migrated on open):
 
 * ``configs``: one per configuration: the reset ``epoch``, the provider learnt from usage, and
   the config record (``has_record`` = 1 once ``put_config`` wrote one);
@@ -17,6 +17,8 @@ Rows (schema version 1, ``PRAGMA user_version``):
 * ``lifetime``: usage over all windows; ``alerts``: the version and JSON of the alert record;
 * ``applied``: the last ``seq`` applied per ``(writer, config_id)`` (the idempotency marks),
   forgotten after 7 days without a write;
+* ``parents``: a config's parent (nested budgets); created on open when missing, so files
+  written before it existed open unchanged;
 * ``meta``: the store's instance id.
 
 Counters are SQLite INTEGERs (exact int64). Only the standard library's ``sqlite3`` is used;
@@ -178,14 +180,22 @@ SELECT j.key, c.epoch, c.provider, c.has_record, c.record_provider, c."limit",
        w.successes, w.failures, w.input, w.output, w.other,
        l.successes, l.failures, l.input, l.output, l.other,
        a.version, a.data,
-       w.cost, w.unpriced, l.cost, l.unpriced, c.cost_limit, c.cost_thresholds
+       w.cost, w.unpriced, l.cost, l.unpriced, c.cost_limit, c.cost_thresholds, p.parent
 FROM json_each(?) AS j
 CROSS JOIN configs AS c ON c.config_id = json_extract(j.value, '$[0]')
 LEFT JOIN windows AS w ON w.config_id = c.config_id
      AND w.window_start = json_extract(j.value, '$[1]') AND w.epoch = c.epoch
 LEFT JOIN lifetime AS l ON l.config_id = c.config_id
 LEFT JOIN alerts AS a ON a.config_id = c.config_id
+LEFT JOIN parents AS p ON p.config_id = c.config_id
 """
+
+# Nested budgets: a config's parent, in a table of its own so that files of schema version 1
+# written before it existed need no migration (it is created on open if missing).
+_PARENTS = (
+    "CREATE TABLE IF NOT EXISTS parents (config_id TEXT PRIMARY KEY, parent TEXT NOT NULL)"
+    " WITHOUT ROWID"
+)
 
 # sqlite3 error names (Python 3.11+ sets ``sqlite_errorname``; older ones are matched on the
 # message) -> what to tell the operator.
@@ -419,6 +429,9 @@ class SQLiteStore:
                     f"schema version {version} (this otel-llm-quota knows version "
                     f"{_SCHEMA_VERSION}): written by another version of otel-llm-quota?",
                 )
+            # Nested budgets' table: in new files, and added to files of any known version
+            # (a file without it reads as having no parents).
+            conn.execute(_PARENTS)
             conn.execute("DELETE FROM meta WHERE 0")  # writes nothing, fails if read-only
         self._tighten_sidecar_modes()
 
@@ -553,6 +566,7 @@ class SQLiteStore:
                     row[9],
                     row[26],
                     _thresholds(row[27]) if row[26] is not None else (),
+                    row[28],
                 )
             window: Counts = (*row[10:15], row[22], row[23]) if row[10] is not None else ZERO
             lifetime: Counts = (*row[15:20], row[24], row[25]) if row[15] is not None else ZERO
@@ -677,18 +691,27 @@ class SQLiteStore:
         )
 
         def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                'INSERT INTO configs (config_id, provider, has_record, record_provider, "limit",'
-                " thresholds, period, timezone, updated_at, cost_limit, cost_thresholds)"
-                " VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (config_id) DO UPDATE SET"
-                " provider = COALESCE(excluded.provider, provider), has_record = 1,"
-                ' record_provider = excluded.record_provider, "limit" = excluded."limit",'
-                " thresholds = excluded.thresholds, period = excluded.period,"
-                " timezone = excluded.timezone, updated_at = excluded.updated_at,"
-                " cost_limit = excluded.cost_limit, cost_thresholds = excluded.cost_thresholds",
-                row,
-            )
+            with self._transaction(conn):  # the record and its parent together
+                conn.execute(
+                    "INSERT INTO configs (config_id, provider, has_record, record_provider,"
+                    ' "limit", thresholds, period, timezone, updated_at, cost_limit,'
+                    " cost_thresholds)"
+                    " VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (config_id) DO UPDATE SET"
+                    " provider = COALESCE(excluded.provider, provider), has_record = 1,"
+                    ' record_provider = excluded.record_provider, "limit" = excluded."limit",'
+                    " thresholds = excluded.thresholds, period = excluded.period,"
+                    " timezone = excluded.timezone, updated_at = excluded.updated_at,"
+                    " cost_limit = excluded.cost_limit, cost_thresholds = excluded.cost_thresholds",
+                    row,
+                )
+                if record.parent is None:
+                    conn.execute("DELETE FROM parents WHERE config_id = ?", (record.config_id,))
+                else:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO parents VALUES (?, ?)",
+                        (record.config_id, record.parent),
+                    )
 
         self._run("put_config", work)
 
@@ -716,7 +739,7 @@ class SQLiteStore:
             with self._transaction(conn):
                 known = conn.execute("DELETE FROM configs WHERE config_id = ?", (config_id,))
                 found = known.rowcount > 0
-                for table in ("windows", "lifetime", "alerts", "applied"):
+                for table in ("windows", "lifetime", "alerts", "applied", "parents"):
                     conn.execute(f"DELETE FROM {table} WHERE config_id = ?", (config_id,))
                 if found:  # tells the other processes it was deleted, not lost
                     conn.execute(

@@ -137,8 +137,17 @@ async def collector(tmp_path: Path) -> AsyncIterator[Collector]:
         ["otelcol-config.yaml", "otelcol-forward.yaml"],
         ["otelcol-config.yaml", "otelcol-events-file.yaml"],
         ["otelcol-config.yaml", "otelcol-genai-tokens.yaml"],
+        ["otelcol-config.yaml", "otelcol-quota-service.yaml"],
+        ["otelcol-config.yaml", "otelcol-quota-service.yaml", "otelcol-events-file.yaml"],
     ],
-    ids=["main", "with-forward-overlay", "with-events-file-overlay", "with-genai-tokens-overlay"],
+    ids=[
+        "main",
+        "with-forward-overlay",
+        "with-events-file-overlay",
+        "with-genai-tokens-overlay",
+        "with-quota-service-overlay",
+        "with-quota-service-and-events-file-overlays",
+    ],
 )
 def test_shipped_collector_configs_validate(configs: list[str], tmp_path: Path) -> None:
     """The collector accepts its configuration files (and builds every component they name)."""
@@ -146,6 +155,8 @@ def test_shipped_collector_configs_validate(configs: list[str], tmp_path: Path) 
     overlay_env = {
         "OTELCOL_FORWARD_ENDPOINT": "http://127.0.0.1:4318",
         "OTELCOL_EVENTS_FILE": str(tmp_path / "events.jsonl"),
+        "OTELCOL_QUOTA_SERVICE_ENDPOINT": "http://127.0.0.1:4319",
+        "OTELCOL_TRACES_ENDPOINT": "http://127.0.0.1:4320",
     }
     result = subprocess.run(
         [binary, "validate", *(f"--config={CONFIG_DIR / name}" for name in configs)],
