@@ -379,7 +379,7 @@ class QuotaSpanProcessor(SpanProcessor):
                     response_id in self._seen_old
                     or seen.setdefault(response_id, scope) is not scope
                 ):
-                    duplicate = self._seen_again(response_id, scope)
+                    duplicate = self._seen_again(response_id, scope) or duplicate
                 elif len(seen) >= self._half:
                     self._seen_old = seen
                     self._seen_new = {}

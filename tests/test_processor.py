@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -349,6 +350,34 @@ def test_another_tracer_object_of_one_instrumentation_is_the_same_instrumentatio
     harness.span({**GENAI, "gen_ai.response.id": "r"}, scope="openllmetry")
     quota = harness.quota("openai")
     assert (quota.input_tokens, quota.successful_requests) == (33, 3)
+    assert harness.processor.stats.duplicate_spans == 1
+
+
+def test_an_ancestor_stays_skipped_when_its_response_id_comes_from_an_equal_scope(
+    sync_manager: LLMProviderManager,
+) -> None:
+    # An ancestor of a counted span is skipped (innermost wins) even when its response id was
+    # seen before from another tracer object of the same instrumentation (equal scopes,
+    # distinct objects: opentelemetry-sdk 1.39 makes one per get_tracer call; made by hand here,
+    # as newer SDKs cache tracers). The id check said "same instrumentation, a new response"
+    # and used to overwrite the ancestor verdict, counting the outer span too.
+    harness = make(sync_manager)
+    first = harness.provider.get_tracer("openai_v2", "2.4b0")
+    second = copy.copy(first)
+    second._instrumentation_scope = copy.copy(first._instrumentation_scope)  # type: ignore[attr-defined]
+    assert second._instrumentation_scope == first._instrumentation_scope  # type: ignore[attr-defined]
+    assert second._instrumentation_scope is not first._instrumentation_scope  # type: ignore[attr-defined]
+    with first.start_as_current_span("llm", attributes={**GENAI, "gen_ai.response.id": "r"}):
+        pass
+    outer = {**GENAI, "gen_ai.response.id": "r"}
+    inner = {**GENAI, "gen_ai.response.id": "c"}
+    with (
+        second.start_as_current_span("outer", attributes=outer),
+        second.start_as_current_span("inner", attributes=inner),
+    ):
+        pass
+    quota = harness.quota("openai")
+    assert (quota.input_tokens, quota.successful_requests) == (22, 2)
     assert harness.processor.stats.duplicate_spans == 1
 
 

@@ -182,6 +182,32 @@ async def test_troubleshooting_checks(capsys: pytest.CaptureFixture[str]) -> Non
     assert capsys.readouterr().out.splitlines() == ["False", "1000", "()"]
 
 
+def test_the_config_file_example_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference's YAML example passes check-config's validation (the store is not opened),
+    but for its made-up handler factory, which the text says is any module of yours."""
+    import yaml
+
+    from otel_llm_quota import load_config
+
+    text = README.read_text()
+    start = text.index("### Config file")
+    match = re.search(r"```yaml\n(.*?)```", text[start:], re.S)
+    assert match is not None
+    data = yaml.safe_load(match.group(1))
+    custom = [h for h in data["handlers"] if ":" in h["type"]]
+    assert [h["type"] for h in custom] == ["mycompany.alerts:make_pager"]
+    data["handlers"] = [h for h in data["handlers"] if h not in custom]
+    monkeypatch.chdir(tmp_path)
+    setup = load_config(data, environment=False, validate_only=True)
+    try:
+        quotas = {q.config_id: q for q in setup.manager.ledger.get_all()}
+        assert quotas["openai-prod"].parent == "org"
+        assert quotas["openai-prod"].cost_limit_usd == 50
+        assert quotas["org"].cost_limit_usd == 500
+    finally:
+        setup.manager.close()
+
+
 async def test_testing_your_own_alert_logic() -> None:
     names = await run_async_snippet(block_under("## Testing your own alert logic"))
     await names["manager"].aclose()  # type: ignore[attr-defined]
