@@ -10,9 +10,9 @@ What differs from spans ended in-process, and why:
 
 * **Only the attributes the conventions read are converted** (token counts, provider, model,
   response id, operation, detail and cache keys, ``error.type``, ``llm.quota.config_id``); the
-  others are skipped by key without touching their values. Prompt and response content never leave the
-  decoded request, which is dropped when the request has been counted. Resource attributes are
-  converted only when config rules (or a resolver) need them.
+  others are skipped by key without touching their values. Prompt and response content never
+  leave the decoded request, which is dropped when the request has been counted. Resource
+  attributes are converted only when config rules (or a resolver) need them.
 * **Order.** In-process, a child span ends (and is seen) before its parent, which the
   innermost-wins rule relies on. Over OTLP, spans arrive in batches: within one request the
   spans are fed in end-time order (a stable sort), so a parent in the same request as its child
