@@ -359,7 +359,8 @@ def test_a_childs_cost_and_unpriced_requests_count_at_every_level(clock: FakeClo
         }
         org = manager.ledger.get("org")
         team = manager.ledger.get("team")
-        assert org is not None and team is not None
+        assert org is not None
+        assert team is not None
         assert (org.lifetime_cost_microusd, org.lifetime_unpriced_requests) == (150, 1)
         # set_quota_limit took both the parent and the cost limit
         assert (org.cost_limit_microusd, org.cost_thresholds) == (5_000, (50.0,))
