@@ -667,9 +667,16 @@ def load_config(
         def apply(item: str) -> None:
             config_id, limit = parse_limit(item)
             known = setup.manager.ledger.get(config_id)
-            linked = {} if known is None or known.parent is None else {"parent": known.parent}
-            # A limit from the environment wins over the file's, the file's parent stays.
-            _apply_quota(setup.manager, {**quota, **linked, "config_id": config_id, "limit": limit})
+            kept: dict[str, Any] = {}
+            if known is not None:
+                if known.parent is not None:
+                    kept["parent"] = known.parent
+                if known.cost_limit_usd is not None:
+                    kept["cost_limit_usd"] = known.cost_limit_usd
+                    kept["cost_thresholds"] = list(known.cost_thresholds)
+            # A token limit from the environment wins over the file's; the file's parent and
+            # cost limit stay.
+            _apply_quota(setup.manager, {**quota, **kept, "config_id": config_id, "limit": limit})
 
         for number, item in enumerate(_items(raw), 1):  # one bad item skips only itself
             collect.run(f"item {number}", functools.partial(apply, item))

@@ -471,3 +471,27 @@ def test_cli_set_limit_usd_keeps_the_parent_and_limit_keeps_the_cost(tmp_path: P
         assert (key.quota_limit, key.cost_limit_usd, key.parent) == (3000, 2.0, "team")
     finally:
         reader.close()
+
+
+def test_an_env_limit_keeps_the_file_parent_and_cost_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_LLM_QUOTA_LIMITS", "key=500")
+    path = _write(
+        tmp_path,
+        {
+            "quotas": [
+                {"config_id": "key", "limit": 10, "parent": "org", "cost_limit_usd": 5}
+                | {"cost_thresholds": [50, 90]},
+                {"config_id": "org", "limit": None, "cost_limit_usd": 50},
+            ]
+        },
+    )
+    setup = load_config(path)
+    try:
+        key = setup.manager.ledger.get("key")
+        assert key is not None
+        assert (key.quota_limit, key.parent) == (500, "org")
+        assert (key.cost_limit_usd, key.cost_thresholds) == (5.0, (50.0, 90.0))
+    finally:
+        setup.manager.close()
