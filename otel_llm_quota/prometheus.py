@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from otel_llm_quota._env import env_str
 from otel_llm_quota._metrics import DEFAULT_MAX_CONFIGS, QuotaMetrics, quota_metric_views
@@ -42,8 +43,10 @@ class PrometheusEndpoint:
         thread: threading.Thread,
         meter_provider: MeterProvider,
         metrics: QuotaMetrics,
+        release: Callable[[], None] = lambda: None,
     ) -> None:
         self._server = server
+        self._release = release
         self._thread = thread
         self.meter_provider = meter_provider
         """The endpoint's own SDK ``MeterProvider`` (one ``PrometheusMetricReader``)."""
@@ -80,6 +83,7 @@ class PrometheusEndpoint:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5.0)
+        self._release()
         self.meter_provider.shutdown()
 
     def __repr__(self) -> str:
@@ -122,9 +126,8 @@ def start_prometheus_server(
     ``llm_quota_usage``, counters get ``_total``): see the README's metrics table. Target info and
     scope labels are left out, so the series carry only their own labels.
     """
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import start_http_server
 
     if port is None:
         port = _port_from_env()
@@ -132,16 +135,47 @@ def start_prometheus_server(
         raise ValueError(f"port must be an int in [0, 65535], got {port!r}")
     if host is None:
         host = env_str(_ENV_HOST) or _DEFAULT_HOST
-    registry = CollectorRegistry(auto_describe=False)
-    reader = PrometheusMetricReader(
-        disable_target_info=True, scope_info_enabled=False, registry=registry
-    )
+    reader, registry, release = _private_reader()
     provider = MeterProvider(metric_readers=[reader], views=quota_metric_views(max_configs))
     metrics = QuotaMetrics(manager, provider)
     try:
         server, thread = start_http_server(port, addr=host, registry=registry)
     except BaseException:
         metrics.shutdown()
+        release()
         provider.shutdown()
         raise
-    return PrometheusEndpoint(server, thread, provider, metrics)
+    return PrometheusEndpoint(server, thread, provider, metrics, release)
+
+
+def _private_reader() -> tuple[Any, Any, Callable[[], None]]:
+    """A ``PrometheusMetricReader`` reporting to a ``CollectorRegistry`` of its own (never
+    prometheus_client's global one), without target info or scope labels; and a ``release``
+    to call before shutting the reader's meter provider down.
+
+    ``registry=`` and ``scope_info_enabled=`` came with opentelemetry-exporter-prometheus
+    0.64b0. Older releases (the extra's floor is 0.60b0) register their collector in the global
+    registry when constructed and unregister it at shutdown: the collector is moved to the
+    private registry here, and ``release`` moves it back so the reader's own shutdown finds it.
+    Those releases add no scope labels anyway.
+    """
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from prometheus_client import REGISTRY, CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    try:
+        reader = PrometheusMetricReader(
+            disable_target_info=True, scope_info_enabled=False, registry=registry
+        )
+    except TypeError:  # before 0.64b0
+        reader = PrometheusMetricReader(disable_target_info=True)
+        collector = reader._collector
+        REGISTRY.unregister(collector)
+        registry.register(collector)
+
+        def release() -> None:
+            registry.unregister(collector)
+            REGISTRY.register(collector)
+
+        return reader, registry, release
+    return reader, registry, lambda: None

@@ -106,15 +106,14 @@ class QuotaService:
         self.limits = limits if limits is not None else Limits()
         self._token = token.encode("utf-8") if token else None
         self._registry: Any = None
+        self._release_prometheus: Callable[[], None] = lambda: None
         self._meter_provider: Any = None
         self._quota_metrics: QuotaMetrics | None = None
         meter_provider: Any = None
         readers: list[Any] = []
         if metrics:
-            found = _prometheus_reader()
-            if found is not None:
-                self._registry = found[1]
-                readers.append(found[0])
+            reader, self._registry, self._release_prometheus = _prometheus_reader()
+            readers.append(reader)
         if otlp_metrics:
             # Configured by the standard variables: OTEL_EXPORTER_OTLP_(METRICS_)ENDPOINT,
             # _HEADERS, _COMPRESSION..., and OTEL_METRIC_EXPORT_INTERVAL.
@@ -325,30 +324,17 @@ class QuotaService:
             self.manager._stop_store()  # the final flush (idempotent)
             if self._quota_metrics is not None:
                 self._quota_metrics.shutdown()
+            self._release_prometheus()
             if self._meter_provider is not None:
                 self._meter_provider.shutdown()
 
 
-def _prometheus_reader() -> tuple[Any, Any] | None:
-    """A ``PrometheusMetricReader`` and the registry of its own it reports to, or None (logged)
-    with an exporter-prometheus release too old to take one."""
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
-    from prometheus_client import CollectorRegistry
+def _prometheus_reader() -> tuple[Any, Any, Callable[[], None]]:
+    """A ``PrometheusMetricReader``, the registry of its own it reports to, and the release to
+    call before its meter provider shuts down (``otel_llm_quota.prometheus``)."""
+    from otel_llm_quota.prometheus import _private_reader
 
-    registry = CollectorRegistry(auto_describe=False)
-    options: dict[str, Any] = {"disable_target_info": True, "registry": registry}
-    try:
-        reader = PrometheusMetricReader(scope_info_enabled=False, **options)
-    except TypeError:  # releases before scope_info_enabled
-        try:
-            reader = PrometheusMetricReader(**options)
-        except TypeError:  # releases before registry (0.60b0): it would be the global one
-            _logger.warning(
-                "otel-llm-quota serve: GET /metrics needs a newer opentelemetry-exporter-"
-                "prometheus (PrometheusMetricReader(registry=...)); serving no /metrics"
-            )
-            return None
-    return reader, registry
+    return _private_reader()
 
 
 def _parse_protobuf(data: bytes) -> ExportTraceServiceRequest:
