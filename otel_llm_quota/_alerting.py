@@ -37,7 +37,7 @@ from otel_llm_quota._forecast import (
     window_for,
 )
 from otel_llm_quota._ledger import QuotaLedger, _ConfigState, _dt, _utc
-from otel_llm_quota._models import Alert, AlertReason, AlertState, Forecast
+from otel_llm_quota._models import Alert, AlertReason, AlertState, Forecast, QuotaInfo
 
 __all__ = ["EvaluationResult", "evaluate", "evaluate_forecast", "evaluate_ledger"]
 
@@ -59,6 +59,16 @@ class EvaluationResult:
     from (for the fleet's claims, see ``_claims``)."""
 
 
+def _quota(state: _ConfigState, alert_state: AlertState, threshold: float, now: float) -> QuotaInfo:
+    """The notification's snapshot: its state, and its threshold in the field of its kind."""
+    snapshot = state.snapshot(now)
+    if state.limit_kind == "cost":
+        return replace(snapshot, alert_state=alert_state, cost_alert_threshold=threshold)
+    if alert_state is AlertState.FIRING:
+        return replace(snapshot, alert_threshold=threshold)
+    return replace(snapshot, alert_state=alert_state, alert_threshold=threshold)
+
+
 def _resolved(
     state: _ConfigState,
     thresholds: list[float],
@@ -74,10 +84,11 @@ def _resolved(
         reason=reason,
         threshold_percent=top,
         thresholds=tuple(sorted(thresholds)),
-        quota=replace(state.snapshot(now), alert_state=AlertState.RESOLVED, alert_threshold=top),
+        quota=_quota(state, AlertState.RESOLVED, top, now),
         started_at=_utc(min(active.get(t, now) for t in thresholds)),
         ended_at=_utc(now),
         period_start=_dt(period_start),
+        limit_kind=state.limit_kind,
     )
 
 
@@ -195,11 +206,12 @@ def _firing(
         reason=reason,
         threshold_percent=threshold,
         thresholds=tuple(sorted(active)),
-        quota=replace(state.snapshot(now), alert_threshold=threshold),
+        quota=_quota(state, AlertState.FIRING, threshold, now),
         started_at=_utc(active[threshold]),
         period_start=_dt(state.period_start),
         repeat_at=_utc(min(now + cooldown, state.period_end)),
         span=state.trigger_span if span else None,
+        limit_kind=state.limit_kind,
     )
 
 
@@ -344,8 +356,17 @@ def evaluate_ledger(
     for state in ledger.states():
         # Forecasts: every config with a limit, a few times per estimator window (and one
         # with a forecast alert of an older period, to resolve it).
-        if state.active is None and (
-            not state.threshold_tokens or state.total < state.threshold_tokens[0]
+        ca = state.cost_alerts
+        if (
+            state.active is None
+            and (not state.threshold_tokens or state.total < state.threshold_tokens[0])
+            and (
+                ca is None
+                or (
+                    ca.active is None
+                    and (not ca.threshold_tokens or state.cost_total < ca.threshold_tokens[0])
+                )
+            )
         ):
             if not forecasting or not (
                 (state.threshold_tokens and now >= state.forecast_due) or state.forecast is not None
@@ -367,6 +388,11 @@ def evaluate_ledger(
                 if look and forecast is not None:
                     found += evaluate_forecast(state, now, forecast, send_resolved)
                 due = _next_due(state, cooldown)
+                ca = state.cost_alerts
+                if ca is not None and not idle:
+                    # The cost limit: the same machine over the cost (``_CostAlerts``).
+                    found += evaluate(ca, now, cooldown, send_resolved)  # type: ignore[arg-type]
+                    due = min(due, _next_due(ca, cooldown))  # type: ignore[arg-type]
                 if encoder is not None and (found or encoder(state) != before):
                     assert before is not None
                     changes.append((state, before, found, version))

@@ -74,6 +74,16 @@ def encode(state: _ConfigState) -> str:
         "p": state.alert_pending or [],
         "lv": None if state.alert_levels is None else list(state.alert_levels),
     }
+    ca = state.cost_alerts
+    if ca is not None:  # the cost limit's alert state, in the same record
+        doc["c"] = {
+            "cur": ca.alert_generation == state.generation,
+            "ps": ca.alert_period_start if math.isfinite(ca.alert_period_start) else None,
+            "a": _keys(ca.active),
+            "s": _keys(ca.sent),
+            "h": _keys(ca.held),
+            "lv": None if ca.alert_levels is None else list(ca.alert_levels),
+        }
     if state.forecast is not None:  # [generation, fired at, resolved, period start]
         doc["f"] = [state.forecast[1], state.forecast[2], state.forecast[3]]
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
@@ -106,6 +116,17 @@ def adopt(state: _ConfigState, record: AlertRecord, *, force: bool = False) -> b
         period_start = doc.get("ps")
         levels = doc.get("lv")
         levels = None if levels is None else tuple(int(v) for v in levels)
+        cost = doc.get("c")
+        if cost is not None:
+            cost_levels = cost.get("lv")
+            cost = (
+                bool(cost.get("cur")),
+                cost.get("ps"),
+                _floats(cost.get("a")),
+                _floats(cost.get("s")),
+                _floats(cost.get("h")),
+                None if cost_levels is None else tuple(int(v) for v in cost_levels),
+            )
         forecast = doc.get("f")
         forecast = (
             None
@@ -139,6 +160,18 @@ def adopt(state: _ConfigState, record: AlertRecord, *, force: bool = False) -> b
         )
     state.alert_version = record.version
     state.arm()
+    ca = state.cost_alerts
+    if ca is not None and cost is not None:
+        cur, cost_start, ca.active, ca.sent, ca.held, ca.alert_levels = cost
+        if cur and current:
+            ca.alert_generation = state.generation
+            ca.alert_period_start = state.period_start
+        else:
+            ca.alert_generation = state.generation - 1
+            ca.alert_period_start = (
+                float(cost_start) if cost_start is not None else state.period_start
+            )
+        ca.arm()
     return True
 
 
@@ -158,6 +191,7 @@ def _pending_entry(alert: Alert, writer: str, until: float) -> dict[str, Any]:
         "ps": _ts(alert.period_start),
         "ra": _ts(alert.repeat_at),
         "sp": None if span is None else [span.trace_id, span.span_id, span.trace_flags],
+        "k": alert.limit_kind,
         "fc": None if fc is None else [fc.projected_percent, fc.burn_rate, fc.time_to_exhaustion],
     }
 
@@ -173,22 +207,26 @@ def _alert_from(state: _ConfigState, entry: dict[str, Any]) -> Alert:
     started = _utc(entry["sa"])
     assert started is not None
     span = entry.get("sp")
+    kind = str(entry.get("k", "tokens"))
     fc = entry.get("fc")
-    quota = state.snapshot(state.last_updated)
+    quota = replace(state.snapshot(state.last_updated), alert_state=alert_state)
+    if kind == "cost":
+        quota = replace(quota, cost_alert_threshold=float(entry["t"]))
+    else:
+        quota = replace(quota, alert_threshold=None if fc else float(entry["t"]))
     return Alert(
         config_id=state.config_id,
         state=alert_state,
         reason=AlertReason(entry["r"]),
         threshold_percent=float(entry["t"]),
         thresholds=tuple(float(t) for t in entry["ts"]),
-        quota=replace(
-            quota, alert_state=alert_state, alert_threshold=None if fc else float(entry["t"])
-        ),
+        quota=quota,
         started_at=started,
         ended_at=_utc(entry.get("ea")),
         period_start=_utc(entry.get("ps")),
         repeat_at=_utc(entry.get("ra")),
         span=None if not span else SpanRef(int(span[0]), int(span[1]), int(span[2])),
+        limit_kind=kind,
         forecast=(
             None
             if not fc

@@ -7,14 +7,16 @@ The file is a mapping with these top-level keys, all optional::
                  forecast_min_lead_seconds, forecast_min_samples}
     processor:  {default_config_id: "unknown", max_tracked_responses: 10000}
     quotas:     [{config_id, limit, thresholds: [50, 80], period, timezone, provider,
-                  parent}, ...]
+                  parent, cost_limit_usd: 50.0, cost_thresholds: [80, 100]}, ...]
+    prices:     [{provider: openai, model: "ft:gpt-4o*", input: 0.3, output: 1.2,
+                  cache_read: 0.15, cache_write: 0.3, request: 0}, {model: "llama*", free: true}]
     rules:      [{config_id, match: {provider: openai, model: "gpt-4o*", service.name: api}},
                  {config_id: "tenant-{value}", attribute: app.tenant_id}, ...]
 
-A quota's ``parent`` names another quota its usage also counts toward (nested budgets); the
-order of the quotas does not matter, and an unknown parent or a cycle is an error of the quota
-that names it. ``limit: null`` declares a config without a token limit (a parent that only
-aggregates).
+A quota's ``parent`` names another quota its usage (tokens and cost) also counts toward (nested
+budgets); the order of the quotas does not matter, and an unknown parent or a cycle is an error
+of the quota that names it. ``limit: null`` declares a config without a token limit (a parent
+that only aggregates, or one with a cost limit alone).
     handlers:   [{type: logging | otel_log | webhook | slack | email | alertmanager
                         | "package.module:factory", ...keyword arguments}, ...]
 
@@ -69,7 +71,7 @@ BUILTIN_HANDLERS: Final[Mapping[str, str]] = {
 BUILTIN_HANDLERS_MODULE: Final = "otel_llm_quota.handlers"
 
 _SECTIONS: Final = frozenset(
-    {"manager", "monitor", "processor", "quotas", "rules", "handlers", "store"}
+    {"manager", "monitor", "processor", "quotas", "rules", "handlers", "store", "prices"}
 )
 _MANAGER_KEYS: Final = frozenset(
     {
@@ -96,6 +98,8 @@ _QUOTA_KEYS: Final = frozenset(
         "period",
         "timezone",
         "provider",
+        "cost_limit_usd",
+        "cost_thresholds",
         "parent",
     }
 )
@@ -380,10 +384,13 @@ def _apply_quota(manager: LLMProviderManager, quota: Any) -> None:
     unknown = set(quota) - _QUOTA_KEYS
     if unknown:
         raise ConfigError(f"unknown quota keys: {_keys(unknown)}")
-    if "config_id" not in quota or "limit" not in quota:
-        raise ConfigError(f"a quota needs 'config_id' and 'limit' (it has keys {_keys(quota)})")
+    if "config_id" not in quota or ("limit" not in quota and "cost_limit_usd" not in quota):
+        raise ConfigError(
+            "a quota needs 'config_id' and 'limit', 'cost_limit_usd' or both "
+            f"(it has keys {_keys(quota)})"
+        )
     kwargs: dict[str, Any] = {}
-    for key in ("period", "timezone", "provider", "parent"):
+    for key in ("period", "timezone", "provider", "parent", "cost_limit_usd", "cost_thresholds"):
         if key in quota:
             kwargs[key] = quota[key]
     if "thresholds" in quota:
@@ -391,7 +398,7 @@ def _apply_quota(manager: LLMProviderManager, quota: Any) -> None:
     try:
         manager.set_quota_limit_sync(
             quota["config_id"],
-            quota["limit"],
+            quota.get("limit"),
             quota.get("alert_threshold_percent"),
             **kwargs,
         )
@@ -660,13 +667,30 @@ def load_config(
         def apply(item: str) -> None:
             config_id, limit = parse_limit(item)
             known = setup.manager.ledger.get(config_id)
-            linked = {} if known is None or known.parent is None else {"parent": known.parent}
-            # A limit from the environment wins over the file's, the file's parent stays.
-            _apply_quota(setup.manager, {**quota, **linked, "config_id": config_id, "limit": limit})
+            kept: dict[str, Any] = {}
+            if known is not None:
+                if known.parent is not None:
+                    kept["parent"] = known.parent
+                if known.cost_limit_usd is not None:
+                    kept["cost_limit_usd"] = known.cost_limit_usd
+                    kept["cost_thresholds"] = list(known.cost_thresholds)
+            # A token limit from the environment wins over the file's; the file's parent and
+            # cost limit stay.
+            _apply_quota(setup.manager, {**quota, **kept, "config_id": config_id, "limit": limit})
 
         for number, item in enumerate(_items(raw), 1):  # one bad item skips only itself
             collect.run(f"item {number}", functools.partial(apply, item))
 
+    def prices() -> None:
+        entries = data.get("prices")
+        if entries is None:
+            return
+        try:
+            setup.manager.set_prices(entries)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(_masked(str(exc), entries)) from None
+
+    collect.run("prices", prices)
     collect.run("quotas", quotas)
     if environment:
         collect.run(None, env_quotas, source=env.OTEL_LLM_QUOTA_LIMITS)

@@ -75,6 +75,21 @@ class Conventions:
         "llm.response.model",
         "llm.request.model",
     )
+    cache_read_tokens: tuple[str, ...] = (
+        "gen_ai.usage.cache_read.input_tokens",
+        "gen_ai.usage.cache_read_input_tokens",
+        "llm.token_count.prompt_details.cache_read",
+    )
+    """Input tokens read from the provider's prompt cache (included in the input tokens): priced
+    at the model's cache-read rate (see the README, "Cost budgets"), never added to the quota."""
+    cache_write_tokens: tuple[str, ...] = (
+        "gen_ai.usage.cache_creation.input_tokens",
+        "gen_ai.usage.cache_creation_input_tokens",
+        "gen_ai.usage.cache_write.input_tokens",
+        "llm.token_count.prompt_details.cache_write",
+    )
+    """Input tokens written to the prompt cache (included in the input tokens): priced at the
+    model's cache-write rate, never added to the quota."""
     response_id: tuple[str, ...] = ("gen_ai.response.id",)
     """Identifies one LLM response: two spans carrying the same id are counted once."""
     detail_tokens: tuple[str, ...] = (

@@ -25,6 +25,7 @@ from otel_llm_quota._forecast import burn_rate, window_for
 from otel_llm_quota._fork import reinit_after_fork
 from otel_llm_quota._models import AlertState, QuotaInfo, SpanRef
 from otel_llm_quota._periods import Period, period_bounds, resolve_timezone, validate_period
+from otel_llm_quota._pricing import PriceOverride, Pricer
 from otel_llm_quota._validation import (
     MAX_PERIOD_TOKENS,
     MAX_TOKENS,
@@ -54,11 +55,15 @@ _logger = logging.getLogger(__name__)
 Clock = Callable[[], float]
 """A zero-argument callable returning the current POSIX time in seconds (``time.time``)."""
 
-MetricRow = tuple[str, str | None, int, int | None, float, int, int, int, int, int]
+MetricRow = tuple[
+    str, str | None, int, int | None, float, int, int, int, int, int, int, int, int | None, int
+]
 """One config in ``QuotaLedger.metric_rows``: ``(config_id, provider, period_tokens, limit,
 period_end, lifetime_input_tokens, lifetime_output_tokens, lifetime_other_tokens,
-lifetime_successful_requests, lifetime_failed_requests)``; ``period_end`` is POSIX seconds (``inf``
-for a quota that never resets)."""
+lifetime_successful_requests, lifetime_failed_requests, lifetime_cost_microusd,
+period_cost_microusd, cost_limit_microusd, lifetime_unpriced_requests)``; ``period_end`` is POSIX
+seconds (``inf`` for a quota that never resets). Lifetime values are this process's own, period
+ones the fleet's."""
 
 _INF: Final = math.inf
 _SATURATED: Final = MAX_PERIOD_TOKENS + 1
@@ -89,14 +94,18 @@ class _ConfigState:
         "alert_period_start",
         "alert_version",
         "ancestors",
+        "closed_cost",
         "closed_failures",
         "closed_input",
         "closed_other",
         "closed_output",
         "closed_successes",
+        "closed_unpriced",
         "closing",
         "config_id",
         "configured",
+        "cost",
+        "cost_alerts",
         "dirty",
         "epoch",
         "failures",
@@ -131,8 +140,12 @@ class _ConfigState:
         "total",
         "trigger_span",
         "tz",
+        "unpriced",
         "wake_at",
     )
+
+    limit_kind = "tokens"
+    """Which limit the alert fields of this object belong to (``_CostAlerts``: "cost")."""
 
     def __init__(
         self,
@@ -178,6 +191,14 @@ class _ConfigState:
         self.closed_input = 0
         self.closed_output = 0
         self.closed_other = 0
+        # Cost (see _pricing): micro-USD of the priced requests and the count of unpriced ones,
+        # this process's own in the period; ``cost_total`` adds the fleet's (``others[5]``).
+        self.cost = 0
+        self.unpriced = 0
+        self.closed_cost = 0
+        self.closed_unpriced = 0
+        # The cost limit's alert state (None: no cost limit), see _CostAlerts.
+        self.cost_alerts: _CostAlerts | None = None
         self.last_updated: float | None = None
         self.wake_at: float = _SATURATED
         self.trigger_span: SpanRef | None = None
@@ -212,9 +233,22 @@ class _ConfigState:
         # Notifications this fleet claimed and has not confirmed delivered (see _claims).
         self.alert_pending: list[dict[str, Any]] | None = None
 
+    @property
+    def cost_total(self) -> int:
+        """The period's cost in micro-USD, fleet-wide: this process's plus the others' synced."""
+        return self.cost + self.others[5]
+
     def own(self) -> Counts:
         """This process's counts in the current window."""
-        return (self.successes, self.failures, self.input, self.output, self.other)
+        return (
+            self.successes,
+            self.failures,
+            self.input,
+            self.output,
+            self.other,
+            self.cost,
+            self.unpriced,
+        )
 
     def window(self) -> Window:
         """The current period window, as stores name it."""
@@ -255,10 +289,17 @@ class _ConfigState:
         self.closed_input = min(self.closed_input + self.input, cap)
         self.closed_output = min(self.closed_output + self.output, cap)
         self.closed_other = min(self.closed_other + self.other, cap)
+        self.closed_cost += self.cost
+        self.closed_unpriced += self.unpriced
         self.successes = self.failures = self.input = self.output = self.other = self.total = 0
+        self.cost = self.unpriced = 0
         self.generation += 1
         self.trigger_span = None
         self.arm()
+        cost_alerts = self.cost_alerts
+        if cost_alerts is not None:
+            cost_alerts.trigger_span = None
+            cost_alerts.arm()
 
     def saturate(self) -> None:
         """Cap the period's token counters at ``MAX_PERIOD_TOKENS`` (int64-safe for every store
@@ -311,6 +352,8 @@ class _ConfigState:
         lo = self.others_life
         successes = self.successes + o[0]
         failures = self.failures + o[1]
+        ca = self.cost_alerts
+        cost_active = None if ca is None else ca.active
         return QuotaInfo(
             config_id=self.config_id,
             provider=self.provider,
@@ -329,7 +372,7 @@ class _ConfigState:
             period=self.period,
             period_start=_dt(self.period_start),
             timezone=_tz_name(self.tz),
-            alert_state=AlertState.FIRING if active else None,
+            alert_state=AlertState.FIRING if active or cost_active else None,
             alert_threshold=max(active) if active else None,
             lifetime_input_tokens=self.closed_input + self.input + lo[2],
             lifetime_output_tokens=self.closed_output + self.output + lo[3],
@@ -337,9 +380,103 @@ class _ConfigState:
             lifetime_successful_requests=self.closed_successes + self.successes + lo[0],
             lifetime_failed_requests=self.closed_failures + self.failures + lo[1],
             last_sync=_dt(self.synced_at),
+            cost_microusd=self.cost_total,
+            unpriced_requests=self.unpriced + o[6],
+            cost_limit_microusd=None if ca is None else ca.limit,
+            cost_thresholds=() if ca is None else ca.thresholds,
+            cost_alert_threshold=max(cost_active) if cost_active else None,
+            lifetime_cost_microusd=self.closed_cost + self.cost + lo[5],
+            lifetime_unpriced_requests=self.closed_unpriced + self.unpriced + lo[6],
             parent=self.parent,
             time_to_exhaustion=None if now is None else self.exhaustion(now, window),
         )
+
+
+class _CostAlerts:
+    """The alert state of a config's cost limit: the same state machine as the token limit's
+    (``_alerting.evaluate`` runs on this object), over ``cost_total`` in micro-USD.
+
+    It holds the alert fields of its own and reads the period, counters and snapshot of its
+    config. Only touched under the ledger's lock.
+    """
+
+    __slots__ = (
+        "active",
+        "alert_generation",
+        "alert_levels",
+        "alert_period_start",
+        "held",
+        "limit",
+        "parent",
+        "sent",
+        "threshold_tokens",
+        "thresholds",
+        "trigger_span",
+        "wake_at",
+    )
+
+    limit_kind = "cost"
+
+    def __init__(self, parent: _ConfigState, limit: int, thresholds: tuple[float, ...]) -> None:
+        self.parent = parent
+        self.limit: int | None = limit
+        self.thresholds = thresholds
+        self.threshold_tokens = _shared(threshold_tokens(limit, thresholds))
+        """The cost levels (micro-USD) of the thresholds (named as the token state's field)."""
+        self.active: dict[float, float] | None = None
+        self.sent: dict[float, float] | None = None
+        self.held: dict[float, float] | None = None
+        self.alert_generation = parent.generation
+        self.alert_levels: tuple[int, ...] | None = None
+        self.alert_period_start = parent.period_start
+        self.trigger_span: SpanRef | None = None
+        self.wake_at: float = _SATURATED
+        self.arm()
+
+    def set(self, limit: int, thresholds: tuple[float, ...]) -> None:
+        self.limit = limit
+        self.thresholds = thresholds
+        self.threshold_tokens = _shared(threshold_tokens(limit, thresholds))
+        self.arm()
+
+    # What the state machine reads of the config.
+    @property
+    def config_id(self) -> str:
+        return self.parent.config_id
+
+    @property
+    def total(self) -> int:
+        return self.parent.cost_total
+
+    @property
+    def generation(self) -> int:
+        return self.parent.generation
+
+    @property
+    def period_start(self) -> float:
+        return self.parent.period_start
+
+    @property
+    def period_end(self) -> float:
+        return self.parent.period_end
+
+    @property
+    def last_alert_sent(self) -> float | None:
+        return self.parent.last_alert_sent
+
+    @last_alert_sent.setter
+    def last_alert_sent(self, value: float | None) -> None:
+        self.parent.last_alert_sent = value
+
+    def roll(self, now: float) -> None:
+        self.parent.roll(now)
+
+    def snapshot(self, now: float | None = None, window: float | None = None) -> QuotaInfo:
+        return self.parent.snapshot(now, window)
+
+    def arm(self) -> None:
+        """Set ``wake_at`` (micro-USD): as ``_ConfigState.arm``."""
+        _ConfigState.arm(self)  # type: ignore[arg-type]  # the same fields, duck-typed
 
 
 class _OverflowState(_ConfigState):
@@ -362,6 +499,13 @@ def _new_state(
     if config_id == OVERFLOW_CONFIG_ID:
         return _OverflowState(config_id, None, period, tz, now)
     return _ConfigState(config_id, provider, period, tz, now)
+
+
+def _span_ref(span: SpanRef | SpanContext | None) -> SpanRef | None:
+    # Off the common path: only when usage crosses a threshold.
+    if span is None or type(span) is SpanRef:
+        return span
+    return SpanRef(span.trace_id, span.span_id, int(span.trace_flags))
 
 
 def _utc(ts: float) -> datetime:
@@ -429,6 +573,7 @@ class QuotaLedger:
         default_period: str | None = DEFAULT_PERIOD,
         max_configs: int = DEFAULT_MAX_CONFIGS,
         idle_config_seconds: float | None = None,
+        pricer: Pricer | None = None,
     ) -> None:
         if type(max_configs) is not int or max_configs < 1:
             raise ValueError(f"max_configs must be a positive int, got {max_configs!r}")
@@ -449,6 +594,8 @@ class QuotaLedger:
         # With a store: the configs whose usage or settings wait for the flusher (each once).
         self._tracking = False
         self._dirty: list[_ConfigState] = []
+        self._pricer = pricer if pricer is not None else Pricer()
+        self._price_cache = self._pricer._cache
         # Nested scopes: whether any config has a parent, and the ids named as parents.
         self._linked = False
         self._parent_names: set[str] = set()
@@ -484,6 +631,19 @@ class QuotaLedger:
         """Usage records counted in ``_overflow`` because ``max_configs`` was reached."""
         return self._overflowed
 
+    @property
+    def pricer(self) -> Pricer:
+        """What prices the requests (see ``_pricing``)."""
+        return self._pricer
+
+    def set_prices(
+        self, overrides: Iterable[PriceOverride], *, use_genai_prices: bool = True
+    ) -> None:
+        """Price requests with ``overrides`` first, then genai-prices (from the next request)."""
+        pricer = Pricer(overrides, use_genai_prices=use_genai_prices)
+        self._pricer = pricer
+        self._price_cache = pricer._cache
+
     def set_wakeup(self, callback: Callable[[], None] | None) -> None:
         """Register the callable that wakes the monitor when usage crosses a threshold.
 
@@ -509,6 +669,8 @@ class QuotaLedger:
         period: str | None = DEFAULT_PERIOD,
         timezone: str | tzinfo | None = None,
         provider: str | None = None,
+        cost_limit: int | None = None,
+        cost_thresholds: Iterable[float] | None = None,
         parent: str | None = None,
     ) -> QuotaInfo:
         """Create or update a configuration's limit, thresholds and period.
@@ -519,20 +681,31 @@ class QuotaLedger:
         boundary (nothing counted is lost). Returns the new snapshot.
 
         ``quota_limit`` None: a config with settings but no token limit (a parent that only
-        aggregates, or has other limits). ``parent``: the config this one's usage also counts
-        toward (with its ancestors); it must exist already, and may not be this config or one of
-        its descendants (ValueError naming it). Like the period, the parent is replaced: None
-        removes it.
+        aggregates, or has a cost limit only). ``parent``: the config this one's usage (tokens
+        and cost) also counts toward (with its ancestors); it must exist already, and may not be
+        this config or one of its descendants (ValueError naming it). Like the period, the parent
+        is replaced: None removes it.
+
+        ``cost_limit`` is a cost limit in micro-USD (an int in [1, 2**53]) with its own
+        ``cost_thresholds`` (default: ``thresholds``) and alert state. The call sets both kinds:
+        None for either removes that limit.
         """
         config_id = check_config_id(config_id)
         limit = None if quota_limit is None else check_limit(quota_limit)
+        cost = None if cost_limit is None else check_limit(cost_limit)
         if parent is not None:
             parent = check_config_id(parent)
         levels = check_thresholds(thresholds)
+        cost_levels = (
+            levels
+            if cost_thresholds is None
+            else check_thresholds(cost_thresholds, "cost_thresholds")
+        )
         period_name = validate_period(period)
         tz = resolve_timezone(timezone) if timezone is not None else self._tz
         provider = check_optional_str("provider", provider)
         levels = _shared(levels)
+        cost_levels = _shared(cost_levels)
         tokens = () if limit is None else _shared(threshold_tokens(limit, levels))
         now = self._clock()  # everything checked before the lock: nothing half-set
         with self._lock:
@@ -565,12 +738,18 @@ class QuotaLedger:
             state.thresholds = levels
             state.threshold_tokens = tokens
             state.arm()
+            _set_cost_limit(state, cost, cost_levels)
             if self._tracking:
                 state.record_dirty = True
                 if not state.dirty:
                     state.dirty = True
                     self._dirty.append(state)
-            wake = bool(state.active) or state.total >= state.wake_at
+            ca = state.cost_alerts
+            wake = (
+                bool(state.active)
+                or state.total >= state.wake_at
+                or (ca is not None and (bool(ca.active) or state.cost_total >= ca.wake_at))
+            )
             info = state.snapshot(now, self.forecast_window_seconds)
         if wake:
             self._wake()
@@ -676,6 +855,9 @@ class QuotaLedger:
         total_tokens: int | None = None,
         success: bool = True,
         span: SpanRef | SpanContext | None = None,
+        model: str | None = None,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> None:
         """Add one request's usage to ``config_id`` (created on first use). Thread-safe.
 
@@ -690,6 +872,9 @@ class QuotaLedger:
         ``span`` is kept (as a ``SpanRef``) only when this usage crosses a threshold. An OTel
         ``SpanContext`` is accepted as is and converted only then, so the span processor does not
         build a ``SpanRef`` for every span.
+
+        ``model`` and the cache-read/cache-write tokens (part of ``input_tokens``) price the
+        request (see ``record_checked``).
         """
         if type(input_tokens) is not int or not 0 <= input_tokens <= MAX_TOKENS:
             input_tokens = check_count("input_tokens", input_tokens)
@@ -712,7 +897,24 @@ class QuotaLedger:
             raise TypeError(
                 f"span must be a SpanRef, a SpanContext or None, not {type(span).__name__}"
             )
-        self.record_checked(config_id, provider, input_tokens, output_tokens, other, success, span)
+        if model is not None and (type(model) is not str or not model):
+            check_optional_str("model", model)
+        if type(cache_read_tokens) is not int or not 0 <= cache_read_tokens <= MAX_TOKENS:
+            cache_read_tokens = check_count("cache_read_tokens", cache_read_tokens)
+        if type(cache_write_tokens) is not int or not 0 <= cache_write_tokens <= MAX_TOKENS:
+            cache_write_tokens = check_count("cache_write_tokens", cache_write_tokens)
+        self.record_checked(
+            config_id,
+            provider,
+            input_tokens,
+            output_tokens,
+            other,
+            success,
+            span,
+            model,
+            cache_read_tokens,
+            cache_write_tokens,
+        )
 
     def record_checked(
         self,
@@ -723,6 +925,9 @@ class QuotaLedger:
         other_tokens: int,
         success: bool,
         span: SpanRef | SpanContext | None,
+        model: str | None = None,
+        cache_read: int = 0,
+        cache_write: int = 0,
     ) -> None:
         """``record_usage`` for callers that checked their values already (the span processor).
 
@@ -732,7 +937,32 @@ class QuotaLedger:
         config id is still validated (non-blank, at most 256 characters; control characters are
         allowed, as spans carry them) before it is created: a ValueError then, with nothing
         counted.
+
+        ``model`` (None or a str) and the cache-read/cache-write input tokens (ints, included in
+        ``input_tokens``) price the request (see ``_pricing``): its cost in micro-USD is added to
+        the config, or, for a model without a price, it is counted as unpriced.
         """
+        # Pricing, before the lock: two dict look-ups in the common case (resolved once). A
+        # request without a provider is priced as one of its config's provider.
+        priced_as = provider
+        if priced_as is None:
+            known = self._states.get(config_id)
+            if known is not None:
+                priced_as = known.provider
+        try:
+            rates = self._price_cache[model][priced_as]
+        except KeyError:
+            rates = self._pricer.rates(priced_as, model)
+        cost = 0
+        if rates is not None:
+            fast = rates.fast
+            if fast is not None and not (other_tokens or cache_read or cache_write):
+                # _Rates.micro inlined for the common case (no tiers, no cache tokens).
+                cost = (input_tokens * fast[0] + output_tokens * fast[1] + fast[2]) // fast[3]
+            elif other_tokens:  # tokens of unknown kind: pricing them would be a guess
+                rates = None
+            else:
+                cost = rates.micro(input_tokens, output_tokens, cache_read, cache_write)
         now = self._clock()
         # acquire/release rather than ``with``: on CPython 3.11 ``with lock`` costs about 80 ns more
         # (it looks up and binds ``__enter__``/``__exit__``), about a fifth of this method.
@@ -754,6 +984,15 @@ class QuotaLedger:
             if other_tokens:
                 state.other += other_tokens
             total = state.total = state.total + input_tokens + output_tokens + other_tokens
+            if rates is None:
+                state.unpriced += 1
+            elif cost:
+                state.cost += cost
+                cost_alerts = state.cost_alerts
+                if cost_alerts is not None and state.cost_total >= cost_alerts.wake_at:
+                    cost_alerts.wake_at = _SATURATED
+                    cost_alerts.trigger_span = _span_ref(span)
+                    up = True
             state.last_updated = now
             if not state.dirty:  # always True without a store: one attribute test
                 state.dirty = True
@@ -761,8 +1000,18 @@ class QuotaLedger:
             if provider is not None and state.provider is None:
                 state.provider = provider
             if state.ancestors is not None:  # nested scopes: the parent, its parent, ...
-                up = self._add_up(
-                    state.ancestors, now, input_tokens, output_tokens, other_tokens, success, span
+                up = (
+                    self._add_up(
+                        state.ancestors,
+                        now,
+                        input_tokens,
+                        output_tokens,
+                        other_tokens,
+                        success,
+                        span,
+                        -1 if rates is None else cost,
+                    )
+                    or up
                 )
             if total < state.wake_at:
                 return
@@ -790,9 +1039,11 @@ class QuotaLedger:
         other_tokens: int,
         success: bool,
         span: SpanRef | SpanContext | None,
+        cost: int,
     ) -> bool:
-        # Under the lock: count one request toward each ancestor, in its own period window.
-        # True if one of them crossed its next threshold (the monitor must look).
+        # Under the lock: count one request toward each ancestor, in its own period window,
+        # with its cost in micro-USD (-1: unpriced). True if one of them crossed its next token
+        # or cost threshold (the monitor must look).
         up = False
         tokens = input_tokens + output_tokens + other_tokens
         for state in ancestors:
@@ -807,6 +1058,15 @@ class QuotaLedger:
             if other_tokens:
                 state.other += other_tokens
             total = state.total = state.total + tokens
+            if cost < 0:
+                state.unpriced += 1
+            elif cost:
+                state.cost += cost
+                cost_alerts = state.cost_alerts
+                if cost_alerts is not None and state.cost_total >= cost_alerts.wake_at:
+                    cost_alerts.wake_at = _SATURATED
+                    cost_alerts.trigger_span = _span_ref(span)
+                    up = True
             state.last_updated = now
             if not state.dirty:
                 state.dirty = True
@@ -1034,6 +1294,10 @@ class QuotaLedger:
                         state.closed_other + state.other,
                         state.closed_successes + state.successes,
                         state.closed_failures + state.failures,
+                        state.closed_cost + state.cost,
+                        state.cost_total,
+                        None if state.cost_alerts is None else state.cost_alerts.limit,
+                        state.closed_unpriced + state.unpriced,
                     )
                 )
             return rows
@@ -1212,6 +1476,7 @@ class QuotaLedger:
                         state.threshold_tokens = ()
                         state.configured = False
                         state.arm()
+                        state.cost_alerts = None
                         self._unlimited += 1
                         if state.parent is not None:
                             state.parent = None
@@ -1242,6 +1507,10 @@ class QuotaLedger:
                 if state.total >= state.wake_at and state.wake_at != _SATURATED:
                     # The fleet's usage crossed a threshold: the monitor must look.
                     state.wake_at = _SATURATED
+                    wake = True
+                ca = state.cost_alerts
+                if ca is not None and state.cost_total >= ca.wake_at != _SATURATED:
+                    ca.wake_at = _SATURATED
                     wake = True
                 touched.append((state, sync.alert))
         if wake:
@@ -1293,6 +1562,7 @@ class QuotaLedger:
                 () if record.limit is None else _shared(threshold_tokens(record.limit, thresholds))
             )
             state.arm()
+        _set_cost_limit(state, record.cost_limit, _shared(tuple(record.cost_thresholds)))
 
     def restart_epoch(self, config_id: str, epoch: int) -> bool:
         """Apply a store reset: ``config_id`` moves to reset epoch ``epoch`` (a new window)."""
@@ -1339,7 +1609,15 @@ class QuotaLedger:
         if unflushed == ZERO:
             return
         state = self._create(old.config_id, old.provider, now)
-        state.successes, state.failures, state.input, state.output, state.other = unflushed
+        (
+            state.successes,
+            state.failures,
+            state.input,
+            state.output,
+            state.other,
+            state.cost,
+            state.unpriced,
+        ) = unflushed
         state.total = min(unflushed[2] + unflushed[3] + unflushed[4], MAX_PERIOD_TOKENS)
         state.last_updated = old.last_updated
 
@@ -1386,7 +1664,22 @@ def _change_period(state: _ConfigState, period: Period | None, tz: tzinfo, now: 
     state.period_start, state.period_end = period_bounds(period, now, tz)
 
 
+def _set_cost_limit(
+    state: _ConfigState, cost_limit: int | None, thresholds: tuple[float, ...]
+) -> None:
+    """Give ``state`` a cost limit (micro-USD) with ``thresholds``, or none (under the lock).
+
+    Removing it drops its alert state: like a deleted config, nothing more is told about it."""
+    if cost_limit is None:
+        state.cost_alerts = None
+    elif state.cost_alerts is None:
+        state.cost_alerts = _CostAlerts(state, cost_limit, thresholds)
+    elif state.cost_alerts.limit != cost_limit or state.cost_alerts.thresholds != thresholds:
+        state.cost_alerts.set(cost_limit, thresholds)
+
+
 def _record(state: _ConfigState, now: float) -> ConfigRecord:
+    ca = state.cost_alerts
     return ConfigRecord(
         config_id=state.config_id,
         provider=state.provider,
@@ -1395,5 +1688,7 @@ def _record(state: _ConfigState, now: float) -> ConfigRecord:
         period=state.period,
         timezone=_tz_name(state.tz),
         updated_at=now,
+        cost_limit=None if ca is None else ca.limit,
+        cost_thresholds=() if ca is None else ca.thresholds,
         parent=state.parent,
     )

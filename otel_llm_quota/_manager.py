@@ -33,6 +33,7 @@ from otel_llm_quota._metrics import instrument_metrics, shutdown_metrics
 from otel_llm_quota._models import Alert, QuotaInfo, SpanRef
 from otel_llm_quota._monitor import Monitor, MonitorThread
 from otel_llm_quota._periods import resolve_timezone
+from otel_llm_quota._pricing import PriceOverride, check_usd, parse_price_overrides
 from otel_llm_quota._validation import (
     check_bool,
     check_count,
@@ -442,6 +443,8 @@ class LLMProviderManager:
         period: str | None = DEFAULT_PERIOD,
         timezone: str | tzinfo | None = None,
         provider: str | None = None,
+        cost_limit_usd: float | None = None,
+        cost_thresholds: Iterable[float] | None = None,
         parent: str | None = None,
     ) -> QuotaInfo:
         """Set the token limit of ``config_id`` (created if unknown) and when to alert.
@@ -452,11 +455,16 @@ class LLMProviderManager:
         ``timezone`` (default: the manager's). Raises ValueError/TypeError naming the bad
         argument; the ledger is unchanged then. Returns the new state.
 
+        ``cost_limit_usd`` adds a cost limit in USD (see the README, "Cost budgets"), alerting at
+        ``cost_thresholds`` (default: the token limit's thresholds) with an alert state of its
+        own. The call sets both, so a limit left out is removed.
+
         Nested budgets: ``parent`` names a config (which must exist already) that this one's
-        usage also counts toward, and so on up its own parents; each level keeps its own limit,
-        period and alerts. ``quota_limit`` may be None for a config without a token limit (a
-        parent that only aggregates). Every setting is replaced: an omitted ``parent`` removes
-        the link, as an omitted ``period`` sets the monthly default.
+        usage (tokens and cost) also counts toward, and so on up its own parents; each level
+        keeps its own limits, period and alerts. ``quota_limit`` may be None for a config without
+        a token limit (a parent that only aggregates, or one with a cost limit alone). Every
+        setting is replaced: an omitted ``parent`` removes the link, as an omitted ``period``
+        sets the monthly default.
         """
         return self.set_quota_limit_sync(
             config_id,
@@ -466,6 +474,8 @@ class LLMProviderManager:
             period=period,
             timezone=timezone,
             provider=provider,
+            cost_limit_usd=cost_limit_usd,
+            cost_thresholds=cost_thresholds,
             parent=parent,
         )
 
@@ -479,9 +489,12 @@ class LLMProviderManager:
         period: str | None = DEFAULT_PERIOD,
         timezone: str | tzinfo | None = None,
         provider: str | None = None,
+        cost_limit_usd: float | None = None,
+        cost_thresholds: Iterable[float] | None = None,
         parent: str | None = None,
     ) -> QuotaInfo:
         """The synchronous form of ``set_quota_limit`` (for configuration code without a loop)."""
+        cost_limit = None if cost_limit_usd is None else check_usd("cost_limit_usd", cost_limit_usd)
         levels: list[float] = []
         if alert_threshold_percent is not None:
             levels.extend(check_thresholds((alert_threshold_percent,), "alert_threshold_percent"))
@@ -496,8 +509,21 @@ class LLMProviderManager:
             period=period,
             timezone=timezone,
             provider=provider,
+            cost_limit=cost_limit,
+            cost_thresholds=cost_thresholds,
             parent=parent,
         )
+
+    def set_prices(
+        self,
+        prices: Iterable[PriceOverride | Mapping[str, Any]],
+        *,
+        use_genai_prices: bool = True,
+    ) -> None:
+        """Price requests with ``prices`` first (the config file's ``prices:`` entries: model
+        and provider patterns, USD per million tokens, or ``free``), then with genai-prices.
+        Raises ValueError for a bad entry, before anything changes."""
+        self._ledger.set_prices(parse_price_overrides(prices), use_genai_prices=use_genai_prices)
 
     # -- usage -----------------------------------------------------------------------------------
 
@@ -511,8 +537,14 @@ class LLMProviderManager:
         total_tokens: int | None = None,
         success: bool = True,
         span: SpanRef | SpanContext | None = None,
+        model: str | None = None,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> None:
-        """Record one request's usage synchronously, from any thread (see ``QuotaLedger``)."""
+        """Record one request's usage synchronously, from any thread (see ``QuotaLedger``).
+
+        ``model`` and the cache-read/cache-write tokens (included in ``input_tokens``) price
+        the request; without a model it is counted as unpriced."""
         self._ledger.record_usage(
             config_id,
             provider=provider,
@@ -521,6 +553,9 @@ class LLMProviderManager:
             total_tokens=total_tokens,
             success=success,
             span=span,
+            model=model,
+            cache_read_tokens=cache_read_tokens,
+            cache_write_tokens=cache_write_tokens,
         )
 
     async def update_quota_usage(

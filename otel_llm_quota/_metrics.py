@@ -194,6 +194,32 @@ class QuotaMetrics:
             description="Duration of the last successful flush and refresh with the store.",
         )
         meter.create_observable_counter(
+            n.METRIC_COST,
+            callbacks=[self._observe_cost],
+            unit="USD",
+            description="Cost of the priced requests recorded since the start (this process's); "
+            "never reset.",
+        )
+        meter.create_observable_gauge(
+            n.METRIC_COST_USAGE,
+            callbacks=[self._observe_cost_usage],
+            unit="USD",
+            description="Cost of the priced requests in the current quota period.",
+        )
+        meter.create_observable_gauge(
+            n.METRIC_COST_LIMIT,
+            callbacks=[self._observe_cost_limit],
+            unit="USD",
+            description="Cost limit of the quota period (configs with a cost limit only).",
+        )
+        meter.create_observable_counter(
+            n.METRIC_UNPRICED_REQUESTS,
+            callbacks=[self._observe_unpriced],
+            unit="{request}",
+            description="Requests whose model has no known price (not in the cost), since the "
+            "start (this process's).",
+        )
+        meter.create_observable_counter(
             n.METRIC_OVERFLOW_RECORDS,
             callbacks=[self._observe_overflow],
             unit="{record}",
@@ -290,6 +316,26 @@ class QuotaMetrics:
             a = attrs[row[0]]
             yield Observation(row[8], a.success)
             yield Observation(row[9], a.failure)
+
+    def _observe_cost(self, options: CallbackOptions) -> Iterable[Observation]:
+        rows, attrs = self._rows_and_attrs()
+        return (Observation(row[10] / 1_000_000, attrs[row[0]].base) for row in rows)
+
+    def _observe_cost_usage(self, options: CallbackOptions) -> Iterable[Observation]:
+        rows, attrs = self._rows_and_attrs()
+        return (Observation(row[11] / 1_000_000, attrs[row[0]].base) for row in rows)
+
+    def _observe_cost_limit(self, options: CallbackOptions) -> Iterable[Observation]:
+        rows, attrs = self._rows_and_attrs()
+        return (
+            Observation(row[12] / 1_000_000, attrs[row[0]].base)
+            for row in rows
+            if row[12] is not None
+        )
+
+    def _observe_unpriced(self, options: CallbackOptions) -> Iterable[Observation]:
+        rows, attrs = self._rows_and_attrs()
+        return (Observation(row[13], attrs[row[0]].base) for row in rows if row[13])
 
     def _observe_time_until_reset(self, options: CallbackOptions) -> Iterable[Observation]:
         rows, attrs = self._rows_and_attrs()

@@ -97,6 +97,18 @@ class QuotaInfo:
     """With a shared store: when this process last synchronised this config with it (the counts
     are the fleet's as of then plus this process's own since); ``None`` without a store or
     before the first successful sync."""
+    cost_microusd: int = 0
+    """The cost of this period's priced requests, in micro-USD (exact; see ``cost_usd``)."""
+    unpriced_requests: int = 0
+    """This period's requests whose model has no known price (their cost is not included)."""
+    cost_limit_microusd: int | None = None
+    """The cost limit in micro-USD, or ``None`` without one."""
+    cost_thresholds: tuple[float, ...] = ()
+    """The cost limit's alert thresholds (percent); empty without a cost limit."""
+    cost_alert_threshold: float | None = None
+    """The highest active threshold of the cost limit (``alert_threshold`` is the tokens')."""
+    lifetime_cost_microusd: int = 0
+    lifetime_unpriced_requests: int = 0
     parent: str | None = None
     """The config this one's usage also counts toward (nested budgets), or ``None``."""
     time_to_exhaustion: float | None = None
@@ -121,6 +133,29 @@ class QuotaInfo:
         if self.quota_limit is None:
             return None
         return self.total_tokens * 100.0 / self.quota_limit
+
+    @property
+    def cost_usd(self) -> float:
+        """This period's cost in USD (a float; ``cost_microusd`` is the exact integer)."""
+        return self.cost_microusd / 1_000_000
+
+    @property
+    def cost_limit_usd(self) -> float | None:
+        """The cost limit in USD, or ``None`` without one."""
+        limit = self.cost_limit_microusd
+        return None if limit is None else limit / 1_000_000
+
+    @property
+    def cost_remaining_usd(self) -> float | None:
+        """USD left in this period (never negative), or ``None`` without a cost limit."""
+        limit = self.cost_limit_microusd
+        return None if limit is None else max(limit - self.cost_microusd, 0) / 1_000_000
+
+    @property
+    def cost_usage_percent(self) -> float | None:
+        """Cost as a percentage of the cost limit (may exceed 100), or ``None`` without one."""
+        limit = self.cost_limit_microusd
+        return None if limit is None else self.cost_microusd * 100.0 / limit
 
     @property
     def alert_triggered(self) -> bool:
@@ -152,6 +187,11 @@ class QuotaInfo:
         usage = self.usage_percent
         out["usage_percent"] = None if usage is None else round(usage, 4)
         out["alert_triggered"] = self.alert_triggered
+        out["cost_usd"] = self.cost_usd
+        out["cost_limit_usd"] = self.cost_limit_usd
+        out["cost_remaining_usd"] = self.cost_remaining_usd
+        cost_usage = self.cost_usage_percent
+        out["cost_usage_percent"] = None if cost_usage is None else round(cost_usage, 4)
         return out
 
 
@@ -189,6 +229,9 @@ class Alert:
     sender died resolves by itself soon after, while one still firing never lapses."""
     span: SpanRef | None = field(default=None, compare=False)
     """The span whose recorded usage crossed the threshold, when usage came from a span."""
+    limit_kind: str = "tokens"
+    """Which limit fired: ``"tokens"`` (the token limit) or ``"cost"`` (the cost limit, whose
+    thresholds are percentages of ``quota.cost_limit_microusd``)."""
     forecast: Forecast | None = None
     """Set on forecast notifications (firing with reason ``FORECAST``, and their resolution),
     which are about the pace, not a threshold crossed: ``threshold_percent`` is 100."""
@@ -212,6 +255,8 @@ class Alert:
         """The stable id of this alert's config and period at another threshold it covers."""
         period = self.period_start.isoformat() if self.period_start else "-"
         key = f"{self.config_id}\x00{threshold_percent:g}\x00{period}"
+        if self.limit_kind != "tokens":  # token alerts keep the fingerprints they always had
+            key += f"\x00{self.limit_kind}"
         import hashlib  # here: `import otel_llm_quota` need not load it (OpenSSL's bindings)
 
         if self.forecast is not None:  # not the same alert as a 100 % threshold's

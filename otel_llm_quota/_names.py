@@ -14,9 +14,12 @@ __all__ = [
     "ATTR_ALERT_REASON",
     "ATTR_ALERT_STATE",
     "ATTR_CONFIG_ID",
+    "ATTR_COST_LIMIT",
+    "ATTR_COST_USAGE",
     "ATTR_ERROR_TYPE",
     "ATTR_HANDLER_NAME",
     "ATTR_LIMIT",
+    "ATTR_LIMIT_KIND",
     "ATTR_PERIOD_END",
     "ATTR_PROVIDER",
     "ATTR_REQUEST_OUTCOME",
@@ -28,6 +31,9 @@ __all__ = [
     "EVENT_THRESHOLD",
     "METER_NAME",
     "METRIC_ALERTS",
+    "METRIC_COST",
+    "METRIC_COST_LIMIT",
+    "METRIC_COST_USAGE",
     "METRIC_HANDLER_DROPPED",
     "METRIC_HANDLER_FAILURES",
     "METRIC_LIMIT",
@@ -39,6 +45,7 @@ __all__ = [
     "METRIC_STORE_PENDING",
     "METRIC_TIME_UNTIL_RESET",
     "METRIC_TOKENS",
+    "METRIC_UNPRICED_REQUESTS",
     "METRIC_USAGE",
     "METRIC_UTILIZATION",
 ]
@@ -59,6 +66,12 @@ ATTR_HANDLER_NAME: Final = "llm.quota.handler.name"
 ATTR_ERROR_TYPE: Final = "error.type"
 ATTR_USAGE: Final = "llm.quota.usage"
 ATTR_LIMIT: Final = "llm.quota.limit"
+ATTR_LIMIT_KIND: Final = "llm.quota.limit.kind"
+ATTR_COST_USAGE: Final = "llm.quota.cost.usage"
+"""The period's cost in USD (cost alerts)."""
+ATTR_COST_LIMIT: Final = "llm.quota.cost.limit"
+"""The cost limit in USD (cost alerts)."""
+"""Which limit an alert is about: ``tokens`` or ``cost``."""
 ATTR_UTILIZATION: Final = "llm.quota.utilization"
 ATTR_PERIOD_END: Final = "llm.quota.period.end"
 ATTR_STORE_OPERATION: Final = "llm.quota.store.operation"
@@ -79,6 +92,10 @@ METRIC_STORE_ERRORS: Final = "llm.quota.store.errors"
 METRIC_STORE_FLUSH_DURATION: Final = "llm.quota.store.flush.duration"
 METRIC_HANDLER_DROPPED: Final = "llm.quota.handler.dropped"
 METRIC_OVERFLOW_RECORDS: Final = "llm.quota.overflow.records"
+METRIC_COST: Final = "llm.quota.cost"
+METRIC_COST_USAGE: Final = "llm.quota.cost.usage"
+METRIC_COST_LIMIT: Final = "llm.quota.cost.limit"
+METRIC_UNPRICED_REQUESTS: Final = "llm.quota.requests.unpriced"
 
 # -- events ----------------------------------------------------------------------------------------
 EVENT_THRESHOLD: Final = "llm.quota.threshold"

@@ -185,6 +185,11 @@ class QuotaSpanProcessor(SpanProcessor):
         self._total_keys = conv.total_tokens
         self._provider_keys = conv.provider
         self._model_keys = conv.model
+        self._model_first = conv.model[0] if conv.model else ""
+        ledger.pricer.warm_up()  # genai-prices loads in the background, not on the first span
+        self._cache_read_keys = conv.cache_read_tokens
+        self._cache_write_keys = conv.cache_write_tokens
+        self._cache_keys = frozenset(conv.cache_read_tokens + conv.cache_write_tokens)
         self._response_keys = conv.response_id
         self._trigger_keys = conv.usage_keys | frozenset(conv.provider)
         self._rules: tuple[ConfigRule, ...] = tuple(
@@ -420,9 +425,27 @@ class QuotaSpanProcessor(SpanProcessor):
                 other = total - input_tokens - output_tokens
                 if other < 0:
                     other = 0
+            # What prices the request (``_pricing``): the model and the cache breakdown.
+            model = get(self._model_first)
+            if model.__class__ is not str or not model:
+                model = _first_str(attributes, self._model_keys)
+            cache_read = cache_write = 0
+            # One C-level pass (a dict view's isdisjoint looks the few keys up in the dict).
+            if not attributes.keys().isdisjoint(self._cache_keys):
+                cache_read = self._read_tokens(attributes, self._cache_read_keys) or 0
+                cache_write = self._read_tokens(attributes, self._cache_write_keys) or 0
             try:
                 self._record(
-                    config_id, provider, input_tokens, output_tokens, other, success, context
+                    config_id,
+                    provider,
+                    input_tokens,
+                    output_tokens,
+                    other,
+                    success,
+                    context,
+                    model,
+                    cache_read,
+                    cache_write,
                 )
             except ValueError:  # a new id the ledger refused (blank, too long), nothing counted
                 config_id = self._fallback_id(
@@ -436,7 +459,16 @@ class QuotaSpanProcessor(SpanProcessor):
                     success,
                 )
                 self._record(
-                    config_id, provider, input_tokens, output_tokens, other, success, context
+                    config_id,
+                    provider,
+                    input_tokens,
+                    output_tokens,
+                    other,
+                    success,
+                    context,
+                    model,
+                    cache_read,
+                    cache_write,
                 )
         except Exception:  # the processor must never break the app
             self._fail("on_end")

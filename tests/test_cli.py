@@ -225,6 +225,8 @@ def test_to_dict_gives_every_field_as_asdict_would() -> None:
     reference.update(thresholds=[50.0, 80.0], alert_state="firing")
     reference.update(other_tokens=40, quota_remaining=10, usage_percent=90.0)
     reference["alert_triggered"] = True
+    reference.update(cost_thresholds=[], cost_usd=0.0, cost_limit_usd=None)
+    reference.update(cost_remaining_usd=None, cost_usage_percent=None)
     assert info.to_dict() == reference
     assert list(info.to_dict()) == list(reference)  # the same keys in the same order
 
@@ -470,6 +472,49 @@ def test_set_limit_options(store: str) -> None:
     assert (new["timezone"], new["provider"]) == ("Europe/Paris", "anthropic")
 
 
+def test_set_limit_usd_sets_a_cost_limit_and_keeps_the_token_limit(store: str) -> None:
+    written(store)
+    result = invoke("set-limit", "gpt", "--usd", "50", "--usd-threshold", "90", "--store", store)
+    assert result.exit_code == 0, result.output
+    assert "gpt: cost limit 50.00 USD per day, thresholds 90%" in result.stdout
+    gpt = next(s for s in statuses(store) if s["config_id"] == "gpt")
+    assert (gpt["quota_limit"], gpt["thresholds"]) == (10_000, [50.0, 90.0])  # kept
+    assert (gpt["cost_limit_usd"], gpt["cost_thresholds"]) == (50.0, [90.0])
+    assert gpt["cost_limit_microusd"] == 50_000_000
+    # A new token limit keeps the cost limit.
+    assert invoke("set-limit", "gpt", "20000", "--store", store).exit_code == 0
+    gpt = next(s for s in statuses(store) if s["config_id"] == "gpt")
+    assert (gpt["quota_limit"], gpt["cost_limit_usd"], gpt["cost_thresholds"]) == (
+        20_000,
+        50.0,
+        [90.0],
+    )
+    manager = LLMProviderManager(store=store)
+    try:
+        quota = manager.ledger.get("gpt")
+    finally:
+        manager.close()
+    assert quota is not None
+    assert _status.format_cost(quota) == "$0.00/$50.00 (0.0%) +2 unpriced"
+
+
+def test_format_cost() -> None:
+    info = QuotaInfo("c", cost_microusd=4_200, cost_limit_microusd=10_000_000)
+    assert _status.format_cost(info) == "$0.0042/$10.00 (0.0%)"
+    assert _status.format_cost(QuotaInfo("c", cost_microusd=12_345_678)) == "$12.35/—"
+
+
+def test_set_limit_usd_alone_on_a_new_config_and_its_errors(store: str) -> None:
+    result = invoke("set-limit", "budget", "--usd", "12.5", "--store", store)
+    assert result.exit_code == 0, result.output
+    (budget,) = statuses(store)
+    assert (budget["quota_limit"], budget["cost_limit_usd"]) == (None, 12.5)
+    assert_one_line_error(invoke("set-limit", "x", "--store", store), "LIMIT", "--usd")
+    assert_one_line_error(
+        invoke("set-limit", "x", "--usd", "-3", "--store", store), "cost_limit_usd"
+    )
+
+
 @pytest.mark.parametrize(
     ("limit", "fragment"),
     [("abc", "'abc'"), ("-1", ">= 0"), (str(2**60), "at most 2**53"), ("1.5", "'1.5'")],
@@ -628,6 +673,10 @@ store: {url: "sqlite:///STORE", busy_timeout_ms: 100}
 quotas:
   - {config_id: gpt, limit: 1000, thresholds: [50, 90], period: day}
   - {config_id: claude, limit: 500}
+  - {config_id: budget, cost_limit_usd: 50.0, cost_thresholds: [50, 100]}
+prices:
+  - {provider: openai, model: "ft:gpt-4o-mini:*", input: 0.3, output: 1.2}
+  - {provider: ollama, model: "*", free: true}
 rules:
   - {config_id: gpt, match: {provider: openai}}
 handlers:
@@ -641,7 +690,7 @@ def test_check_config_accepts_a_good_file_without_opening_its_store(tmp_path: Pa
     config.write_text(GOOD_CONFIG.replace("STORE", str(db)))
     result = invoke("check-config", str(config))
     assert result.exit_code == 0, result.output
-    assert result.stdout == "OK: 2 quotas, 1 rules, 1 handlers\n"
+    assert result.stdout == "OK: 3 quotas, 1 rules, 1 handlers\n"
     db.parent.mkdir()
     assert invoke("check-config", str(config)).exit_code == 0
     assert not db.exists()  # validated, never opened
@@ -665,6 +714,17 @@ def test_check_config_accepts_a_good_file_without_opening_its_store(tmp_path: Pa
             ],
         ),
         ("bogus_top: 1\n", ["{file}: unknown top-level keys: ['bogus_top']"]),
+        (
+            "quotas:\n  - {config_id: gpt, cost_limit_usd: -5}\n  - {config_id: x}\n"
+            "prices:\n  - {model: 'ft:*', input: 1}\n",
+            [
+                "{file}: prices: prices[0]: 'input' and 'output' (USD per million tokens) are "
+                "required",
+                "{file}: quotas[0] ('gpt'): cost_limit_usd must be a positive",
+                "{file}: quotas[1] ('x'): a quota needs 'config_id' and 'limit', "
+                "'cost_limit_usd' or both",
+            ],
+        ),
         ("quotas: [\n  - {", ["{file}: not valid YAML"]),
     ],
 )

@@ -471,3 +471,33 @@ async def test_managers_sharing_a_meter_provider_all_report(
         third.close()
     finally:
         second.close()
+
+
+async def test_cost_metrics_lifetime_counter_and_period_gauges(
+    manager: LLMProviderManager,
+    reader: InMemoryMetricReader,
+    metrics: QuotaMetrics,
+    clock: FakeClock,
+) -> None:
+    # 2 micro-USD per input token, 10 per output token.
+    manager.set_prices([{"provider": "openai", "model": "m", "input": 2, "output": 10}])
+    await manager.set_quota_limit("a", None, cost_limit_usd=0.5, period="day", provider="openai")
+    manager.record_usage("a", model="m", input_tokens=1000, output_tokens=100)  # 3,000 micro
+    manager.record_usage("a", model="unknown-model", input_tokens=5)
+    manager.record_usage("b", provider="openai", model="m", input_tokens=10)  # 20 micro
+    first = collect(reader)
+    clock.advance(timedelta(days=1))
+    manager.record_usage("a", model="m", output_tokens=1)  # 10 micro
+    second = collect(reader)
+
+    assert points(first["llm.quota.cost"]) == {attrs("a"): 0.003, attrs("b"): 0.00002}
+    assert points(first["llm.quota.cost.usage"]) == {attrs("a"): 0.003, attrs("b"): 0.00002}
+    assert points(first["llm.quota.cost.limit"]) == {attrs("a"): 0.5}
+    assert points(first["llm.quota.requests.unpriced"]) == {attrs("a"): 1}
+    assert points(second["llm.quota.cost"])[attrs("a")] == pytest.approx(0.00301)  # lifetime
+    assert points(second["llm.quota.cost.usage"])[attrs("a")] == 0.00001  # the new period's
+    assert first["llm.quota.cost"].unit == "USD"
+    assert first["llm.quota.cost.usage"].unit == "USD"
+    data = first["llm.quota.cost"].data
+    assert isinstance(data, Sum)
+    assert data.is_monotonic

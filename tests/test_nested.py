@@ -318,3 +318,180 @@ def test_cli_set_limit_keeps_the_parent(tmp_path: Path) -> None:
         assert (key.quota_limit, key.parent) == (2000, "team-search")
     finally:
         reader.close()
+
+
+# -- cost: nested budgets apply to cost limits too ------------------------------------------------
+
+# One micro-USD per input token, two per output token: costs are easy to check by hand.
+_PRICES = [{"provider": "openai", "model": "m", "input": 1.0, "output": 2.0}]
+
+
+def _costs(ledger: QuotaLedger) -> dict[str, tuple[int, int]]:
+    return {i.config_id: (i.cost_microusd, i.unpriced_requests) for i in ledger.get_all()}
+
+
+def _cost_chain(manager: LLMProviderManager) -> None:
+    """org (cost limit 5,000 micro-USD, alert at 50 %) > team (no limit) > key-1, key-2 (cost
+    limits 4,000 micro-USD, alert at 80 %); token limits far away."""
+    manager.set_prices(_PRICES)
+    manager.set_quota_limit_sync("org", 10**9, cost_limit_usd=0.005, cost_thresholds=(50,))
+    manager.set_quota_limit_sync("team", None, parent="org")
+    for key in ("key-1", "key-2"):
+        manager.set_quota_limit_sync(
+            key, 10**9, parent="team", cost_limit_usd=0.004, cost_thresholds=(80,)
+        )
+
+
+def test_a_childs_cost_and_unpriced_requests_count_at_every_level(clock: FakeClock) -> None:
+    manager = LLMProviderManager(clock=clock, metrics=False)
+    try:
+        _cost_chain(manager)
+        manager.record_usage("key-1", provider="openai", model="m", input_tokens=100)
+        manager.record_usage(
+            "key-2", provider="openai", model="m", input_tokens=10, output_tokens=20
+        )
+        manager.record_usage("key-2", provider="openai", model="no-price", input_tokens=7)
+        assert _costs(manager.ledger) == {
+            "org": (150, 1),
+            "team": (150, 1),
+            "key-1": (100, 0),
+            "key-2": (50, 1),
+        }
+        org = manager.ledger.get("org")
+        team = manager.ledger.get("team")
+        assert org is not None
+        assert team is not None
+        assert (org.lifetime_cost_microusd, org.lifetime_unpriced_requests) == (150, 1)
+        # set_quota_limit took both the parent and the cost limit
+        assert (org.cost_limit_microusd, org.cost_thresholds) == (5_000, (50.0,))
+        assert (team.parent, team.cost_limit_microusd) == ("org", None)
+    finally:
+        manager.close()
+
+
+async def test_an_org_cost_alert_fires_though_no_key_crossed_its_own(clock: FakeClock) -> None:
+    manager = LLMProviderManager(clock=clock, metrics=False)
+    handler = RecordingAlertHandler()
+    manager.add_alert_handler(handler)
+    _cost_chain(manager)
+    for _ in range(26):  # 2,600 micro-USD per key: below 80 % of 4,000
+        manager.record_usage("key-1", provider="openai", model="m", input_tokens=100)
+        manager.record_usage("key-2", provider="openai", model="m", input_tokens=100)
+    alerts = await manager.check_quotas()
+    assert [(a.config_id, a.limit_kind, a.threshold_percent, a.state) for a in alerts] == [
+        ("org", "cost", 50.0, AlertState.FIRING)
+    ]
+    assert alerts[0].quota.cost_microusd == 5_200
+    assert alerts[0].quota.cost_alert_threshold == 50.0
+    status = {s["config_id"]: s for s in await manager.get_all_quota_statuses()}
+    assert status["org"]["alert_triggered"] is True
+    assert status["key-1"]["alert_triggered"] is False
+    assert (status["key-1"]["parent"], status["key-1"]["cost_microusd"]) == ("team", 2_600)
+    # Then a key crosses its own cost threshold: its alert, and the org's does not repeat.
+    for _ in range(6):  # 3,200 micro-USD: 80 % of 4,000
+        manager.record_usage("key-1", provider="openai", model="m", input_tokens=100)
+    alerts = await manager.check_quotas()
+    assert [(a.config_id, a.limit_kind, a.threshold_percent) for a in alerts] == [
+        ("key-1", "cost", 80.0)
+    ]
+    await manager.aclose()
+
+
+async def test_through_a_store_each_levels_cost_is_counted_once(
+    two: tuple[LLMProviderManager, LLMProviderManager],
+) -> None:
+    a, b = two
+    _cost_chain(a)
+    b.set_prices(_PRICES)
+    for _ in range(2):  # a's settings reach the store; b learns them, parents included
+        assert await a.aflush()
+        assert await b.aflush()
+    assert b.ledger.ancestors("key-1") == ["team", "org"]
+    a.record_usage("key-1", provider="openai", model="m", input_tokens=100)
+    b.record_usage("key-2", provider="openai", model="m", input_tokens=10, output_tokens=1)
+    b.record_usage("key-2", provider="openai", model="no-price", input_tokens=1)
+    for _ in range(2):
+        assert await a.aflush()
+        assert await b.aflush()
+        assert await a.aflush()  # a retried flush changes nothing (idempotency marks)
+    for manager in (a, b):
+        assert _costs(manager.ledger) == {
+            "org": (112, 1),
+            "team": (112, 1),
+            "key-1": (100, 0),
+            "key-2": (12, 1),
+        }
+        org = manager.ledger.get("org")
+        assert org is not None
+        assert (org.lifetime_cost_microusd, org.lifetime_unpriced_requests) == (112, 1)
+        assert org.cost_limit_microusd == 5_000  # the cost limit is shared with the parents
+    status = {s["config_id"]: s for s in await b.get_all_quota_statuses()}
+    assert status["key-2"]["parent"] == "team"
+    assert status["key-2"]["cost_limit_usd"] == 0.004
+
+
+def test_the_cli_status_shows_the_parent_and_the_cost(clock: FakeClock) -> None:
+    from otel_llm_quota.cli._status import table_lines
+
+    manager = LLMProviderManager(clock=clock, metrics=False)
+    try:
+        _cost_chain(manager)
+        manager.record_usage("key-1", provider="openai", model="m", input_tokens=1_250)
+        infos = manager.ledger.get_all()
+        console = Console(width=250, record=True)
+        console.print(render(infos, "memory://", clock()))
+        lines = list(table_lines(infos, "memory://", clock(), console=Console(no_color=True)))
+        for text in (console.export_text(), "\n".join(lines)):
+            assert "cost USD/limit" in text
+            row = next(line for line in text.splitlines() if "key-1 (openai) ⊂ team" in line)
+            assert "$0.0013/$0.00 (31.2%)" in row  # 1,250 of 4,000 micro-USD
+            org = next(line for line in text.splitlines() if line.lstrip().startswith("org"))
+            assert "(25.0%)" in org  # the org's cost: its child's
+        header = lines[1].split()
+        assert header.index("cost") == header.index("%") + 1  # after the token columns
+    finally:
+        manager.close()
+
+
+def test_cli_set_limit_usd_keeps_the_parent_and_limit_keeps_the_cost(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/quota.db"
+    manager = LLMProviderManager(store=url, metrics=False)
+    _cost_chain(manager)
+    assert manager.flush()
+    manager.close()
+    runner = CliRunner()
+    result = runner.invoke(cli, ["set-limit", "key-1", "--usd", "2", "--store", url])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["set-limit", "key-1", "3000", "--store", url])
+    assert result.exit_code == 0, result.output
+    reader = LLMProviderManager(store=url, metrics=False)
+    try:
+        key = reader.ledger.get("key-1")
+        assert key is not None
+        assert (key.quota_limit, key.cost_limit_usd, key.parent) == (3000, 2.0, "team")
+    finally:
+        reader.close()
+
+
+def test_an_env_limit_keeps_the_file_parent_and_cost_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_LLM_QUOTA_LIMITS", "key=500")
+    path = _write(
+        tmp_path,
+        {
+            "quotas": [
+                {"config_id": "key", "limit": 10, "parent": "org", "cost_limit_usd": 5}
+                | {"cost_thresholds": [50, 90]},
+                {"config_id": "org", "limit": None, "cost_limit_usd": 50},
+            ]
+        },
+    )
+    setup = load_config(path)
+    try:
+        key = setup.manager.ledger.get("key")
+        assert key is not None
+        assert (key.quota_limit, key.parent) == (500, "org")
+        assert (key.cost_limit_usd, key.cost_thresholds) == (5.0, (50.0, 90.0))
+    finally:
+        setup.manager.close()

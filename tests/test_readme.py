@@ -65,6 +65,7 @@ TESTED = {
     "## Troubleshooting",
     "## Testing your own alert logic",
     "## Nested budgets and forecasts",
+    "## Cost budgets",
 }
 
 
@@ -201,6 +202,8 @@ def test_the_config_file_example_is_valid(tmp_path: Path, monkeypatch: pytest.Mo
     try:
         quotas = {q.config_id: q for q in setup.manager.ledger.get_all()}
         assert quotas["openai-prod"].parent == "org"
+        assert quotas["openai-prod"].cost_limit_usd == 50
+        assert quotas["org"].cost_limit_usd == 500
     finally:
         setup.manager.close()
 
@@ -213,3 +216,11 @@ async def test_testing_your_own_alert_logic() -> None:
 async def test_nested_budgets_and_forecasts() -> None:
     names = await run_async_snippet(block_under("## Nested budgets and forecasts"))
     await names["manager"].aclose()  # type: ignore[attr-defined]
+
+
+async def test_cost_budgets(capsys: pytest.CaptureFixture[str]) -> None:
+    names = await run_async_snippet(block_under("## Cost budgets"))
+    await names["manager"].aclose()  # type: ignore[attr-defined]
+    # 1,000 * 0.30 + 200 * 1.20 micro-USD: what the comment after the snippet says it prints.
+    assert names["status"]["cost_microusd"] == 540  # type: ignore[index]
+    assert capsys.readouterr().out.strip() == "0.00054 540 0"

@@ -836,3 +836,59 @@ def test_serve_command_refuses_half_a_tls_pair_and_a_bad_config(tmp_path: Any) -
     result = CliRunner().invoke(cli, ["serve", "--config", str(bad), "--port", "0"])
     assert result.exit_code == 1
     assert "quotas" in result.output
+
+
+# -- cost ----------------------------------------------------------------------------------------
+
+_PRICES = [  # USD per million tokens: each rate different, so a misread count shows
+    {"provider": "anthropic", "model": "claude-x*", "input": 3.0, "output": 15.0}
+    | {"cache_read": 0.30, "cache_write": 3.75},
+]
+_CACHE_KEYS = [  # (cache read, cache write) attribute keys of the instrumentations read
+    ("gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_creation.input_tokens"),
+    ("gen_ai.usage.cache_read_input_tokens", "gen_ai.usage.cache_creation_input_tokens"),
+    ("llm.token_count.prompt_details.cache_read", "llm.token_count.prompt_details.cache_write"),
+]
+
+
+def costs(manager: LLMProviderManager) -> dict[str, tuple[int, int]]:
+    return {q.config_id: (q.cost_microusd, q.unpriced_requests) for q in manager.ledger.get_all()}
+
+
+@pytest.mark.parametrize(("read_key", "write_key"), _CACHE_KEYS)
+async def test_an_otlp_span_of_a_priced_model_costs_what_it_costs_in_process(
+    make_service: Callable[..., QuotaService], client_for: Any, read_key: str, write_key: str
+) -> None:
+    """The processor's model and cache-token reads work on the service's span views: the same
+    spans cost the same through OTLP as in process, cache tokens at their own rates."""
+    cached = {  # input tokens include the cache reads and writes, as the conventions say
+        "gen_ai.provider.name": "anthropic",
+        "gen_ai.request.model": "claude-x",
+        "gen_ai.response.model": "claude-x-2026",
+        "gen_ai.usage.input_tokens": 215,
+        "gen_ai.usage.output_tokens": 10,
+        read_key: 10,
+        write_key: 5,
+    }
+    specs = [cached, {**cached, read_key: 0}]
+    specs.append({**cached, "gen_ai.response.model": "unknown-model"})  # unpriced
+    in_process = LLMProviderManager(store=False, metrics=False)
+    in_process.set_prices(_PRICES)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "app"}))
+    provider.add_span_processor(QuotaSpanProcessor(in_process))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    for attrs in specs:
+        provider.get_tracer("test").start_span("chat", attributes=attrs).end()
+    provider.shutdown()
+    expected = costs(in_process)
+    in_process.close()
+    # By hand, micro-USD: 200 x 3 + 10 x 15 + 10 x 0.30 + 5 x 3.75 = 771.75 -> 772, and with no
+    # cache reads 210 x 3 + 10 x 15 + 5 x 3.75 = 798.75 -> 799; the unknown model is unpriced.
+    assert expected == {"anthropic": (772 + 799, 1)}
+    service = make_service()
+    service.manager.set_prices(_PRICES)
+    client = await client_for(service)
+    status, _, _ = await post(client, request_bytes(list(exporter.get_finished_spans())))
+    assert status == 200
+    assert costs(service.manager) == expected

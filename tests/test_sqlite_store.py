@@ -95,7 +95,7 @@ async def test_new_file_has_mode_0600_whatever_the_umask(db: Path) -> None:
     old = os.umask(0)
     try:
         store = SQLiteStore(db)
-        await store.apply(batch("w", 1, Delta("a", W, (1, 0, 10, 0, 0))))
+        await store.apply(batch("w", 1, Delta("a", W, (1, 0, 10, 0, 0, 0, 0))))
     finally:
         os.umask(old)
     try:
@@ -139,22 +139,22 @@ async def test_aclose_is_idempotent_and_later_calls_fail_cleanly(db: Path) -> No
 async def test_state_survives_reopening(db: Path) -> None:
     store = SQLiteStore(db)
     await store.put_config(ConfigRecord("a", "openai", 100, (80.0,), "day", "UTC", 1.0))
-    await store.apply(batch("w", 1, Delta("a", W, (1, 0, 10, 0, 0))))
+    await store.apply(batch("w", 1, Delta("a", W, (1, 0, 10, 0, 0, 0, 0))))
     await store.compare_and_set_alert("a", 0, "{}")
     first = await store.instance_id()
     await store.aclose()
     store = SQLiteStore(db)
     try:
         [a] = await store.read([("a", W.start)])
-        assert a.window_counts == (1, 0, 10, 0, 0)
+        assert a.window_counts == (1, 0, 10, 0, 0, 0, 0)
         assert a.record is not None
         assert a.record.limit == 100
         assert a.alert is not None
         assert a.alert.version == 1
         assert await store.instance_id() == first
         # The writer's idempotency mark survived too: a replay after the restart counts once.
-        [a] = await store.apply(batch("w", 1, Delta("a", W, (1, 0, 10, 0, 0))))
-        assert a.window_counts == (1, 0, 10, 0, 0)
+        [a] = await store.apply(batch("w", 1, Delta("a", W, (1, 0, 10, 0, 0, 0, 0))))
+        assert a.window_counts == (1, 0, 10, 0, 0, 0, 0)
     finally:
         await store.aclose()
 
@@ -172,13 +172,13 @@ async def test_a_replaced_file_gets_a_new_instance_id(db: Path) -> None:
     store = SQLiteStore(db)
     try:
         first = await store.instance_id()
-        await store.apply(batch("w", 1, Delta("a", W, (1, 0, 10, 0, 0))))
+        await store.apply(batch("w", 1, Delta("a", W, (1, 0, 10, 0, 0, 0, 0))))
         _remove_database(db)
         second = await store.instance_id()
         assert second != first
         assert _exists(db)  # recreated: the flusher re-sends its share into the new file
-        [a] = await store.apply(batch("w", 1, Delta("a", W, (1, 0, 3, 0, 0))))
-        assert a.window_counts == (1, 0, 3, 0, 0)
+        [a] = await store.apply(batch("w", 1, Delta("a", W, (1, 0, 3, 0, 0, 0, 0))))
+        assert a.window_counts == (1, 0, 3, 0, 0, 0, 0)
         other = SQLiteStore(db)
         assert await other.instance_id() == second
         await other.aclose()
@@ -189,7 +189,7 @@ async def test_a_replaced_file_gets_a_new_instance_id(db: Path) -> None:
 async def test_config_record_provider_is_kept_apart_from_the_usage_provider(db: Path) -> None:
     store = SQLiteStore(db)
     try:
-        await store.apply(batch("w", 1, Delta("a", W, (1, 0, 10, 0, 0), "openai")))
+        await store.apply(batch("w", 1, Delta("a", W, (1, 0, 10, 0, 0, 0, 0), "openai")))
         record = ConfigRecord("a", None, 2**62, (50.0, 80.5), None, "Europe/Paris", 2.5)
         await store.put_config(record)
         [a] = await store.read([("a", W.start)])
@@ -227,17 +227,17 @@ async def test_old_windows_and_idempotency_marks_are_deleted(db: Path) -> None:
     store = SQLiteStore(db, clock=clock)
     try:
         forever = Window(0, 0, None)
-        await store.apply(batch("old", 1, Delta("a", W, (1, 0, 10, 0, 0))))
-        await store.apply(batch("old", 2, Delta("n", forever, (1, 0, 10, 0, 0))))
+        await store.apply(batch("old", 1, Delta("a", W, (1, 0, 10, 0, 0, 0, 0))))
+        await store.apply(batch("old", 2, Delta("n", forever, (1, 0, 10, 0, 0, 0, 0))))
         clock.advance(7200 + 61)  # past the window's ttl and the sweep interval
-        await store.apply(batch("new", 1, Delta("b", W, (1, 0, 1, 0, 0))))
+        await store.apply(batch("new", 1, Delta("b", W, (1, 0, 1, 0, 0, 0, 0))))
         assert _rows(db, "SELECT config_id FROM windows ORDER BY 1") == [("b",), ("n",)]
         [a] = await store.read([("a", W.start)])
-        assert a.window_counts == (0, 0, 0, 0, 0)
-        assert a.lifetime == (1, 0, 10, 0, 0)  # the lifetime never expires
+        assert a.window_counts == (0, 0, 0, 0, 0, 0, 0)
+        assert a.lifetime == (1, 0, 10, 0, 0, 0, 0)  # the lifetime never expires
         assert ("old", "a") in _rows(db, "SELECT writer, config_id FROM applied")
         clock.advance(7 * 86400)
-        await store.apply(batch("new", 2, Delta("b", W, (1, 0, 1, 0, 0))))
+        await store.apply(batch("new", 2, Delta("b", W, (1, 0, 1, 0, 0, 0, 0))))
         assert _rows(db, "SELECT writer, config_id FROM applied") == [("new", "b")]
     finally:
         await store.aclose()
@@ -250,10 +250,10 @@ async def test_int64_overflow_is_a_store_error_not_a_wrong_number(db: Path) -> N
     store = SQLiteStore(db)
     try:
         with pytest.raises(StoreError, match=str(db)):
-            await store.apply(batch("w", 1, Delta("a", W, (1, 0, 2**63, 0, 0))))
-        await store.apply(batch("w", 2, Delta("a", W, (1, 0, 2**63 - 1, 0, 0))))
+            await store.apply(batch("w", 1, Delta("a", W, (1, 0, 2**63, 0, 0, 0, 0))))
+        await store.apply(batch("w", 2, Delta("a", W, (1, 0, 2**63 - 1, 0, 0, 0, 0))))
         with pytest.raises(StoreError, match="int64"):
-            await store.apply(batch("w", 3, Delta("a", W, (1, 0, 1, 0, 0))))
+            await store.apply(batch("w", 3, Delta("a", W, (1, 0, 1, 0, 0, 0, 0))))
     finally:
         await store.aclose()
 
@@ -265,12 +265,12 @@ async def test_two_store_objects_on_one_file_are_one_store(db: Path) -> None:
     one, two = SQLiteStore(db), SQLiteStore(db)
     try:
         assert await one.instance_id() == await two.instance_id()
-        await one.apply(batch("w1", 1, Delta("a", W, (1, 0, 10, 0, 0), "openai")))
-        [a] = await two.apply(batch("w2", 1, Delta("a", W, (1, 0, 5, 0, 0))))
-        assert a.window_counts == (2, 0, 15, 0, 0)
+        await one.apply(batch("w1", 1, Delta("a", W, (1, 0, 10, 0, 0, 0, 0), "openai")))
+        [a] = await two.apply(batch("w2", 1, Delta("a", W, (1, 0, 5, 0, 0, 0, 0))))
+        assert a.window_counts == (2, 0, 15, 0, 0, 0, 0)
         assert a.provider == "openai"
-        [a] = await two.apply(batch("w1", 1, Delta("a", W, (1, 0, 10, 0, 0))))  # a replay
-        assert a.window_counts == (2, 0, 15, 0, 0)
+        [a] = await two.apply(batch("w1", 1, Delta("a", W, (1, 0, 10, 0, 0, 0, 0))))  # a replay
+        assert a.window_counts == (2, 0, 15, 0, 0, 0, 0)
         assert await two.reset("a") == 1
         [a] = await one.read([("a", W.start)])
         assert a.epoch == 1
@@ -301,8 +301,8 @@ async def main(url, mode, name):
     else:
         for seq in range(1, 101):
             # Every process retries the same 100 batches of one writer, and sends 100 of its own.
-            await store.apply(FlushBatch("shared", seq, (Delta("a", W, (1, 0, 10, 0, 0)),)))
-            await store.apply(FlushBatch(name, seq, (Delta("a", W, (1, 0, 1, 0, 0)),)))
+            await store.apply(FlushBatch("shared", seq, (Delta("a", W, (1, 0, 10, 0, 0, 0, 0)),)))
+            await store.apply(FlushBatch(name, seq, (Delta("a", W, (1, 0, 1, 0, 0, 0, 0)),)))
         print("done", flush=True)
     await store.aclose()
 
@@ -367,13 +367,13 @@ async def test_processes_retrying_the_same_batches_count_them_once(db: Path) -> 
     [a] = await store.read([("a", W.start)])
     await store.aclose()
     # 100 shared batches once each (10 tokens), 100 own batches per process (1 token).
-    assert a.window_counts == (100 + 4 * 100, 0, 100 * 10 + 4 * 100, 0, 0)
+    assert a.window_counts == (100 + 4 * 100, 0, 100 * 10 + 4 * 100, 0, 0, 0, 0)
     assert a.lifetime == a.window_counts
 
 
 def test_a_forked_child_uses_its_own_connection(db: Path) -> None:
     store = SQLiteStore(db)
-    asyncio.run(store.apply(batch("parent", 1, Delta("a", W, (1, 0, 10, 0, 0)))))
+    asyncio.run(store.apply(batch("parent", 1, Delta("a", W, (1, 0, 10, 0, 0, 0, 0)))))
     holding, release = threading.Event(), threading.Event()
 
     def hold() -> None:  # another thread holds the store's lock while the process forks
@@ -388,7 +388,7 @@ def test_a_forked_child_uses_its_own_connection(db: Path) -> None:
     if pid == 0:
         code = 1
         try:
-            asyncio.run(store.apply(batch("child", 1, Delta("a", W, (1, 0, 5, 0, 0)))))
+            asyncio.run(store.apply(batch("child", 1, Delta("a", W, (1, 0, 5, 0, 0, 0, 0)))))
             code = 0
         finally:
             os._exit(code)
@@ -397,7 +397,7 @@ def test_a_forked_child_uses_its_own_connection(db: Path) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     [a] = asyncio.run(store.read([("a", W.start)]))
-    assert a.window_counts == (2, 0, 15, 0, 0)
+    assert a.window_counts == (2, 0, 15, 0, 0, 0, 0)
     asyncio.run(store.aclose())
 
 
@@ -425,7 +425,7 @@ async def test_a_lock_shorter_than_busy_timeout_is_waited_for(
     result: list[object] = []
     worker = threading.Thread(
         target=lambda: result.append(
-            asyncio.run(store.apply(batch("w", 1, Delta("a", W, (1, 0, 10, 0, 0)))))
+            asyncio.run(store.apply(batch("w", 1, Delta("a", W, (1, 0, 10, 0, 0, 0, 0)))))
         )
     )
     worker.start()
@@ -434,7 +434,7 @@ async def test_a_lock_shorter_than_busy_timeout_is_waited_for(
     worker.join(30)
     assert len(result) == 1
     [sync] = result[0]  # type: ignore[misc]
-    assert sync.window_counts == (1, 0, 10, 0, 0)
+    assert sync.window_counts == (1, 0, 10, 0, 0, 0, 0)
     await store.aclose()
 
 
@@ -443,15 +443,15 @@ async def test_a_lock_longer_than_busy_timeout_is_a_store_error(
 ) -> None:
     store = SQLiteStore(db, busy_timeout_ms=50)
     try:
-        await store.apply(batch("w", 1, Delta("a", W, (1, 0, 10, 0, 0))))
+        await store.apply(batch("w", 1, Delta("a", W, (1, 0, 10, 0, 0, 0, 0))))
         locker.execute("BEGIN EXCLUSIVE")
         with pytest.raises(StoreError, match=rf"{db}.*apply.*locked.*50"):
-            await store.apply(batch("w", 2, Delta("a", W, (1, 0, 10, 0, 0))))
+            await store.apply(batch("w", 2, Delta("a", W, (1, 0, 10, 0, 0, 0, 0))))
         with pytest.raises(StoreError, match="locked"):
             await store.compare_and_set_alert("a", 0, "{}")
         locker.execute("COMMIT")
-        [a] = await store.apply(batch("w", 2, Delta("a", W, (1, 0, 10, 0, 0))))  # the retry
-        assert a.window_counts == (2, 0, 20, 0, 0)
+        [a] = await store.apply(batch("w", 2, Delta("a", W, (1, 0, 10, 0, 0, 0, 0))))  # the retry
+        assert a.window_counts == (2, 0, 20, 0, 0, 0, 0)
     finally:
         await store.aclose()
 
@@ -588,19 +588,21 @@ def test_a_database_of_a_newer_schema_is_a_store_error(db: Path) -> None:
 async def test_a_full_disk_is_a_store_error_and_loses_no_earlier_state(db: Path) -> None:
     store = SQLiteStore(db)
     try:
-        await store.apply(batch("w", 1, Delta("a", W, (1, 0, 10, 0, 0))))
+        await store.apply(batch("w", 1, Delta("a", W, (1, 0, 10, 0, 0, 0, 0))))
         conn = store._conn
         assert conn is not None
         (pages,) = conn.execute("PRAGMA page_count").fetchone()
         conn.execute(f"PRAGMA max_page_count = {pages}")  # the "disk" is now full
-        big = tuple(Delta(f"config-{i:05d}-{'x' * 200}", W, (1, 0, 1, 0, 0)) for i in range(2000))
+        big = tuple(
+            Delta(f"config-{i:05d}-{'x' * 200}", W, (1, 0, 1, 0, 0, 0, 0)) for i in range(2000)
+        )
         with pytest.raises(StoreError, match=rf"{db}.*apply.*full"):
-            await store.apply(batch("w", 2, Delta("a", W, (1, 0, 10, 0, 0)), *big))
+            await store.apply(batch("w", 2, Delta("a", W, (1, 0, 10, 0, 0, 0, 0)), *big))
         conn.execute("PRAGMA max_page_count = 1073741823")  # space again
         [a] = await store.read([("a", W.start)])
-        assert a.window_counts == (1, 0, 10, 0, 0)  # the failed batch left nothing behind
+        assert a.window_counts == (1, 0, 10, 0, 0, 0, 0)  # the failed batch left nothing behind
         assert await store.config_ids() == ["a"]
-        synced = await store.apply(batch("w", 2, Delta("a", W, (1, 0, 10, 0, 0)), *big))
-        assert synced[0].window_counts == (2, 0, 20, 0, 0)
+        synced = await store.apply(batch("w", 2, Delta("a", W, (1, 0, 10, 0, 0, 0, 0)), *big))
+        assert synced[0].window_counts == (2, 0, 20, 0, 0, 0, 0)
     finally:
         await store.aclose()

@@ -47,7 +47,24 @@ def _known(manager: Any, config_id: str, url: str) -> None:
     context_settings={"ignore_unknown_options": True},
 )
 @click.argument("config_id")
-@click.argument("limit")
+@click.argument("limit", required=False)
+@click.option(
+    "--usd",
+    "usd",
+    type=float,
+    default=None,
+    metavar="AMOUNT",
+    help="A cost limit in USD per period, beside or instead of LIMIT (default: kept).",
+)
+@click.option(
+    "--usd-threshold",
+    "usd_thresholds",
+    type=float,
+    multiple=True,
+    metavar="P",
+    help="Alert threshold of the cost limit in percent; repeat for several (default: kept, or "
+    "the token thresholds).",
+)
 @click.option(
     "--threshold",
     "thresholds",
@@ -67,21 +84,36 @@ def _known(manager: Any, config_id: str, url: str) -> None:
 @_STORE_OPTION
 def set_limit(
     config_id: str,
-    limit: str,
+    limit: str | None,
+    usd: float | None,
+    usd_thresholds: tuple[float, ...],
     thresholds: tuple[float, ...],
     period: str | None,
     timezone: str | None,
     provider: str | None,
     store: str | None,
 ) -> None:
-    """Set the token limit of CONFIG_ID (created if unknown) for every process on the store."""
-    tokens = parse_limit_argument(limit)
+    """Set the token limit (LIMIT) and/or the cost limit (--usd) of CONFIG_ID (created if
+    unknown) for every process on the store; the limit not given is kept."""
+    if limit is None and usd is None:
+        raise CliError("give LIMIT (tokens), --usd AMOUNT (a cost limit), or both")
+    tokens = None if limit is None else parse_limit_argument(limit)
     url = store_url(store)
     refuse_memory_store(url)
     manager = open_manager(url)  # may create a SQLite file: limits may come before any app
     try:
         current = manager.ledger.get(config_id)
         options: dict[str, Any] = {}
+        if tokens is None and current is not None:
+            tokens = current.quota_limit
+        if usd is not None:
+            options["cost_limit_usd"] = usd
+        elif current is not None and current.cost_limit_microusd is not None:
+            options["cost_limit_usd"] = current.cost_limit_microusd / 1_000_000
+        if usd_thresholds:
+            options["cost_thresholds"] = usd_thresholds
+        elif current is not None and current.cost_thresholds:
+            options["cost_thresholds"] = current.cost_thresholds
         if thresholds:
             options["thresholds"] = thresholds
         elif current is not None:
@@ -107,10 +139,15 @@ def set_limit(
     finally:
         manager.close()
     levels = ", ".join(f"{t:g}%" for t in info.thresholds)
-    click.echo(
-        f"{config_id}: limit {info.quota_limit:,} tokens per {info.period or 'ever'}, "
-        f"thresholds {levels}"
-    )
+    per = info.period or "ever"
+    if info.quota_limit is not None:
+        click.echo(f"{config_id}: limit {info.quota_limit:,} tokens per {per}, thresholds {levels}")
+    if info.cost_limit_usd is not None:
+        cost_levels = ", ".join(f"{t:g}%" for t in info.cost_thresholds)
+        click.echo(
+            f"{config_id}: cost limit {info.cost_limit_usd:,.2f} USD per {per}, "
+            f"thresholds {cost_levels}"
+        )
 
 
 @cli.command()

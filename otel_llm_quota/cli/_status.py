@@ -61,6 +61,26 @@ _HEADERS = (
     "runs out in",
 )
 _RIGHT = frozenset({2, 3, 4, 6, 8})  # right-justified columns (numbers)
+_COST_HEADER = "cost USD/limit"
+_COST_COLUMN = 5  # where the cost column goes when there is a cost to show
+
+
+def _has_costs(infos: Sequence[QuotaInfo]) -> bool:
+    """Whether the table shows the cost column: only when there is a cost to show."""
+    return any(
+        i.cost_microusd or i.unpriced_requests or i.cost_limit_microusd is not None for i in infos
+    )
+
+
+def _columns(costs: bool) -> tuple[tuple[str, ...], frozenset[int]]:
+    """The headers and right-justified columns, with the cost column or without it."""
+    if not costs:
+        return _HEADERS, _RIGHT
+    at = _COST_COLUMN
+    headers = (*_HEADERS[:at], _COST_HEADER, *_HEADERS[at:])
+    return headers, frozenset(
+        {*(i for i in _RIGHT if i < at), at, *(i + 1 for i in _RIGHT if i >= at)}
+    )
 
 
 def usage_colour(info: QuotaInfo) -> str:
@@ -138,7 +158,7 @@ def _cells(info: QuotaInfo, now: float) -> tuple[str, str, str, str, str, str, s
     last_alert = (
         _NONE if info.last_alert_sent is None else info.last_alert_sent.strftime("%m-%d %H:%M:%S")
     )
-    alert = f"firing ≥{info.alert_threshold:g}%" if info.alert_triggered else "ok"
+    alert = _firing(info) if info.alert_triggered else "ok"
     return (
         _label(info),
         f"{format_tokens(info.total_tokens)}/{format_tokens(info.quota_limit)}",
@@ -182,12 +202,36 @@ def _bar(info: QuotaInfo) -> RenderableType:
     )
 
 
+def _firing(info: QuotaInfo) -> str:
+    """``firing ≥80%``, ``firing cost ≥100%``, ``firing ≥80% cost ≥100%``: which limits fire."""
+    firing = ["firing"]
+    if info.alert_threshold is not None:
+        firing.append(f"≥{info.alert_threshold:g}%")
+    if info.cost_alert_threshold is not None:
+        firing.append(f"cost ≥{info.cost_alert_threshold:g}%")
+    return " ".join(firing)
+
+
 def _alert(info: QuotaInfo) -> Text:
     from rich.text import Text
 
     if info.alert_triggered:
-        return Text(f"firing ≥{info.alert_threshold:g}%", style="bold red")
+        return Text(_firing(info), style="bold red")
     return Text("ok", style="green")
+
+
+def format_cost(info: QuotaInfo) -> str:
+    """``$1.23/$50.00 (2.5%)``, ``$0.0042/—``, with ``+N unpriced`` requests when there are."""
+    cost = info.cost_usd
+    shown = f"${cost:,.2f}" if cost >= 1 or cost == 0 else f"${cost:.4f}"
+    limit = info.cost_limit_usd
+    text = f"{shown}/{_NONE if limit is None else f'${limit:,.2f}'}"
+    percent = info.cost_usage_percent
+    if percent is not None:
+        text += f" ({percent:.1f}%)"
+    if info.unpriced_requests:
+        text += f" +{info.unpriced_requests:,} unpriced"
+    return text
 
 
 def _title(url: str, shown: int, total: int) -> str:
@@ -217,22 +261,26 @@ def render(
         box=box.SIMPLE_HEAD,
         padding=(0, 1),
     )
-    for i, header in enumerate(_HEADERS):
+    costs = _has_costs(infos)
+    headers, right = _columns(costs)
+    for i, header in enumerate(headers):
         table.add_column(
             header,
-            justify="right" if i in _RIGHT else "left",
+            justify="right" if i in right else "left",
             no_wrap=header in ("usage", "%"),
             overflow="fold" if header == "config" else "ellipsis",
         )
     for info in infos:
         label, used, left, percent, period, requests, alert, runs_out = _cells(info, now)
         last_alert = alert.partition(", ")[2]
+        cost_cells = [format_cost(info)] if costs else []
         table.add_row(
             label,
             _bar(info),
             used,
             left,
             Text(percent, style=usage_colour(info)),
+            *cost_cells,
             period,
             requests,
             Text.assemble(_alert(info), f", {last_alert}"),
@@ -302,19 +350,22 @@ def _tokens_width(largest: int | None) -> int:
     return max(6, len(format_tokens(largest or 0)))
 
 
-def _widths(infos: Sequence[QuotaInfo]) -> list[int]:
-    """Column widths that fit every row, from a few maxima (no cell is formatted for this)."""
+def _widths(infos: Sequence[QuotaInfo], costs: bool = False) -> list[int]:
+    """Column widths that fit every row, from a few maxima (no cell is formatted for this but
+    the cost column's, when there is one)."""
     limits = [i.quota_limit for i in infos if i.quota_limit is not None]
     used = _tokens_width(max(i.total_tokens for i in infos))
     limit = _tokens_width(max(limits)) if limits else 1
     percents = [p for p in (i.usage_percent for i in infos) if p is not None]
     requests = len(f"{max(i.total_requests for i in infos):,}")
     failed = len(f"{max(i.failed_requests for i in infos):,}")
-    if any(i.alert_triggered for i in infos):
+    if any(i.cost_alert_threshold is not None for i in infos):
+        alert = len("firing ≥100% cost ≥100%, 12-31 23:59:59")
+    elif any(i.alert_triggered for i in infos):
         alert = len("firing ≥100%, 12-31 23:59:59")
     else:
         alert = len("ok, 12-31 23:59:59") if any(i.last_alert_sent for i in infos) else 5
-    cells = (
+    cells: tuple[int, ...] = (
         max(len(_label(i)) for i in infos),
         10,
         used + 1 + limit,
@@ -325,7 +376,11 @@ def _widths(infos: Sequence[QuotaInfo]) -> list[int]:
         alert,
         len("after reset"),
     )
-    return [max(len(header), cell) for header, cell in zip(_HEADERS, cells, strict=True)]
+    headers, _ = _columns(costs)
+    if costs:
+        cost = max(len(format_cost(i)) for i in infos)
+        cells = (*cells[:_COST_COLUMN], cost, *cells[_COST_COLUMN:])
+    return [max(len(header), cell) for header, cell in zip(headers, cells, strict=True)]
 
 
 def table_lines(
@@ -346,7 +401,10 @@ def table_lines(
     style = _Styler(console)
     unicode = console.encoding.lower().startswith("utf")
     full, empty, rule = ("█", "░", "─") if unicode else ("#", "-", "-")
-    widths = _widths(infos)
+    costs = _has_costs(infos)
+    headers, right = _columns(costs)
+    widths = _widths(infos, costs)
+    alert_column = len(headers) - 2
     gap = "  "
     if max_width is not None:
         rest = sum(widths[1:]) + len(gap) * (len(widths) - 1)
@@ -357,10 +415,10 @@ def table_lines(
         width = widths[column]
         if len(text) > width:
             text = text[: width - 1] + "…" if unicode else text[:width]
-        return text.rjust(width) if column in _RIGHT else text.ljust(width)
+        return text.rjust(width) if column in right else text.ljust(width)
 
     yield style(_title(url, len(infos), len(infos)), "italic")
-    yield gap.join(style(pad(h, i), "bold") for i, h in enumerate(_HEADERS))
+    yield gap.join(style(pad(h, i), "bold") for i, h in enumerate(headers))
     yield style(rule * (sum(widths) + len(gap) * (len(widths) - 1)), "dim")
     for info in infos:
         label, used, left, percent, period, requests, alert, runs_out = _cells(info, now)
@@ -372,20 +430,13 @@ def table_lines(
             bar = style(full * filled, colour) + style(empty * (10 - filled), "bright_black")
         state, _, last = alert.partition(", ")
         alert_cell = style(state, "bold red" if info.alert_triggered else "green")
-        alert_cell += f", {last}".ljust(widths[7] - len(state))
-        yield gap.join(
-            (
-                pad(label, 0),
-                bar,
-                pad(used, 2),
-                pad(left, 3),
-                style(pad(percent, 4), colour),
-                pad(period, 5),
-                pad(requests, 6),
-                alert_cell,
-                pad(runs_out, 8),
-            )
-        ).rstrip()
+        alert_cell += f", {last}".ljust(widths[alert_column] - len(state))
+        cells = [pad(label, 0), bar, pad(used, 2), pad(left, 3), style(pad(percent, 4), colour)]
+        if costs:
+            cells.append(pad(format_cost(info), _COST_COLUMN))
+        at = len(cells)
+        cells += (pad(period, at), pad(requests, at + 1), alert_cell, pad(runs_out, at + 3))
+        yield gap.join(cells).rstrip()
 
 
 def _chunks(lines: Iterable[str], size: int) -> Iterator[str]:

@@ -76,6 +76,13 @@ class OTelLogEventHandler:
             attrs[n.ATTR_UTILIZATION] = quota.total_tokens / quota.quota_limit
         if quota.reset_at is not None:
             attrs[n.ATTR_PERIOD_END] = rfc3339(quota.reset_at)
+        if alert.limit_kind == "cost":  # token alerts keep the attributes they always had
+            attrs[n.ATTR_LIMIT_KIND] = "cost"
+            attrs[n.ATTR_COST_USAGE] = quota.cost_usd
+            limit = quota.cost_limit_usd
+            if limit is not None:
+                attrs[n.ATTR_COST_LIMIT] = limit
+                attrs[n.ATTR_UTILIZATION] = quota.cost_microusd / (quota.cost_limit_microusd or 1)
         return attrs
 
     @staticmethod

@@ -61,7 +61,7 @@ def is_critical(alert: Alert) -> bool:
     """A firing alert about a threshold at or above 100 %, or with usage at or above the limit."""
     if not alert.is_firing or alert.forecast is not None:  # a forecast warns ahead
         return False
-    usage = alert.quota.usage_percent
+    usage = alert.quota.cost_usage_percent if _cost(alert) else alert.quota.usage_percent
     return alert.threshold_percent >= 100 or (usage is not None and usage >= 100)
 
 
@@ -76,12 +76,31 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def _cost(alert: Alert) -> bool:
+    return alert.limit_kind == "cost"
+
+
+def _usd(amount: float) -> str:
+    """``50.00``, ``1,234.50``; small amounts with their digits: ``0.0001``."""
+    return f"{amount:,.2f}" if amount >= 1 or amount == 0 else f"{amount:.6g}"
+
+
 def summary(alert: Alert) -> str:
-    """One line for subjects, headers and log messages (the config id escaped: ``printable``)."""
+    """One line for subjects, headers and log messages (the config id escaped: ``printable``).
+
+    A cost alert says so: ``LLM quota team cost crossed 80% (81.2% of 50.00 USD used)``."""
     config_id = printable(alert.config_id)
     quota = alert.quota
-    usage = quota.usage_percent
-    used = "" if usage is None else f" ({usage:.1f}% used)"
+    if _cost(alert):
+        config_id += " cost"
+        usage = quota.cost_usage_percent
+        limit = quota.cost_limit_usd
+        used = (
+            "" if usage is None or limit is None else f" ({usage:.1f}% of {_usd(limit)} USD used)"
+        )
+    else:
+        usage = quota.usage_percent
+        used = "" if usage is None else f" ({usage:.1f}% used)"
     forecast = alert.forecast
     if forecast is not None:
         resets = "" if forecast.reset_at is None else f" on {rfc3339(forecast.reset_at)}"
@@ -124,6 +143,15 @@ def alert_details(alert: Alert) -> dict[str, Any]:
         "fingerprint": alert.fingerprint,
         "trace_id": f"{span.trace_id:032x}" if span else None,
         "span_id": f"{span.span_id:016x}" if span else None,
+        "limit_kind": alert.limit_kind,
+        "cost_usd": quota.cost_usd,
+        "cost_microusd": quota.cost_microusd,
+        "cost_limit_usd": quota.cost_limit_usd,
+        "cost_remaining_usd": quota.cost_remaining_usd,
+        "cost_utilization": (
+            None if quota.cost_usage_percent is None else quota.cost_usage_percent / 100.0
+        ),
+        "unpriced_requests": quota.unpriced_requests,
         **_forecast_details(alert),
     }
 
@@ -156,11 +184,15 @@ def alert_labels(
         labels["severity"] = "warning"
     if alert.provider is not None:
         labels["provider"] = alert.provider
+    if _cost(alert):  # a cost alert is another alert than the token one at the same threshold
+        labels["limit_kind"] = "cost"
     return labels
 
 
 def _annotations(alert: Alert, threshold_percent: float) -> dict[str, str]:
     quota = alert.quota
+    if _cost(alert):
+        return _cost_annotations(alert, threshold_percent)
     usage = quota.usage_percent
     limit = "none" if quota.quota_limit is None else str(quota.quota_limit)
     out = {
@@ -172,6 +204,30 @@ def _annotations(alert: Alert, threshold_percent: float) -> dict[str, str]:
         ),
         "usage_tokens": str(quota.total_tokens),
         "limit_tokens": limit,
+        "utilization": "" if usage is None else f"{usage / 100.0:.4f}",
+        "reason": alert.reason.value,
+    }
+    if quota.reset_at is not None:
+        out["period_end"] = rfc3339(quota.reset_at)
+    if alert.span is not None:
+        out["trace_id"] = f"{alert.span.trace_id:032x}"
+    return out
+
+
+def _cost_annotations(alert: Alert, threshold_percent: float) -> dict[str, str]:
+    quota = alert.quota
+    usage = quota.cost_usage_percent
+    limit = quota.cost_limit_usd
+    shown = "none" if limit is None else _usd(limit)
+    unpriced = f" ({quota.unpriced_requests} requests unpriced)" if quota.unpriced_requests else ""
+    out = {
+        "summary": summary(alert),
+        "description": (
+            f"{printable(alert.config_id)}: {quota.cost_usd:.6f} of {shown} USD spent in this "
+            f"period{unpriced}; cost threshold {format_percent(threshold_percent)}%."
+        ),
+        "cost_usd": f"{quota.cost_usd:.6f}",
+        "cost_limit_usd": "none" if limit is None else f"{limit:.6f}",
         "utilization": "" if usage is None else f"{usage / 100.0:.4f}",
         "reason": alert.reason.value,
     }

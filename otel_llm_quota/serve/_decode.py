@@ -9,10 +9,10 @@ marks and the framework pairing are therefore the processor's code, not a copy o
 What differs from spans ended in-process, and why:
 
 * **Only the attributes the conventions read are converted** (token counts, provider, model,
-  response id, operation, detail keys, ``error.type``, ``llm.quota.config_id``); the others are
-  skipped by key without touching their values. Prompt and response content never leave the
-  decoded request, which is dropped when the request has been counted. Resource attributes are
-  converted only when config rules (or a resolver) need them.
+  response id, operation, detail and cache keys, ``error.type``, ``llm.quota.config_id``); the
+  others are skipped by key without touching their values. Prompt and response content never
+  leave the decoded request, which is dropped when the request has been counted. Resource
+  attributes are converted only when config rules (or a resolver) need them.
 * **Order.** In-process, a child span ends (and is seen) before its parent, which the
   innermost-wins rule relies on. Over OTLP, spans arrive in batches: within one request the
   spans are fed in end-time order (a stable sort), so a parent in the same request as its child
@@ -216,6 +216,8 @@ class OtlpIngest:
             + conv.model
             + conv.response_id
             + conv.detail_tokens
+            + conv.cache_read_tokens  # the cost's cache breakdown (some are not detail keys)
+            + conv.cache_write_tokens
             + conv.request_model
             + conv.operation
             + (ERROR_TYPE_ATTRIBUTE, QUOTA_CONFIG_ID_ATTRIBUTE)

@@ -43,11 +43,12 @@ __all__ = [
     "sub_counts",
 ]
 
-Counts = tuple[int, int, int, int, int]
-"""Usage counters in a fixed order: ``(successes, failures, input, output, other)`` tokens and
-requests. ``sum(c[2:])`` is the total of tokens."""
+Counts = tuple[int, int, int, int, int, int, int]
+"""Usage counters in a fixed order: ``(successes, failures, input, output, other, cost,
+unpriced)``: requests, tokens, the cost of the priced requests in micro-USD and the number of
+unpriced requests (see ``_pricing``). ``sum(c[2:5])`` is the total of tokens."""
 
-ZERO: Counts = (0, 0, 0, 0, 0)
+ZERO: Counts = (0, 0, 0, 0, 0, 0, 0)
 
 TOMBSTONE_SECONDS = 86_400
 """How long a store remembers that a config was deleted (see ``ConfigSync.deleted``)."""
@@ -55,12 +56,28 @@ TOMBSTONE_SECONDS = 86_400
 
 def add_counts(a: Counts, b: Counts) -> Counts:
     """Element-wise ``a + b``."""
-    return (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], a[4] + b[4])
+    return (
+        a[0] + b[0],
+        a[1] + b[1],
+        a[2] + b[2],
+        a[3] + b[3],
+        a[4] + b[4],
+        a[5] + b[5],
+        a[6] + b[6],
+    )
 
 
 def sub_counts(a: Counts, b: Counts) -> Counts:
     """Element-wise ``a - b``."""
-    return (a[0] - b[0], a[1] - b[1], a[2] - b[2], a[3] - b[3], a[4] - b[4])
+    return (
+        a[0] - b[0],
+        a[1] - b[1],
+        a[2] - b[2],
+        a[3] - b[3],
+        a[4] - b[4],
+        a[5] - b[5],
+        a[6] - b[6],
+    )
 
 
 class StoreError(Exception):
@@ -102,6 +119,10 @@ class ConfigRecord:
     timezone: str
     updated_at: float
     """POSIX seconds of the write (for humans; the last write wins whatever its clock says)."""
+    cost_limit: int | None = None
+    """The cost limit in micro-USD (None: none)."""
+    cost_thresholds: tuple[float, ...] = ()
+    """The cost limit's thresholds (percent); empty without a cost limit."""
     parent: str | None = None
     """The config this one's usage also counts toward (nested budgets), or None."""
 

@@ -103,27 +103,30 @@ _ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 # state as read *before* the delta, with a flag saying whether the delta was applied and to the
 # reported window, and the client adds the delta it sent (exact Python integers).
 #
-# Each config's reply is one string: ``<flag> <epoch> <window s f i o x> <lifetime s f i o x>
-# <alert version> <provider length> <record length>`` (a length of -1: none), a newline, then
-# the provider, the record JSON and the alert data, back to back. ``flag``: 0 not applied (or
-# a read), 1 applied to another window than the reported one (the store's epoch moved on), 3
-# applied to the reported window. A config the store does not know reads ``U`` (unknown) or
-# ``D`` (deleted: its tombstone ``P{T}:gone`` is there).
+# Each config's reply is one string: ``<flag> <epoch> <window s f i o x c u>
+# <lifetime s f i o x c u> <alert version> <provider length> <record length>`` (a length of
+# -1: none), a newline, then the provider, the record JSON and the alert data, back to back.
+# ``flag``: 0 not applied (or a read), 1 applied to another window than the reported one (the
+# store's epoch moved on), 3 applied to the reported window. A config the store does not know
+# reads ``U`` (unknown) or ``D`` (deleted: its tombstone ``P{T}:gone`` is there).
 
 _STATE_LUA = """
 local function reply(flag, b, start, c)
   local ep = c[2] or '0'
-  local w = redis.call('HMGET', b .. 'w:' .. start .. ':' .. ep, 's', 'f', 'i', 'o', 'x')
+  local w = redis.call('HMGET', b .. 'w:' .. start .. ':' .. ep, 's', 'f', 'i', 'o', 'x', 'c',
+    'u')
   local p, r, a = c[3], c[4], c[11] or ''
   return table.concat({flag, ep, w[1] or '0', w[2] or '0', w[3] or '0', w[4] or '0',
-    w[5] or '0', c[5] or '0', c[6] or '0', c[7] or '0', c[8] or '0', c[9] or '0',
+    w[5] or '0', w[6] or '0', w[7] or '0', c[5] or '0', c[6] or '0', c[7] or '0',
+    c[8] or '0', c[9] or '0', c[12] or '0', c[13] or '0',
     c[10] or '0', p and string.len(p) or -1, r and string.len(r) or -1}, ' ')
     .. '\\n' .. (p or '') .. (r or '') .. a, w
 end
-local CFG = {'id', 'epoch', 'provider', 'record', 'ls', 'lf', 'li', 'lo', 'lx', 'av', 'ad'}
+local CFG = {'id', 'epoch', 'provider', 'record', 'ls', 'lf', 'li', 'lo', 'lx', 'av', 'ad',
+  'lc', 'lu'}
 """
 
-# ARGV: writer seq, then one per config: "start epoch ttl(0 = none) s f i o x blen plen" and a
+# ARGV: writer seq, then one per config: "start epoch ttl(0 = none) s f i o x c u blen plen" and a
 # newline, then the key base (blen bytes), the provider (plen bytes, 0: none) and the config id
 # (one argument per config: redis-py packs each argument in Python, at a cost per argument).
 # A replay (the writer's mark >= seq) changes nothing but the mark's expiry. An applied delta
@@ -138,8 +141,9 @@ _APPLY_LUA = (
     "#!lua flags=allow-cross-slot-keys\n"
     + _STATE_LUA
     + """
-local F = {'s', 'f', 'i', 'o', 'x'}
-local L = {'ls', 'lf', 'li', 'lo', 'lx'}
+local F = {'s', 'f', 'i', 'o', 'x', 'c', 'u'}
+local L = {'ls', 'lf', 'li', 'lo', 'lx', 'lc', 'lu'}
+local LI = {5, 6, 7, 8, 9, 12, 13}
 local function prune(set)
   for _, k in ipairs(redis.call('SMEMBERS', set)) do
     if redis.call('EXISTS', k) == 0 then redis.call('SREM', set, k) end
@@ -167,9 +171,11 @@ local out = {}
 local n = {}
 for j = 3, #ARGV do
   local a = ARGV[j]
-  local n1, n2, n3, n4, n5, n6, n7, n8, blen, plen, at = string.match(a,
-    '^(-?%d+) (-?%d+) (%d+) (-?%d+) (-?%d+) (-?%d+) (-?%d+) (-?%d+) (%d+) (%d+)\\n()')
+  local n1, n2, n3, n4, n5, n6, n7, n8, n9, n10, blen, plen, at = string.match(a,
+    '^(-?%d+) (-?%d+) (%d+) (-?%d+) (-?%d+) (-?%d+) (-?%d+) (-?%d+) (-?%d+) (-?%d+) (%d+) (%d+)'
+    .. '\\n()')
   n[1], n[2], n[3], n[4], n[5], n[6], n[7], n[8] = n1, n2, n3, n4, n5, n6, n7, n8
+  n[9], n[10] = n9, n10
   blen, plen = tonumber(blen), tonumber(plen)
   local b = string.sub(a, at, at + blen - 1)
   local cfg = b .. 'cfg'
@@ -199,21 +205,21 @@ for j = 3, #ARGV do
   local text, w = reply(flag, b, n[1], c)
   if applied then
     local win = b .. 'w:' .. n[1] .. ':' .. n[2]
-    if not same then w = redis.call('HMGET', win, 's', 'f', 'i', 'o', 'x') end
+    if not same then w = redis.call('HMGET', win, 's', 'f', 'i', 'o', 'x', 'c', 'u') end
     local h = {}
-    for i = 1, 5 do
+    for i = 1, 7 do
       local v = n[3 + i]
       if v ~= '0' then
         h[#h + 1] = F[i]
         h[#h + 1] = add(w[i] or '0', v)
         u[#u + 1] = L[i]
-        u[#u + 1] = add(c[4 + i] or '0', v)
+        u[#u + 1] = add(c[LI[i]] or '0', v)
       end
     end
     if #h > 0 then
       redis.call('HSET', win, unpack(h))
       if n[3] ~= '0' then redis.call('EXPIRE', win, n[3]) end
-      if not (w[1] or w[2] or w[3] or w[4] or w[5])
+      if not (w[1] or w[2] or w[3] or w[4] or w[5] or w[6] or w[7])
         and redis.call('SADD', b .. 'windows', win) == 1 then
         prune(b .. 'windows')
       end
@@ -341,9 +347,11 @@ def _parse(config_id: str, reply: bytes | str, counts: Counts | None = None) -> 
         return ConfigSync(config_id, False, 0, None, ZERO, ZERO, None, None)
     if head == b"D":
         return ConfigSync(config_id, False, 0, None, ZERO, ZERO, None, None, deleted=True)
-    flag, e, s0, s1, s2, s3, s4, l0, l1, l2, l3, l4, version, plen, rlen = map(int, head.split())
-    window: Counts = (s0, s1, s2, s3, s4)
-    lifetime: Counts = (l0, l1, l2, l3, l4)
+    (flag, e, s0, s1, s2, s3, s4, s5, s6, l0, l1, l2, l3, l4, l5, l6, version, plen, rlen) = map(
+        int, head.split()
+    )
+    window: Counts = (s0, s1, s2, s3, s4, s5, s6)
+    lifetime: Counts = (l0, l1, l2, l3, l4, l5, l6)
     if counts is not None and flag & 1:
         lifetime = add_counts(lifetime, counts)
         if flag & 2:
@@ -368,6 +376,8 @@ def _record_json(record: ConfigRecord) -> str:
         "period": record.period,
         "timezone": record.timezone,
         "updated_at": record.updated_at,
+        "cost_limit": record.cost_limit,
+        "cost_thresholds": list(record.cost_thresholds),
     }
     if record.parent is not None:  # only when set: records of older versions read the same
         doc["parent"] = record.parent
@@ -392,6 +402,8 @@ def _record_from_json(text: str | bytes) -> ConfigRecord:
         period=None if data["period"] is None else str(data["period"]),
         timezone=str(data["timezone"]),
         updated_at=float(data["updated_at"]),
+        cost_limit=None if data.get("cost_limit") is None else int(data["cost_limit"]),
+        cost_thresholds=tuple(float(t) for t in data.get("cost_thresholds", ())),
         parent=None if data.get("parent") is None else str(data["parent"]),
     )
 
@@ -704,7 +716,7 @@ class RedisStore:
             key, _, _, slot = _config_keys(prefix, d.config_id)
             tail, raw_id = _apply_tail(prefix, d.config_id, d.provider)
             ids.append(raw_id)
-            numbers = b"%d %d %d %d %d %d %d %d" % (w.start, w.epoch, ttl, *c)
+            numbers = b"%d %d %d %d %d %d %d %d %d %d" % (w.start, w.epoch, ttl, *c)
             items.append((key, slot, numbers + tail))
         head = (batch.writer.encode(), str(batch.seq).encode())
         index = ("SADD", self._index, *ids)

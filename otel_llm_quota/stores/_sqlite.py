@@ -7,7 +7,7 @@ writer) with ``synchronous=NORMAL`` (a committed flush survives a crash of the p
 cut may lose the last flushes, never corrupt the file) and a busy timeout: an operation waits up
 to ``busy_timeout_ms`` for another process's transaction, then fails with ``StoreError``.
 
-Rows (schema version 1, ``PRAGMA user_version``):
+Rows (schema version 2, ``PRAGMA user_version``; version 1 files are migrated on open):
 
 * ``configs``: one per configuration: the reset ``epoch``, the provider learnt from usage, and
   the config record (``has_record`` = 1 once ``put_config`` wrote one);
@@ -48,6 +48,7 @@ from otel_llm_quota.stores._base import (
     AlertRecord,
     ConfigRecord,
     ConfigSync,
+    Counts,
     FlushBatch,
     StoreError,
 )
@@ -60,7 +61,9 @@ _INHERITED: list[sqlite3.Connection] = []
 """Connections a forked child inherited: referenced forever, so they are never closed there."""
 
 _DEFAULT_BUSY_TIMEOUT_MS = 5000
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
+"""2 added the cost columns (cost, unpriced, cost_limit, cost_thresholds): a version-1 file is
+migrated in place (``_MIGRATE_1``)."""
 _SWEEP_INTERVAL_S = 60.0
 """Expired windows and old idempotency marks are deleted at most this often (per store)."""
 _APPLIED_TTL_S = 7 * 86400.0
@@ -77,7 +80,9 @@ CREATE TABLE IF NOT EXISTS configs (
     thresholds TEXT NOT NULL DEFAULT '[]',
     period TEXT,
     timezone TEXT NOT NULL DEFAULT 'UTC',
-    updated_at REAL NOT NULL DEFAULT 0
+    updated_at REAL NOT NULL DEFAULT 0,
+    cost_limit INTEGER,
+    cost_thresholds TEXT NOT NULL DEFAULT '[]'
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS windows (
     config_id TEXT NOT NULL,
@@ -89,6 +94,8 @@ CREATE TABLE IF NOT EXISTS windows (
     output INTEGER NOT NULL,
     other INTEGER NOT NULL,
     expires_at REAL,
+    cost INTEGER NOT NULL DEFAULT 0,
+    unpriced INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (config_id, window_start, epoch)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lifetime (
@@ -97,7 +104,9 @@ CREATE TABLE IF NOT EXISTS lifetime (
     failures INTEGER NOT NULL,
     input INTEGER NOT NULL,
     output INTEGER NOT NULL,
-    other INTEGER NOT NULL
+    other INTEGER NOT NULL,
+    cost INTEGER NOT NULL DEFAULT 0,
+    unpriced INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS alerts (
     config_id TEXT PRIMARY KEY,
@@ -121,23 +130,35 @@ CREATE TABLE IF NOT EXISTS meta (
 ) WITHOUT ROWID;
 """
 
+# Version 1 -> 2: the cost columns, added at the end as in _SCHEMA (so rows read the same).
+_MIGRATE_1 = (
+    "ALTER TABLE configs ADD COLUMN cost_limit INTEGER",
+    "ALTER TABLE configs ADD COLUMN cost_thresholds TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE windows ADD COLUMN cost INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE windows ADD COLUMN unpriced INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE lifetime ADD COLUMN cost INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE lifetime ADD COLUMN unpriced INTEGER NOT NULL DEFAULT 0",
+)
+
 _ENSURE_CONFIG = (
     "INSERT INTO configs (config_id, provider) VALUES (?, ?) ON CONFLICT (config_id) DO UPDATE"
     " SET provider = excluded.provider"
     " WHERE configs.provider IS NULL AND excluded.provider IS NOT NULL"
 )
 _ADD_WINDOW = (
-    "INSERT INTO windows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO windows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (config_id, window_start, epoch) DO UPDATE SET"
     " successes = successes + excluded.successes, failures = failures + excluded.failures,"
     " input = input + excluded.input, output = output + excluded.output,"
-    " other = other + excluded.other, expires_at = excluded.expires_at"
+    " other = other + excluded.other, expires_at = excluded.expires_at,"
+    " cost = cost + excluded.cost, unpriced = unpriced + excluded.unpriced"
 )
 _ADD_LIFETIME = (
-    "INSERT INTO lifetime VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (config_id) DO UPDATE SET"
+    "INSERT INTO lifetime VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (config_id) DO UPDATE SET"
     " successes = successes + excluded.successes, failures = failures + excluded.failures,"
     " input = input + excluded.input, output = output + excluded.output,"
-    " other = other + excluded.other"
+    " other = other + excluded.other,"
+    " cost = cost + excluded.cost, unpriced = unpriced + excluded.unpriced"
 )
 _MARK_APPLIED = (
     "INSERT INTO applied VALUES (?, ?, ?, ?) ON CONFLICT (writer, config_id) DO UPDATE"
@@ -158,7 +179,8 @@ SELECT j.key, c.epoch, c.provider, c.has_record, c.record_provider, c."limit",
        c.thresholds, c.period, c.timezone, c.updated_at,
        w.successes, w.failures, w.input, w.output, w.other,
        l.successes, l.failures, l.input, l.output, l.other,
-       a.version, a.data, p.parent
+       a.version, a.data,
+       w.cost, w.unpriced, l.cost, l.unpriced, c.cost_limit, c.cost_thresholds, p.parent
 FROM json_each(?) AS j
 CROSS JOIN configs AS c ON c.config_id = json_extract(j.value, '$[0]')
 LEFT JOIN windows AS w ON w.config_id = c.config_id
@@ -397,15 +419,19 @@ class SQLiteStore:
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-                conn.execute(_PARENTS)
+            elif version == 1:
+                for statement in _MIGRATE_1:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             elif version != _SCHEMA_VERSION:
                 raise self._fail(
                     "open",
                     f"schema version {version} (this otel-llm-quota knows version "
                     f"{_SCHEMA_VERSION}): written by another version of otel-llm-quota?",
                 )
-            else:
-                conn.execute(_PARENTS)
+            # Nested budgets' table: in new files, and added to files of any known version
+            # (a file without it reads as having no parents).
+            conn.execute(_PARENTS)
             conn.execute("DELETE FROM meta WHERE 0")  # writes nothing, fails if read-only
         self._tighten_sidecar_modes()
 
@@ -531,10 +557,19 @@ class SQLiteStore:
             if row[3]:
                 thresholds = _thresholds(row[6])
                 record = ConfigRecord(
-                    cid, row[4], row[5], thresholds, row[7], row[8], row[9], row[22]
+                    cid,
+                    row[4],
+                    row[5],
+                    thresholds,
+                    row[7],
+                    row[8],
+                    row[9],
+                    row[26],
+                    _thresholds(row[27]) if row[26] is not None else (),
+                    row[28],
                 )
-            window = row[10:15] if row[10] is not None else ZERO
-            lifetime = row[15:20] if row[15] is not None else ZERO
+            window: Counts = (*row[10:15], row[22], row[23]) if row[10] is not None else ZERO
+            lifetime: Counts = (*row[15:20], row[24], row[25]) if row[15] is not None else ZERO
             if type(sum(window) + sum(lifetime)) is not int:  # an int64 overflow became a REAL
                 raise OverflowError(f"a counter of {cid!r} left the int64 range: {row!r}")
             alert = None if row[20] is None else AlertRecord(row[20], row[21])
@@ -592,7 +627,8 @@ class SQLiteStore:
                         marks[d.config_id] = seq
                         w = d.window
                         expires = None if w.ttl_seconds is None else now + w.ttl_seconds
-                        windows.append((d.config_id, w.start, w.epoch, *d.counts, expires))
+                        c = d.counts
+                        windows.append((d.config_id, w.start, w.epoch, *c[:5], expires, *c[5:]))
                         lifetimes.append((d.config_id, *d.counts))
                 conn.executemany(
                     _ENSURE_CONFIG,
@@ -650,19 +686,23 @@ class SQLiteStore:
             record.period,
             record.timezone,
             float(record.updated_at),
+            record.cost_limit,
+            json.dumps([float(t) for t in record.cost_thresholds]),
         )
 
         def work(conn: sqlite3.Connection) -> None:
             with self._transaction(conn):  # the record and its parent together
                 conn.execute(
                     "INSERT INTO configs (config_id, provider, has_record, record_provider,"
-                    ' "limit", thresholds, period, timezone, updated_at)'
-                    " VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?)"
+                    ' "limit", thresholds, period, timezone, updated_at, cost_limit,'
+                    " cost_thresholds)"
+                    " VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (config_id) DO UPDATE SET"
                     " provider = COALESCE(excluded.provider, provider), has_record = 1,"
                     ' record_provider = excluded.record_provider, "limit" = excluded."limit",'
                     " thresholds = excluded.thresholds, period = excluded.period,"
-                    " timezone = excluded.timezone, updated_at = excluded.updated_at",
+                    " timezone = excluded.timezone, updated_at = excluded.updated_at,"
+                    " cost_limit = excluded.cost_limit, cost_thresholds = excluded.cost_thresholds",
                     row,
                 )
                 if record.parent is None:

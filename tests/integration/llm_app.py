@@ -86,6 +86,69 @@ def framework_span(call: Scenario, usage: dict[str, Any]) -> Scenario:
     return run
 
 
+def openai_cost_scenarios(port: int) -> dict[str, Scenario]:
+    """``LLM_APP_SCENARIOS=cost``: usage x1000 with cache and reasoning tokens, streamed and
+    not, and a model no price table knows."""
+    import openai
+
+    def client() -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test", max_retries=0
+        )
+
+    def nonstream(model: str = "gpt-4o-mini-cache-big") -> None:
+        with client() as c:
+            c.chat.completions.create(model=model, messages=MESSAGES)  # type: ignore[arg-type]
+
+    def stream() -> None:
+        with client() as c:
+            chunks = c.chat.completions.create(
+                model="gpt-4o-mini-cache-big",
+                messages=MESSAGES,  # type: ignore[arg-type]
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            for _ in chunks:
+                pass
+
+    return {
+        "nonstream": nonstream,
+        "stream": stream,
+        "unpriced": lambda: nonstream("my-custom-model-big"),
+    }
+
+
+def anthropic_cost_scenarios(port: int) -> dict[str, Scenario]:
+    """As ``openai_cost_scenarios``, with cache reads and cache writes."""
+    import anthropic
+
+    def client() -> anthropic.Anthropic:
+        return anthropic.Anthropic(
+            base_url=f"http://127.0.0.1:{port}", api_key="sk-ant-test", max_retries=0
+        )
+
+    def nonstream(model: str = CLAUDE + "-cache-big") -> None:
+        with client() as c:
+            c.messages.create(model=model, max_tokens=64, messages=MESSAGES)  # type: ignore[arg-type]
+
+    def stream() -> None:
+        with client() as c:
+            events = c.messages.create(
+                model=CLAUDE + "-cache-big",
+                max_tokens=64,
+                messages=MESSAGES,  # type: ignore[arg-type]
+                stream=True,
+            )
+            for _ in events:
+                pass
+
+    return {
+        "nonstream": nonstream,
+        "stream": stream,
+        "unpriced": lambda: nonstream("my-custom-model-big"),
+    }
+
+
 def openai_scenarios(port: int) -> dict[str, Scenario]:
     import openai
 
@@ -242,18 +305,29 @@ def main() -> None:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     instrument(combo, provider)
-    if combo.startswith("langchain"):
+    if os.environ.get("LLM_APP_SCENARIOS") == "cost":
+        cost = anthropic_cost_scenarios if "anthropic" in combo else openai_cost_scenarios
+        scenarios = cost(port)
+    elif combo.startswith("langchain"):
         scenarios = langchain_scenarios(port)
     else:
         scenarios = (anthropic_scenarios if "anthropic" in combo else openai_scenarios)(port)
     spans: dict[str, list[str]] = {}
+    usage_keys: dict[str, list[str]] = {}
     for name, scenario in scenarios.items():
         exporter.clear()
         with quota_config(name):
             scenario()
-        spans[name] = sorted(
-            f"{s.name} [{s.instrumentation_scope.name}]" for s in exporter.get_finished_spans()
-        )  # type: ignore[union-attr]
+        finished = exporter.get_finished_spans()
+        spans[name] = sorted(f"{s.name} [{s.instrumentation_scope.name}]" for s in finished)  # type: ignore[union-attr]
+        usage_keys[name] = sorted(
+            {
+                f"{key}={value}"
+                for s in finished
+                for key, value in (s.attributes or {}).items()
+                if key.startswith(("gen_ai.usage.", "llm.token_count.", "llm.usage."))
+            }
+        )
     quotas = {
         q.config_id: {
             "input": q.input_tokens,
@@ -261,6 +335,8 @@ def main() -> None:
             "other": q.other_tokens,
             "ok": q.successful_requests,
             "failed": q.failed_requests,
+            "cost_microusd": q.cost_microusd,
+            "unpriced": q.unpriced_requests,
         }
         for q in manager.ledger.get_all()
     }
@@ -270,6 +346,7 @@ def main() -> None:
             {
                 "quotas": quotas,
                 "spans": spans,
+                "usage_keys": usage_keys,
                 "stats": {
                     "counted": stats.counted_spans,
                     "duplicates": stats.duplicate_spans,

@@ -10,6 +10,9 @@ numbers are fixed, so tests can assert exact token totals:
 The request's ``model`` chooses a behaviour: ``err500`` / ``err429`` in it answer with the
 provider's error body; ``cache`` in it adds cached-token fields (OpenAI ``cached_tokens=3``,
 ``reasoning_tokens=2``; Anthropic ``cache_read_input_tokens=3``, ``cache_creation_input_tokens=2``).
+``big`` in it multiplies every usage number by 1,000 (so that a cost in micro-USD shows each
+rate: the cost tests); ``custom`` in it answers with the request's model instead of the stub's
+priced one (a fine-tuned or self-hosted model no price table knows).
 Every response has its own id (``chatcmpl-stub-N`` / ``msg_stub_N``), as real responses do.
 
 Run it alone with ``python tests/integration/llm_stub.py`` (prints the port).
@@ -32,12 +35,17 @@ ANTHROPIC_MODEL = "claude-3-5-haiku-20241022"
 TEXT_PARTS = ("Hello", " from", " stub")
 
 
+def _scale(model: str) -> int:
+    return 1000 if "big" in model else 1
+
+
 def _openai_usage(model: str) -> dict[str, Any]:
-    usage: dict[str, Any] = dict(OPENAI_USAGE)
+    k = _scale(model)
+    usage: dict[str, Any] = {key: value * k for key, value in OPENAI_USAGE.items()}
     if "cache" in model:
-        usage["prompt_tokens_details"] = {"cached_tokens": 3, "audio_tokens": 0}
+        usage["prompt_tokens_details"] = {"cached_tokens": 3 * k, "audio_tokens": 0}
         usage["completion_tokens_details"] = {
-            "reasoning_tokens": 2,
+            "reasoning_tokens": 2 * k,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -47,11 +55,12 @@ def _openai_usage(model: str) -> dict[str, Any]:
 
 def _anthropic_usage(model: str, output_tokens: int) -> dict[str, Any]:
     cached = "cache" in model
+    k = _scale(model)
     return {
-        "input_tokens": ANTHROPIC_INPUT_TOKENS,
-        "output_tokens": output_tokens,
-        "cache_creation_input_tokens": 2 if cached else 0,
-        "cache_read_input_tokens": 3 if cached else 0,
+        "input_tokens": ANTHROPIC_INPUT_TOKENS * k,
+        "output_tokens": output_tokens * k,
+        "cache_creation_input_tokens": 2 * k if cached else 0,
+        "cache_read_input_tokens": 3 * k if cached else 0,
     }
 
 
@@ -121,7 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
         base = {
             "id": response_id,
             "created": int(time.time()),
-            "model": OPENAI_MODEL,
+            "model": model if "custom" in model else OPENAI_MODEL,
             "system_fingerprint": "fp_stub",
             "service_tier": "default",
         }
@@ -160,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
             "id": f"msg_stub_{self.server.next_id()}",
             "type": "message",
             "role": "assistant",
-            "model": ANTHROPIC_MODEL,
+            "model": model if "custom" in model else ANTHROPIC_MODEL,
             "stop_sequence": None,
         }
         if not body.get("stream"):
@@ -187,7 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
                 ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
             )
         final_delta = {"stop_reason": "end_turn", "stop_sequence": None}
-        final_usage = {"output_tokens": ANTHROPIC_OUTPUT_TOKENS}
+        final_usage = {"output_tokens": ANTHROPIC_OUTPUT_TOKENS * _scale(model)}
         events += [
             ("content_block_stop", {"type": "content_block_stop", "index": 0}),
             (

@@ -239,7 +239,9 @@ async def use_quotas(app: App, client: httpx.AsyncClient, prometheus: str) -> No
     that fails. Returns once Prometheus holds the final usage."""
     manager = app.manager
     manager.add_alert_handler(BrokenHandler())
-    await manager.set_quota_limit("openai-prod", 1000, thresholds=(80,), provider="openai")
+    await manager.set_quota_limit(
+        "openai-prod", 1000, thresholds=(80,), provider="openai", cost_limit_usd=1.0
+    )
     await manager.set_quota_limit("anthropic-dev", 4000, thresholds=(90,), provider="anthropic")
     manager.record_usage("openai-prod", input_tokens=200, output_tokens=50)
     manager.record_usage("anthropic-dev", input_tokens=3000)
@@ -279,6 +281,10 @@ async def test_quota_metrics_reach_prometheus_through_the_collector(
             'llm_quota_alerts_total{llm_quota_alert_state="firing",llm_quota_threshold="80"}': {
                 "openai-prod": 1
             },
+            # Cost (the usage names no model: every request is unpriced, none is free).
+            "llm_quota_cost_limit_USD": {"openai-prod": 1.0},
+            "llm_quota_cost_usage_USD": {"openai-prod": 0, "anthropic-dev": 0},
+            "llm_quota_requests_unpriced_total": {"openai-prod": 2, "anthropic-dev": 1},
         }
         for promql, expected in expectations.items():
             await wait_for_values(client, prometheus, promql, expected)
@@ -317,7 +323,11 @@ async def test_quota_metrics_reach_prometheus_through_the_collector(
 
         groups = await healthy_rule_groups(client, prometheus)
         targets = (await client.get(f"{prometheus}/api/v1/targets")).json()["data"]
-    assert {g["name"] for g in groups} == {"llm-quota.recording", "llm-quota.alerts"}
+    assert {g["name"] for g in groups} == {
+        "llm-quota.recording",
+        "llm-quota.alerts",
+        "llm-quota.cost",
+    }
     alert_rules = {r["name"] for g in groups for r in g["rules"] if r["type"] == "alerting"}
     tested = set(
         re.findall(r"alertname: (\w+)", (CONFIG_DIR / "prometheus-rules.test.yaml").read_text())
@@ -331,6 +341,9 @@ async def test_quota_metrics_reach_prometheus_through_the_collector(
             "LLMQuotaWillRunOutBeforeReset",
             "LLMQuotaAlertHandlerFailing",
             "LLMQuotaStoreFailing",
+            "LLMQuotaCostHigh",
+            "LLMQuotaCostExhausted",
+            "LLMQuotaUnpricedRequests",
         }
     )
     health = {t["labels"]["job"]: t["health"] for t in targets["activeTargets"]}
@@ -348,7 +361,7 @@ async def healthy_rule_groups(client: httpx.AsyncClient, prometheus: str) -> lis
         rules = [rule for group in groups for rule in group["rules"]]
         for rule in rules:
             assert rule["health"] in {"ok", "unknown"}, rule
-        if len(rules) == 8 and all(rule["health"] == "ok" for rule in rules):
+        if len(rules) == 12 and all(rule["health"] == "ok" for rule in rules):
             return groups
         return None
 
@@ -370,6 +383,7 @@ PER_INSTANCE_PANELS = {
 # The configs a per-config panel shows after use_quotas(): only openai-prod used tokens between
 # two scrapes (a positive rate) and crossed a threshold.
 PANEL_CONFIGS = {
+    "Cost budget used": {"openai-prod"},  # the one config with a cost limit
     "Time to exhaustion at current rate": {"openai-prod"},
     "Quota alerts sent": {"openai-prod"},
 }

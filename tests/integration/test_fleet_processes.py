@@ -56,7 +56,8 @@ def store_totals(url: str, config_id: str, window_start: int) -> tuple[int, int]
             [sync] = await store.read([(config_id, window_start)])
         finally:
             await store.aclose()
-        return sum(sync.window_counts[2:]), sum(sync.lifetime[2:])
+        # input, output and other tokens (the counts after them are cost and unpriced requests)
+        return sum(sync.window_counts[2:5]), sum(sync.lifetime[2:5])
 
     return asyncio.run(read())
 

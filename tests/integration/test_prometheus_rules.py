@@ -27,7 +27,7 @@ def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_rules_pass_promtool_check() -> None:
     result = promtool("check", "rules", RULES.name, cwd=CONFIG_DIR)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout + result.stderr
+    assert "SUCCESS: 12 rules found" in result.stdout + result.stderr
 
 
 def test_rules_pass_their_promtool_unit_tests() -> None:
@@ -137,6 +137,44 @@ MUTANTS = {
         f"sum {FLEET} {TOKEN_RATE_INLINE}",
         f"max {FLEET} {TOKEN_RATE_INLINE}",
         alert("LLMQuotaWillRunOutBeforeReset"),
+    ),
+    # Cost budgets: thresholds, the fleet-wide cost gauges summed or taken per replica, the
+    # per-process cost counters not summed, the unpriced alert's first-request arm dropped.
+    "cost-high-threshold": (
+        "(llm_quota_cost_limit_USD)\n          >= 0.8 < 1",
+        "(llm_quota_cost_limit_USD)\n          >= 0.9 < 1",
+        alert("LLMQuotaCostHigh"),
+    ),
+    "cost-exhausted-threshold": (
+        "(llm_quota_cost_limit_USD)\n          >= 1\n",
+        "(llm_quota_cost_limit_USD)\n          >= 1.5\n",
+        alert("LLMQuotaCostExhausted"),
+    ),
+    "cost-high-usage-summed": (
+        f"(llm_quota_cost_usage_USD)\n          /\n          max {FLEET} "
+        "(llm_quota_cost_limit_USD)\n          >= 0.8",
+        f"(llm_quota_cost_usage_USD)\n          /\n          sum {FLEET} "
+        "(llm_quota_cost_limit_USD)\n          >= 0.8",
+        alert("LLMQuotaCostHigh"),
+    ),
+    "cost-high-per-instance": (
+        f"max {FLEET} (llm_quota_cost_usage_USD)\n          /\n          max {FLEET} "
+        "(llm_quota_cost_limit_USD)\n          >= 0.8",
+        f"max {PER_INSTANCE} (llm_quota_cost_usage_USD)\n          /\n          max "
+        f"{PER_INSTANCE} (llm_quota_cost_limit_USD)\n          >= 0.8",
+        alert("LLMQuotaCostHigh"),
+    ),
+    "cost-rate-max": (
+        f"sum {FLEET} (\n            rate(llm_quota_cost_USD_total[1h])",
+        f"max {FLEET} (\n            rate(llm_quota_cost_USD_total[1h])",
+        recorded("llm_quota:cost_usd_per_hour:rate1h"),
+    ),
+    "unpriced-first-request-arm-dropped": (
+        "\n          or\n          sum by (job, llm_quota_config_id, gen_ai_provider_name) (\n"
+        "            llm_quota_requests_unpriced_total > 0 unless "
+        "llm_quota_requests_unpriced_total offset 1h\n          )",
+        "",
+        alert("LLMQuotaUnpricedRequests"),
     ),
 }
 

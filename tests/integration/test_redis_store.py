@@ -25,6 +25,7 @@ from redis.crc import key_slot
 
 from otel_llm_quota.stores import (
     ConfigRecord,
+    Counts,
     Delta,
     FlushBatch,
     StoreError,
@@ -44,7 +45,7 @@ def one(
     config_id: str = "a",
     seq: int = 1,
     writer: str = "w",
-    counts: tuple[int, int, int, int, int] = (1, 0, 10, 5, 0),
+    counts: Counts = (1, 0, 10, 5, 0, 0, 0),
 ) -> FlushBatch:
     return FlushBatch(writer, seq, (Delta(config_id, W, counts, "openai"),))
 
@@ -77,7 +78,7 @@ async def test_password_and_acl_user_urls_work_and_are_redacted(
     server = redis_server_factory(password=PASSWORD, username=username)
     store = opened(stores, server.url)
     [a] = await store.apply(one())
-    assert a.window_counts == (1, 0, 10, 5, 0)
+    assert a.window_counts == (1, 0, 10, 5, 0, 0, 0)
     for text in (store.url, repr(store)):
         assert PASSWORD not in text
         assert "***" in text
@@ -106,7 +107,7 @@ async def test_unix_socket_url(
     assert PASSWORD not in store.url
     await store.apply(one())
     [a] = await store.read([("a", W.start)])
-    assert a.lifetime == (1, 0, 10, 5, 0)
+    assert a.lifetime == (1, 0, 10, 5, 0, 0, 0)
 
 
 def _tls_files(tmp_path: Path) -> dict[str, str]:
@@ -163,7 +164,7 @@ async def test_tls_with_client_certificate(
     else:
         store = opened(stores, base + "?" + "&".join(f"{k}={v}" for k, v in tls.items()))
     [a] = await store.apply(one())
-    assert a.window_counts == (1, 0, 10, 5, 0)
+    assert a.window_counts == (1, 0, 10, 5, 0, 0, 0)
     assert "client-secret" not in store.url
     assert "client-secret" not in repr(store)
     # Without a client certificate the server refuses the handshake: the error names the
@@ -185,13 +186,13 @@ async def test_two_key_prefixes_on_one_server_do_not_see_each_other(
 ) -> None:
     app1 = opened(stores, redis_url)  # the default prefix, llm_quota:
     app2 = opened(stores, redis_url, key_prefix="other_app:")
-    await app1.apply(one("shared-name", counts=(1, 0, 1, 0, 0)))
-    await app2.apply(one("shared-name", counts=(5, 0, 50, 0, 0)))
+    await app1.apply(one("shared-name", counts=(1, 0, 1, 0, 0, 0, 0)))
+    await app2.apply(one("shared-name", counts=(5, 0, 50, 0, 0, 0, 0)))
     await app2.put_config(ConfigRecord("only-in-2", None, 10, (80.0,), "day", "UTC", 1.0))
     [in1] = await app1.read([("shared-name", W.start)])
     [in2] = await app2.read([("shared-name", W.start)])
-    assert in1.window_counts == (1, 0, 1, 0, 0)
-    assert in2.window_counts == (5, 0, 50, 0, 0)
+    assert in1.window_counts == (1, 0, 1, 0, 0, 0, 0)
+    assert in2.window_counts == (5, 0, 50, 0, 0, 0, 0)
     assert await app1.config_ids() == ["shared-name"]
     assert await app2.config_ids() == ["only-in-2", "shared-name"]
     assert await app1.instance_id() != await app2.instance_id()
@@ -224,7 +225,7 @@ async def test_a_client_object_passed_in(redis_url: str, stores: list[RedisStore
     stores.append(store)
     [a] = await store.apply(one())
     assert a.provider == "openai"
-    assert a.window_counts == (1, 0, 10, 5, 0)  # decode_responses=True replies work too
+    assert a.window_counts == (1, 0, 10, 5, 0, 0, 0)  # decode_responses=True replies work too
     await store.put_config(ConfigRecord("a", "openai", 100, (50.0,), "day", "UTC", 1.0))
     [a] = await store.read([("a", W.start)])
     assert a.record is not None
@@ -246,7 +247,7 @@ async def test_a_cluster_client_object_passed_in(
     store = RedisStore(client=client, close_client=True)
     stores.append(store)
     [a] = await store.apply(one())
-    assert a.window_counts == (1, 0, 10, 5, 0)
+    assert a.window_counts == (1, 0, 10, 5, 0, 0, 0)
     assert store.url.startswith("redis+cluster://127.0.0.1:")
 
 
@@ -259,7 +260,9 @@ async def test_cluster_spreads_configs_over_every_master(
     store = opened(stores, redis_cluster_url)
     # Braces in ids would split a config's keys over slots if the id were the hash tag.
     ids = [f"team-{n}/{{gpt}}-é" for n in range(60)] + ["{", "}", "{}", "a{b}c"]
-    batch = FlushBatch("w", 1, tuple(Delta(i, W, (1, 0, n + 1, 0, 0)) for n, i in enumerate(ids)))
+    batch = FlushBatch(
+        "w", 1, tuple(Delta(i, W, (1, 0, n + 1, 0, 0, 0, 0)) for n, i in enumerate(ids))
+    )
     synced = await store.apply(batch)
     assert [s.window_counts[2] for s in synced] == list(range(1, len(ids) + 1))
     for node in redis_cluster.nodes:
@@ -288,12 +291,14 @@ async def test_a_dead_cluster_master_fails_the_flush_with_store_error(
     with RedisClusterServers() as cluster:  # a cluster of its own: one master is killed
         store = opened(stores, cluster.url)
         ids = [f"c{n}" for n in range(30)]
-        await store.apply(FlushBatch("w", 1, tuple(Delta(i, W, (1, 0, 1, 0, 0)) for i in ids)))
+        await store.apply(
+            FlushBatch("w", 1, tuple(Delta(i, W, (1, 0, 1, 0, 0, 0, 0)) for i in ids))
+        )
         cluster.nodes[1].kill()
         for seq in (2, 3):  # the open connection breaks, then the reconnect is refused
             with pytest.raises(StoreError, match="apply"):
                 await store.apply(
-                    FlushBatch("w", seq, tuple(Delta(i, W, (1, 0, 1, 0, 0)) for i in ids))
+                    FlushBatch("w", seq, tuple(Delta(i, W, (1, 0, 1, 0, 0, 0, 0)) for i in ids))
                 )
         await store.aclose()
 
@@ -309,7 +314,7 @@ async def test_scripts_are_reloaded_after_script_flush(
     with redis_server.client() as direct:
         direct.script_flush()
     [a] = await store.apply(one(seq=2))  # pipelined EVALSHA: NOSCRIPT, SCRIPT LOAD, again
-    assert a.window_counts == (2, 0, 20, 10, 0)
+    assert a.window_counts == (2, 0, 20, 10, 0, 0, 0)
     with redis_server.client() as direct:
         direct.script_flush()
     assert await store.reset("a") == 1  # a single EVALSHA
@@ -317,7 +322,7 @@ async def test_scripts_are_reloaded_after_script_flush(
         direct.script_flush()
     [a] = await store.read([("a", W.start)])
     assert a.epoch == 1
-    assert a.lifetime == (2, 0, 20, 10, 0)
+    assert a.lifetime == (2, 0, 20, 10, 0, 0, 0)
 
 
 async def test_scripts_are_reloaded_after_script_flush_on_a_cluster(
@@ -325,12 +330,14 @@ async def test_scripts_are_reloaded_after_script_flush_on_a_cluster(
 ) -> None:
     store = opened(stores, redis_cluster_url)
     ids = [f"c{n}" for n in range(30)]
-    await store.apply(FlushBatch("w", 1, tuple(Delta(i, W, (1, 0, 1, 0, 0)) for i in ids)))
+    await store.apply(FlushBatch("w", 1, tuple(Delta(i, W, (1, 0, 1, 0, 0, 0, 0)) for i in ids)))
     for node in redis_cluster.nodes:
         with node.client() as direct:
             direct.script_flush()
-    synced = await store.apply(FlushBatch("w", 2, tuple(Delta(i, W, (1, 0, 1, 0, 0)) for i in ids)))
-    assert {s.window_counts for s in synced} == {(2, 0, 2, 0, 0)}
+    synced = await store.apply(
+        FlushBatch("w", 2, tuple(Delta(i, W, (1, 0, 1, 0, 0, 0, 0)) for i in ids))
+    )
+    assert {s.window_counts for s in synced} == {(2, 0, 2, 0, 0, 0, 0)}
 
 
 async def test_no_retries_inside_the_store(
@@ -386,7 +393,7 @@ async def test_the_ambiguous_failure_counts_once(
         assert direct.hget(window_key, "s") == "2"
     reply_dropping_proxy.set_mode("forward")
     [a] = await store.apply(batch)  # the flusher's retry, same writer and seq
-    assert a.window_counts == (2, 0, 20, 10, 0)
+    assert a.window_counts == (2, 0, 20, 10, 0, 0, 0)
     with redis_server.client() as direct:
         assert direct.hmget(window_key, ["s", "i", "o"]) == ["2", "20", "10"]
         assert direct.hget(store.config_key_base("a") + "cfg", "ls") == "2"
@@ -422,7 +429,7 @@ async def test_keys_expire_and_delete_removes_every_key(
     store = opened(stores, redis_url)
     forever = Window(0, 0, None)
     await store.apply(one(seq=1))
-    await store.apply(FlushBatch("w", 2, (Delta("a", forever, (1, 0, 1, 0, 0)),)))
+    await store.apply(FlushBatch("w", 2, (Delta("a", forever, (1, 0, 1, 0, 0, 0, 0)),)))
     await store.apply(FlushBatch("w2", 1, (Delta("a", Window(W.start + 3600, 0, 7200), ZERO1),)))
     await store.compare_and_set_alert("a", 0, "{}")
     base = store.config_key_base("a")
@@ -439,7 +446,7 @@ async def test_keys_expire_and_delete_removes_every_key(
         assert direct.smembers("llm_quota:configs") == set()
 
 
-ZERO1 = (0, 0, 1, 0, 0)
+ZERO1 = (0, 0, 1, 0, 0, 0, 0)
 
 
 async def test_the_writer_mark_expiry_is_an_option(
@@ -476,10 +483,10 @@ async def test_small_chunks_keep_every_reply_in_its_place(
     url = request.getfixturevalue("redis_url" if topology == "single" else "redis_cluster_url")
     store = opened(stores, url, chunk_size=7)
     ids = [f"cfg-{n}" for n in range(45)]
-    first = FlushBatch("w", 1, tuple(Delta(i, W, (1, 0, n, 0, 0)) for n, i in enumerate(ids)))
+    first = FlushBatch("w", 1, tuple(Delta(i, W, (1, 0, n, 0, 0, 0, 0)) for n, i in enumerate(ids)))
     await store.apply(FlushBatch("w", 1, first.deltas[::3]))  # a third of them: replays below
     synced = await store.apply(first)
-    assert [s.window_counts for s in synced] == [(1, 0, n, 0, 0) for n in range(45)]
+    assert [s.window_counts for s in synced] == [(1, 0, n, 0, 0, 0, 0) for n in range(45)]
     assert all(s.exists and not s.deleted for s in synced)
     assert await store.delete("cfg-10")
     read = await store.read([(i, W.start) for i in ["nope", *ids, "cfg-10"]])
@@ -497,11 +504,11 @@ async def test_counts_beyond_2_to_the_53_stay_exact(
     store = opened(stores, redis_url)
     big = 2**61 + 3
     for seq in (1, 2, 3):
-        [a] = await store.apply(one(seq=seq, counts=(1, 0, big, 999_999_999_999_999, 0)))
-    assert a.window_counts == (3, 0, 3 * big, 3 * 999_999_999_999_999, 0)
+        [a] = await store.apply(one(seq=seq, counts=(1, 0, big, 999_999_999_999_999, 0, big, 7)))
+    assert a.window_counts == (3, 0, 3 * big, 3 * 999_999_999_999_999, 0, 3 * big, 21)
     assert a.lifetime == a.window_counts
     [a] = await store.read([("a", W.start)])
-    assert a.window_counts == (3, 0, 3 * big, 3 * 999_999_999_999_999, 0)
+    assert a.window_counts == (3, 0, 3 * big, 3 * 999_999_999_999_999, 0, 3 * big, 21)
 
 
 async def test_a_moved_slot_fails_one_flush_and_its_retry_counts_once(
@@ -535,11 +542,11 @@ async def test_a_moved_slot_fails_one_flush_and_its_retry_counts_once(
             i for i in before if owners[key_slot(store.config_key_base(i).encode())] is old_owner
         ][:5]
         ids = [*before, moved]
-        batch = FlushBatch("w", 1, tuple(Delta(i, W, (1, 0, 7, 0, 0)) for i in ids))
+        batch = FlushBatch("w", 1, tuple(Delta(i, W, (1, 0, 7, 0, 0, 0, 0)) for i in ids))
         with pytest.raises(StoreError, match="apply"):
             await store.apply(batch)
         synced = await store.apply(batch)
-        assert [s.window_counts for s in synced] == [(1, 0, 7, 0, 0)] * len(ids)
+        assert [s.window_counts for s in synced] == [(1, 0, 7, 0, 0, 0, 0)] * len(ids)
         with new_owner.client() as direct:
             assert direct.exists(store.config_key_base(moved) + "cfg")
         await store.aclose()
