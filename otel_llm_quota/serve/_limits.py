@@ -8,13 +8,12 @@ bytes, so a gzip bomb is refused after that much output, never expanded in full.
 
 from __future__ import annotations
 
-import logging
-import os
 import zlib
 from dataclasses import dataclass
 from typing import Final
 
 from otel_llm_quota import environment_variables as env
+from otel_llm_quota._env import env_positive_int
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -25,7 +24,6 @@ __all__ = [
     "decompress",
 ]
 
-_logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_MAX_DECOMPRESSED_BYTES: Final = 64 * 1024 * 1024
@@ -81,19 +79,8 @@ class Limits:
 
 
 def _pick(given: int | None, name: str, default: int) -> int:
-    if given is not None:
-        return given
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        _logger.warning("%s=%r is not a positive int; using %d", name, raw, default)
-        return default
-    return value
+    """The argument, else the variable ``name`` (a positive int), else ``default``."""
+    return given if given is not None else env_positive_int(name, default)
 
 
 def decompress(body: bytes, encoding: str, max_bytes: int) -> bytes:
