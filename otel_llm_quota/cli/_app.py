@@ -25,6 +25,8 @@ __all__ = [
 ]
 
 _PACKAGE_LOGGER = "otel_llm_quota"
+_LOGGING_COMMANDS = frozenset({"serve"})
+"""Long-running commands whose log is the library's (not silenced)."""
 
 
 class CliError(click.ClickException):
@@ -55,6 +57,14 @@ def cli(debug: bool) -> None:
     logger = logging.getLogger(_PACKAGE_LOGGER)
     if debug:
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+        return
+    if click.get_current_context().invoked_subcommand in _LOGGING_COMMANDS:
+        # A service: its log is where the `logging` alert handler, store outages and handler
+        # failures are told. To stderr at INFO, unless the app configured logging itself.
+        if not logging.getLogger().handlers:
+            logging.basicConfig(
+                level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+            )
         return
     # The commands report problems themselves, in one line; the library's warnings (e.g. "no
     # answer from the store yet") would repeat them through logging's last resort. Restored when

@@ -341,3 +341,32 @@ def test_two_replicas_on_one_redis_store_count_exact_totals_and_send_one_alert(
     status = store_status(redis_url)
     assert status["openai"]["total_tokens"] == 6_000
     assert status["openai"]["total_requests"] == 60
+
+
+def test_the_logging_handler_and_the_library_log_reach_stderr(
+    servers: list[Serve], tmp_path: Path
+) -> None:
+    # A service's log is where the `logging` alert handler writes: the CLI must not silence it
+    # for `serve` as it does for the one-shot commands.
+    server = Serve(
+        "--store",
+        f"sqlite:///{tmp_path}/quota.db",
+        env={"OTEL_LLM_QUOTA_LIMITS": "openai=700", "OTEL_LLM_QUOTA_ALERT_HANDLERS": "logging"},
+    )
+    servers.append(server)
+    body = _pb_request(
+        [
+            {
+                "gen_ai.provider.name": "openai",
+                "gen_ai.usage.input_tokens": 400,
+                "gen_ai.usage.output_tokens": 200,
+            }
+        ],
+        first_id=1,
+    )
+    assert server.post(body)[0] == 200
+    server.wait_until(
+        "the alert's log line",
+        lambda: any("LLM quota openai crossed 80%" in line for line in server.stderr),
+    )
+    assert server.stop() == 0
