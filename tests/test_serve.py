@@ -838,6 +838,18 @@ def test_serve_command_refuses_half_a_tls_pair_and_a_bad_config(tmp_path: Any) -
     assert "quotas" in result.output
 
 
+def test_serve_names_the_store_option_that_was_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from otel_llm_quota.cli import cli
+
+    # serve copies --store into the variable: setenv makes monkeypatch restore it afterwards
+    monkeypatch.setenv("OTEL_LLM_QUOTA_STORE", "")
+    result = CliRunner().invoke(cli, ["serve", "--store", "bogus://x", "--port", "0"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: --store: unknown store URL"), result.output
+
+
 # -- cost ----------------------------------------------------------------------------------------
 
 _PRICES = [  # USD per million tokens: each rate different, so a misread count shows

@@ -103,7 +103,10 @@ def serve(
     try:
         setup = load_config(config_file, strict=True)
     except ConfigError as exc:
-        raise CliError(str(exc)) from None
+        message = str(exc)
+        if store is not None and exc.source == env.OTEL_LLM_QUOTA_STORE:
+            message = message.replace(env.OTEL_LLM_QUOTA_STORE, "--store", 1)  # what was typed
+        raise CliError(message) from None
     token = os.environ.get(env.OTEL_LLM_QUOTA_SERVE_TOKEN) or None
     try:
         service = QuotaService(
