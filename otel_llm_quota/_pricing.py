@@ -31,6 +31,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
+import sys
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -469,7 +470,13 @@ class Pricer:
         hint = ""
         if self._use_genai and _genai_prices() is None and not self._warned_missing:
             self._warned_missing = True
-            hint = " (install otel-llm-quota[cost] for the genai-prices table)"
+            hint = (
+                " (install otel-llm-quota[cost] for the genai-prices table)"
+                if sys.version_info >= (3, 11)
+                # genai-prices needs 3.11: the [cost] extra installs nothing on older Pythons
+                else " (the genai-prices table needs Python 3.11 or later: give prices in the "
+                "config file's 'prices:')"
+            )
         _logger.warning(
             "otel-llm-quota: no price known for model %r of provider %r: its requests are "
             "counted as unpriced, not free; add it under 'prices:' in the config file%s",
