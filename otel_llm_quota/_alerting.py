@@ -376,26 +376,23 @@ def evaluate_ledger(
                 )
             )
         ):
-            if not forecasting:
+            if not forecasting or not (
+                (state.threshold_tokens and now >= state.forecast_due)
+                or state.forecast is not None
+                or (ca is not None and (now >= ca.forecast_due or ca.forecast is not None))
+            ):
                 continue  # the idle config's skip costs one more test without forecasts
-            look = (
-                bool(state.threshold_tokens) and now >= state.forecast_due
-            ) or state.forecast is not None
-            cost_look = ca is not None and (now >= ca.forecast_due or ca.forecast is not None)
-            if not (look or cost_look):
-                continue
             idle = True  # only a forecast is due: its thresholds need nothing
         else:
             idle = False
-            look = forecasting and (
-                (bool(state.threshold_tokens) and now >= state.forecast_due)
-                or state.forecast is not None
-            )
-            cost_look = (
-                forecasting
-                and ca is not None
-                and (now >= ca.forecast_due or ca.forecast is not None)
-            )
+        # Which forecasts are due: the token limit's, the cost limit's (its own state).
+        look = forecasting and (
+            (bool(state.threshold_tokens) and now >= state.forecast_due)
+            or state.forecast is not None
+        )
+        cost_look = (
+            forecasting and ca is not None and (now >= ca.forecast_due or ca.forecast is not None)
+        )
         examined += 1
         try:
             with lock:
