@@ -192,3 +192,17 @@ async def test_a_replica_that_synced_the_fired_cost_forecast_does_not_send_it_ag
     assert [a.limit_kind for a in sent] == ["cost"]
     for m in (first, second):
         await m.aclose()
+
+
+async def test_a_cost_forecast_on_pace_at_the_reset_resolves_with_the_period(
+    manager: LLMProviderManager, day_clock: FakeClock
+) -> None:
+    pace = BUDGET_MICROUSD / (0.7 * DAY)
+    found = await run(manager, day_clock, 0.5 * DAY, pace)
+    assert [a.state for _, a in found] == [AlertState.FIRING]
+    day_clock.advance(0.5 * DAY)  # the next day: a new period
+    ended = forecasts(await manager.check_quotas())
+    assert [(a.state, a.reason, a.limit_kind) for a in ended] == [
+        (AlertState.RESOLVED, AlertReason.PERIOD_RESET, "cost")
+    ]
+    assert ended[0].fingerprint == found[0][1].fingerprint
