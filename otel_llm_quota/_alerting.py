@@ -224,6 +224,9 @@ def evaluate_forecast(
     of the limit with at least the minimum lead time left and enough data (a full window and
     ``min_samples`` samples); resolves when the projection falls below ``resolve_percent``, or
     at the period's end. A forecast that resolved does not fire again in the same period.
+
+    ``state`` is a config (its token limit) or its ``_CostAlerts`` (its cost limit: the same
+    fields over the cost in micro-USD), each with a forecast state of its own.
     """
     alerts: list[Alert] = []
     if now >= state.period_end:
@@ -289,6 +292,10 @@ def _forecast_alert(
     left = limit - state.total
     exhaustion = 0.0 if left <= 0 else (left / rate if rate > 0 else None)
     quota = state.snapshot(now)
+    kind = state.limit_kind
+    if kind == "cost":  # micro-USD per second to USD per second; no cost threshold either
+        rate /= 1_000_000
+        quota = replace(quota, cost_alert_threshold=None)
     return Alert(
         config_id=state.config_id,
         state=AlertState.FIRING if firing else AlertState.RESOLVED,
@@ -306,6 +313,7 @@ def _forecast_alert(
         ended_at=None if firing else _utc(now),
         period_start=_dt(float(found[3])),
         repeat_at=_utc(state.period_end) if firing else None,
+        limit_kind=kind,
         forecast=Forecast(
             projected_percent=projected,
             burn_rate=rate,
@@ -369,16 +377,22 @@ def evaluate_ledger(
             )
         ):
             if not forecasting or not (
-                (state.threshold_tokens and now >= state.forecast_due) or state.forecast is not None
+                (state.threshold_tokens and now >= state.forecast_due)
+                or state.forecast is not None
+                or (ca is not None and (now >= ca.forecast_due or ca.forecast is not None))
             ):
                 continue  # the idle config's skip costs one more test without forecasts
-            look, idle = True, True  # only its forecast is due: its thresholds need nothing
+            idle = True  # only a forecast is due: its thresholds need nothing
         else:
             idle = False
-            look = forecasting and (
-                (bool(state.threshold_tokens) and now >= state.forecast_due)
-                or state.forecast is not None
-            )
+        # Which forecasts are due: the token limit's, the cost limit's (its own state).
+        look = forecasting and (
+            (bool(state.threshold_tokens) and now >= state.forecast_due)
+            or state.forecast is not None
+        )
+        cost_look = (
+            forecasting and ca is not None and (now >= ca.forecast_due or ca.forecast is not None)
+        )
         examined += 1
         try:
             with lock:
@@ -393,6 +407,9 @@ def evaluate_ledger(
                     # The cost limit: the same machine over the cost (``_CostAlerts``).
                     found += evaluate(ca, now, cooldown, send_resolved)  # type: ignore[arg-type]
                     due = min(due, _next_due(ca, cooldown))  # type: ignore[arg-type]
+                if cost_look and ca is not None and forecast is not None:
+                    # Its forecast: the same estimator and rules over the cost.
+                    found += evaluate_forecast(ca, now, forecast, send_resolved)  # type: ignore[arg-type]
                 if encoder is not None and (found or encoder(state) != before):
                     assert before is not None
                     changes.append((state, before, found, version))

@@ -85,7 +85,9 @@ def encode(state: _ConfigState) -> str:
             "lv": None if ca.alert_levels is None else list(ca.alert_levels),
         }
     if state.forecast is not None:  # [generation, fired at, resolved, period start]
-        doc["f"] = [state.forecast[1], state.forecast[2], state.forecast[3]]
+        doc["f"] = state.forecast[1:4]
+    if ca is not None and ca.forecast is not None:  # the cost limit's forecast, likewise
+        doc["cf"] = ca.forecast[1:4]
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
@@ -127,12 +129,8 @@ def adopt(state: _ConfigState, record: AlertRecord, *, force: bool = False) -> b
                 _floats(cost.get("h")),
                 None if cost_levels is None else tuple(int(v) for v in cost_levels),
             )
-        forecast = doc.get("f")
-        forecast = (
-            None
-            if forecast is None
-            else [float(forecast[0]), bool(forecast[1]), float(forecast[2])]
-        )
+        forecast = _forecast(doc.get("f"))
+        cost_forecast = _forecast(doc.get("cf"))
     except (ValueError, TypeError, AttributeError):
         _logger.warning("unreadable alert record for config %r; ignored", state.config_id)
         return False
@@ -145,11 +143,8 @@ def adopt(state: _ConfigState, record: AlertRecord, *, force: bool = False) -> b
     state.alert_levels = levels
     current = window is not None and (int(window[0]), int(window[1])) == (here.start, here.epoch)
     # A forecast belongs to this generation if the record is of this window, else to the last.
-    state.forecast = (
-        None
-        if forecast is None
-        else [state.generation if current else state.generation - 1, *forecast]
-    )
+    generation = state.generation if current else state.generation - 1
+    state.forecast = None if forecast is None else [generation, *forecast]
     if current:
         state.alert_generation = state.generation
         state.alert_period_start = state.period_start
@@ -172,7 +167,16 @@ def adopt(state: _ConfigState, record: AlertRecord, *, force: bool = False) -> b
                 float(cost_start) if cost_start is not None else state.period_start
             )
         ca.arm()
+    if ca is not None:
+        ca.forecast = None if cost_forecast is None else [generation, *cost_forecast]
     return True
+
+
+def _forecast(stored: Any) -> list[Any] | None:
+    """A stored forecast state ``[fired at, resolved, period start]`` (None: none)."""
+    if stored is None:
+        return None
+    return [float(stored[0]), bool(stored[1]), float(stored[2])]
 
 
 def _pending_entry(alert: Alert, writer: str, until: float) -> dict[str, Any]:
@@ -211,7 +215,7 @@ def _alert_from(state: _ConfigState, entry: dict[str, Any]) -> Alert:
     fc = entry.get("fc")
     quota = replace(state.snapshot(state.last_updated), alert_state=alert_state)
     if kind == "cost":
-        quota = replace(quota, cost_alert_threshold=float(entry["t"]))
+        quota = replace(quota, cost_alert_threshold=None if fc else float(entry["t"]))
     else:
         quota = replace(quota, alert_threshold=None if fc else float(entry["t"]))
     return Alert(

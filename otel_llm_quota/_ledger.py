@@ -389,6 +389,9 @@ class _ConfigState:
             lifetime_unpriced_requests=self.closed_unpriced + self.unpriced + lo[6],
             parent=self.parent,
             time_to_exhaustion=None if now is None else self.exhaustion(now, window),
+            cost_time_to_exhaustion=(
+                None if now is None or ca is None else ca.exhaustion(now, window)
+            ),
         )
 
 
@@ -405,9 +408,13 @@ class _CostAlerts:
         "alert_generation",
         "alert_levels",
         "alert_period_start",
+        "forecast",
+        "forecast_due",
         "held",
         "limit",
         "parent",
+        "samples",
+        "samples_generation",
         "sent",
         "threshold_tokens",
         "thresholds",
@@ -431,6 +438,12 @@ class _CostAlerts:
         self.alert_period_start = parent.period_start
         self.trigger_span: SpanRef | None = None
         self.wake_at: float = _SATURATED
+        # The cost forecast: samples of ``cost_total`` and the forecast alert state, as the
+        # config's own for its tokens (``_alerting.evaluate_forecast`` runs on this object too).
+        self.samples: list[tuple[float, int]] | None = None
+        self.samples_generation = -1
+        self.forecast: list[Any] | None = None
+        self.forecast_due = -_INF
         self.arm()
 
     def set(self, limit: int, thresholds: tuple[float, ...]) -> None:
@@ -477,6 +490,11 @@ class _CostAlerts:
     def arm(self) -> None:
         """Set ``wake_at`` (micro-USD): as ``_ConfigState.arm``."""
         _ConfigState.arm(self)  # type: ignore[arg-type]  # the same fields, duck-typed
+
+    def exhaustion(self, now: float, window: float | None = None) -> float | None:
+        """Seconds until the cost limit is reached: as ``_ConfigState.exhaustion``, over the
+        cost's samples and ``cost_total``."""
+        return _ConfigState.exhaustion(self, now, window)  # type: ignore[arg-type]  # duck-typed
 
 
 class _OverflowState(_ConfigState):

@@ -49,7 +49,8 @@ class Forecast:
     projected_percent: float
     """Usage at ``reset_at`` at the current burn rate, as a percentage of the limit."""
     burn_rate: float
-    """Tokens per second, by the estimator of the README's "Nested budgets and forecasts"."""
+    """Tokens per second (USD per second for a cost forecast, ``Alert.limit_kind`` ``"cost"``),
+    by the estimator of the README's "Nested budgets and forecasts"."""
     time_to_exhaustion: float | None
     """Seconds until the limit is reached at that rate (None: never at this rate)."""
     reset_at: datetime | None
@@ -114,6 +115,9 @@ class QuotaInfo:
     time_to_exhaustion: float | None = None
     """Seconds until the limit is reached at the current burn rate (``0`` once reached), or
     ``None`` without a limit or a rate (see "Nested budgets and forecasts" in the README)."""
+    cost_time_to_exhaustion: float | None = None
+    """The same for the cost limit (``0`` once reached; ``None`` without a cost limit or a
+    rate), by the same estimator over the cost."""
 
     @property
     def other_tokens(self) -> int:

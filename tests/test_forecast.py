@@ -53,16 +53,21 @@ def forecasts(alerts: list[Alert]) -> list[Alert]:
 
 
 async def run(
-    manager: LLMProviderManager, clock: FakeClock, seconds: float, tokens_per_second: float
+    manager: LLMProviderManager,
+    clock: FakeClock,
+    seconds: float,
+    tokens_per_second: float,
+    **usage: str,
 ) -> list[tuple[float, Alert]]:
-    """Usage at a steady pace, one pass a minute; the forecast notifications with their time."""
+    """Usage at a steady pace, one pass a minute; the forecast notifications with their time.
+    ``usage``: more arguments of ``record_usage`` (``provider`` and ``model``, to price it)."""
     out: list[tuple[float, Alert]] = []
     carry = 0.0
     for _ in range(int(seconds / STEP)):
         clock.advance(STEP)
         carry += tokens_per_second * STEP
         if carry >= 1:
-            manager.record_usage("key", input_tokens=int(carry))
+            manager.record_usage("key", input_tokens=int(carry), **usage)
             carry -= int(carry)
         out += [(clock(), a) for a in forecasts(await manager.check_quotas())]
     return out

@@ -163,7 +163,10 @@ def _forecast_details(alert: Alert) -> dict[str, Any]:
     return {
         "kind": "forecast",
         "projected_percent": round(forecast.projected_percent, 2),
-        "burn_rate_tokens_per_second": forecast.burn_rate,
+        # A cost forecast's pace is in USD (``Forecast.burn_rate``).
+        ("burn_rate_usd_per_second" if _cost(alert) else "burn_rate_tokens_per_second"): (
+            forecast.burn_rate
+        ),
         "time_to_exhaustion_seconds": forecast.time_to_exhaustion,
     }
 
