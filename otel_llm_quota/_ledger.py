@@ -1358,6 +1358,24 @@ class QuotaLedger:
                 out.append((config_id, (limit - total) / rate))
         return out
 
+    def cost_exhaustion_rows(self, now: float | None = None) -> list[tuple[str, float]]:
+        """``(config_id, seconds)`` of every config with a cost limit and a burn rate: the
+        ``cost_time_to_exhaustion`` of its snapshot, for the metric of that name. Computed
+        under the lock (configs with a cost limit are few; each is a few float operations)."""
+        if now is None:
+            now = self._clock()
+        window = self.forecast_window_seconds
+        out: list[tuple[str, float]] = []
+        with self._lock:
+            for state in self._states.values():
+                cost_alerts = state.cost_alerts
+                if cost_alerts is None or cost_alerts.limit is None or now >= state.period_end:
+                    continue
+                seconds = cost_alerts.exhaustion(now, window)
+                if seconds is not None:
+                    out.append((state.config_id, seconds))
+        return out
+
     # -- shared store ----------------------------------------------------------------------------
 
     @property

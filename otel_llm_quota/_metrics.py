@@ -207,6 +207,15 @@ class QuotaMetrics:
             description="Cost of the priced requests in the current quota period.",
         )
         meter.create_observable_gauge(
+            n.METRIC_COST_TIME_TO_EXHAUSTION,
+            callbacks=[self._observe_cost_time_to_exhaustion],
+            unit="s",
+            description=(
+                "Seconds until the cost limit is reached at the current burn rate (0 once "
+                "reached; configs with a cost limit and a rate only)."
+            ),
+        )
+        meter.create_observable_gauge(
             n.METRIC_COST_LIMIT,
             callbacks=[self._observe_cost_limit],
             unit="USD",
@@ -353,6 +362,19 @@ class QuotaMetrics:
         with self._lock:
             now, attrs = self._now, self._attrs
         found = manager.ledger.exhaustion_rows(now)
+        return (
+            Observation(seconds, attrs[config_id].base)
+            for config_id, seconds in found
+            if config_id in attrs
+        )
+
+    def _observe_cost_time_to_exhaustion(self, options: CallbackOptions) -> Iterable[Observation]:
+        manager = self._manager()
+        if manager is None:
+            return ()
+        with self._lock:
+            now, attrs = self._now, self._attrs
+        found = manager.ledger.cost_exhaustion_rows(now)
         return (
             Observation(seconds, attrs[config_id].base)
             for config_id, seconds in found

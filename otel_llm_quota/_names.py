@@ -33,6 +33,7 @@ __all__ = [
     "METRIC_ALERTS",
     "METRIC_COST",
     "METRIC_COST_LIMIT",
+    "METRIC_COST_TIME_TO_EXHAUSTION",
     "METRIC_COST_USAGE",
     "METRIC_HANDLER_DROPPED",
     "METRIC_HANDLER_FAILURES",
@@ -95,6 +96,7 @@ METRIC_OVERFLOW_RECORDS: Final = "llm.quota.overflow.records"
 METRIC_COST: Final = "llm.quota.cost"
 METRIC_COST_USAGE: Final = "llm.quota.cost.usage"
 METRIC_COST_LIMIT: Final = "llm.quota.cost.limit"
+METRIC_COST_TIME_TO_EXHAUSTION: Final = "llm.quota.cost.time_to_exhaustion"
 METRIC_UNPRICED_REQUESTS: Final = "llm.quota.requests.unpriced"
 
 # -- events ----------------------------------------------------------------------------------------

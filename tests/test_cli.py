@@ -434,6 +434,27 @@ def test_time_to_exhaustion_is_at_the_periods_rate() -> None:
     assert format_duration(None) == "—"
 
 
+def test_time_to_exhaustion_is_the_sooner_of_the_token_and_cost_limits() -> None:
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = (start + timedelta(hours=2)).timestamp()
+    # Tokens: 250 of 1000 in 2 h, 6 h more. Cost: 0.5 of 1 USD in 2 h, 2 h more.
+    both = QuotaInfo(
+        "c",
+        quota_limit=1000,
+        total_tokens=250,
+        cost_limit_microusd=1_000_000,
+        cost_microusd=500_000,
+        period_start=start,
+    )
+    assert seconds_to_exhaustion(both, now) == pytest.approx(2 * 3600)
+    cost_only = QuotaInfo(
+        "c", cost_limit_microusd=1_000_000, cost_microusd=250_000, period_start=start
+    )
+    assert seconds_to_exhaustion(cost_only, now) == pytest.approx(6 * 3600)
+    spent = QuotaInfo("c", cost_limit_microusd=10, cost_microusd=10, period_start=start)
+    assert seconds_to_exhaustion(spent, now) == 0.0
+
+
 # -- set-limit, reset, delete ----------------------------------------------------------------
 
 

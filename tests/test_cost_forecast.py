@@ -206,3 +206,35 @@ async def test_a_cost_forecast_on_pace_at_the_reset_resolves_with_the_period(
         (AlertState.RESOLVED, AlertReason.PERIOD_RESET, "cost")
     ]
     assert ended[0].fingerprint == found[0][1].fingerprint
+
+
+async def test_the_cost_time_to_exhaustion_metric_matches_the_status(day_clock: FakeClock) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    manager = LLMProviderManager(clock=day_clock, meter_provider=provider)
+    try:
+        manager.set_prices(PRICES)
+        manager.set_quota_limit_sync(
+            "key", None, period="day", cost_limit_usd=BUDGET_MICROUSD / 1e6
+        )
+        manager.set_quota_limit_sync("tokens-only", 1000, period="day")
+        await run(manager, day_clock, 0.2 * DAY, 0.5)
+        data = reader.get_metrics_data()
+        assert data is not None
+        found = {
+            point.attributes["llm.quota.config_id"]: point.value
+            for rm in data.resource_metrics
+            for sm in rm.scope_metrics
+            for metric in sm.metrics
+            if metric.name == "llm.quota.cost.time_to_exhaustion"
+            for point in metric.data.data_points
+        }
+        [status] = [s for s in await manager.get_all_quota_statuses() if s["config_id"] == "key"]
+        assert found == {"key": pytest.approx(status["cost_time_to_exhaustion"])}
+        assert status["cost_time_to_exhaustion"] > 0
+    finally:
+        manager.close()
+        provider.shutdown()

@@ -96,23 +96,34 @@ def usage_colour(info: QuotaInfo) -> str:
 
 
 def seconds_to_exhaustion(info: QuotaInfo, now: float) -> float | None:
-    """Seconds until the limit is reached at the burn rate of ``time_to_exhaustion`` (the
+    """Seconds until a limit is reached at the burn rate of ``time_to_exhaustion`` (the
     estimator of ``otel_llm_quota._forecast``; from a store alone, without the monitor's
-    samples, that is the period's average rate), 0 when it is reached, None without a limit
-    or a rate."""
-    remaining = info.quota_remaining
-    if remaining is None:
+    samples, that is the period's average rate): the sooner of the token limit and the cost
+    limit, 0 when one is reached, None without a limit or a rate."""
+    found = [
+        seconds
+        for seconds in (
+            _exhaustion(info, info.quota_limit, info.total_tokens, now),
+            _exhaustion(info, info.cost_limit_microusd, info.cost_microusd, now),
+        )
+        if seconds is not None
+    ]
+    return min(found) if found else None
+
+
+def _exhaustion(info: QuotaInfo, limit: int | None, used: int, now: float) -> float | None:
+    if limit is None:
         return None
-    if remaining == 0:
+    if used >= limit:
         return 0.0
-    if info.period_start is None or info.total_tokens <= 0:
+    if info.period_start is None or used <= 0:
         return None
     start = info.period_start.timestamp()
     end = math.inf if info.reset_at is None else info.reset_at.timestamp()
-    rate = burn_rate(None, start, now, info.total_tokens, window_for(start, end, None))
+    rate = burn_rate(None, start, now, used, window_for(start, end, None))
     if not rate:
         return None
-    return remaining / rate
+    return (limit - used) / rate
 
 
 def format_duration(seconds: float | None) -> str:
