@@ -32,7 +32,7 @@ def main() -> None:
         url = f"sqlite:///{db}"
         manager = open_manager(url)
         try:
-            console = Console(record=True, width=118, force_terminal=True, color_system="truecolor")
+            console = Console(record=True, width=172, force_terminal=True, color_system="truecolor")
             shown = "sqlite:////srv/app/quota.db"  # not the temporary path
             console.print(f"$ otel-llm-quota status --store {shown}")
             console.print(render(manager.ledger.get_all(), shown, time.time()))
