@@ -35,7 +35,7 @@ $(OLDEST_STAMP): pyproject.toml tests/constraints-oldest.txt
 	$(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
 	$(OLDEST_VENV)/bin/python -m pip install -q -c tests/constraints-oldest.txt -e '.[all]' \
-		pytest pytest-asyncio hypothesis opentelemetry-exporter-otlp-proto-common
+		pytest pytest-asyncio hypothesis trustme opentelemetry-exporter-otlp-proto-common
 	touch $@
 
 demo: venv
