@@ -356,25 +356,21 @@ class QuotaMetrics:
         )
 
     def _observe_time_to_exhaustion(self, options: CallbackOptions) -> Iterable[Observation]:
-        manager = self._manager()
-        if manager is None:
-            return ()
-        with self._lock:
-            now, attrs = self._now, self._attrs
-        found = manager.ledger.exhaustion_rows(now)
-        return (
-            Observation(seconds, attrs[config_id].base)
-            for config_id, seconds in found
-            if config_id in attrs
-        )
+        return self._exhaustions(cost=False)
 
     def _observe_cost_time_to_exhaustion(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self._exhaustions(cost=True)
+
+    def _exhaustions(self, *, cost: bool) -> Iterable[Observation]:
+        """The seconds to exhaustion of the token limits (or the cost limits) of the configs
+        this collection reports."""
         manager = self._manager()
         if manager is None:
             return ()
         with self._lock:
             now, attrs = self._now, self._attrs
-        found = manager.ledger.cost_exhaustion_rows(now)
+        ledger = manager.ledger
+        found = ledger.cost_exhaustion_rows(now) if cost else ledger.exhaustion_rows(now)
         return (
             Observation(seconds, attrs[config_id].base)
             for config_id, seconds in found

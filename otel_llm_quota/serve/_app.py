@@ -112,7 +112,9 @@ class QuotaService:
         meter_provider: Any = None
         readers: list[Any] = []
         if metrics:
-            reader, self._registry, self._release_prometheus = _prometheus_reader()
+            from otel_llm_quota.prometheus import _private_reader
+
+            reader, self._registry, self._release_prometheus = _private_reader()
             readers.append(reader)
         if otlp_metrics:
             # Configured by the standard variables: OTEL_EXPORTER_OTLP_(METRICS_)ENDPOINT,
@@ -327,14 +329,6 @@ class QuotaService:
             self._release_prometheus()
             if self._meter_provider is not None:
                 self._meter_provider.shutdown()
-
-
-def _prometheus_reader() -> tuple[Any, Any, Callable[[], None]]:
-    """A ``PrometheusMetricReader``, the registry of its own it reports to, and the release to
-    call before its meter provider shuts down (``otel_llm_quota.prometheus``)."""
-    from otel_llm_quota.prometheus import _private_reader
-
-    return _private_reader()
 
 
 def _parse_protobuf(data: bytes) -> ExportTraceServiceRequest:
